@@ -1,0 +1,619 @@
+"""Pure tensor math of RL post-training: advantages, policy losses, KL, loss aggregation.
+
+This module owns every formula the learner applies to a batch of rollouts, as small
+pure torch functions in the style of veRL's ``core_algos``:
+
+* ``ADVANTAGE_ESTIMATORS`` -- rewards (+ critic values) -> (advantages, returns)
+* ``POLICY_LOSSES``        -- log-probs + advantages -> per-token loss + metrics
+* ``KL_ESTIMATORS``        -- per-token estimates of KL(pi || ref)
+* ``LOSS_AGGREGATIONS``    -- per-token loss [B,T] -> scalar, micro-batch aware
+* helpers: masked statistics, log-probs/entropy from logits, value loss.
+
+Nothing here knows about devices, distributed training, engines or models; callers pick
+an entry by name from a registry (names come from config) and pass plain tensors.
+
+Shape letters: B = batch (sequences / env trajectories), T = positions (response tokens
+or env steps), V = vocabulary. ``mask`` is 1 on valid positions and 0 on padding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Registry",
+    "ADVANTAGE_ESTIMATORS",
+    "POLICY_LOSSES",
+    "KL_ESTIMATORS",
+    "LOSS_AGGREGATIONS",
+    "AdvantageInputs",
+    "AdvantageParams",
+    "PolicyLossParams",
+    "masked_sum",
+    "masked_mean",
+    "masked_whiten",
+    "kl_penalty_rewards",
+    "entropy_from_logits",
+    "logprobs_from_logits",
+    "value_loss",
+    "explained_variance",
+]
+
+F = TypeVar("F", bound=Callable)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class Registry(Generic[F]):
+    """Name -> function table, filled by the ``@REG.register("name")`` decorator."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._fns: dict[str, F] = {}
+
+    def register(self, name: str) -> Callable[[F], F]:
+        """Decorator adding ``fn`` under ``name``; a duplicate name raises ``ValueError``
+        (silently replacing a formula would change training without a trace)."""
+
+        def deco(fn: F) -> F:
+            if name in self._fns:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._fns[name] = fn
+            return fn
+
+        return deco
+
+    def get(self, name: str) -> F:
+        """The function registered as ``name``; ``KeyError`` listing known names otherwise."""
+        try:
+            return self._fns[name]
+        except KeyError:
+            raise KeyError(f"unknown {self.kind} {name!r}; known: {self.names()}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._fns)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._fns
+
+    def __len__(self) -> int:
+        return len(self._fns)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
+
+
+ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
+POLICY_LOSSES: Registry = Registry("policy loss")
+KL_ESTIMATORS: Registry = Registry("KL estimator")
+LOSS_AGGREGATIONS: Registry = Registry("loss aggregation")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _valid(mask: Tensor) -> Tensor:
+    return mask != 0
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of ``x * mask``. x, mask: same shape (e.g. [B,T]); returns a scalar, or x
+    reduced over ``dim``. Padding is zero-filled first so inf/NaN there cannot leak."""
+    xm = x.masked_fill(~_valid(mask), 0) * mask
+    return xm.sum() if dim is None else xm.sum(dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``x`` over valid positions. x, mask: same shape; returns a scalar, or x
+    reduced over ``dim``. Where there is no valid position the mean is 0 (not NaN)."""
+    total = masked_sum(x, mask, dim)
+    count = mask.to(total.dtype).sum() if dim is None else mask.to(total.dtype).sum(dim)
+    # Divide by 1 where count is 0 (total is 0 there): no NaN in value or gradient.
+    return total / torch.where(count > 0, count, torch.ones_like(count))
+
+
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8, shift_mean: bool = True) -> Tensor:
+    """Normalise the valid entries of ``x`` to mean 0, std 1 over ALL valid positions.
+
+    x, mask: [B,T] (any shape); returns x's shape, 0 on padding. Uses the unbiased variance
+    (as veRL). If every valid value is equal -- including a single valid value -- the
+    result is exactly 0 instead of 0/0 noise. ``shift_mean=False`` adds the mean back.
+    """
+    valid = _valid(mask)
+    mean = masked_mean(x, mask)
+    centered = x - mean
+    count = mask.to(x.dtype).sum()
+    var = masked_sum(centered**2, mask) / torch.clamp(count - 1, min=1)
+    hi = x.masked_fill(~valid, -math.inf).max() if x.numel() else x.new_tensor(0.0)
+    lo = x.masked_fill(~valid, math.inf).min() if x.numel() else x.new_tensor(0.0)
+    # Float mean of equal values may differ from them by an ulp; force the exact 0.
+    centered = torch.where(hi == lo, torch.zeros_like(centered), centered)
+    out = centered * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(valid, out, torch.zeros_like(out))
+
+
+def _float(t: Tensor) -> Tensor:
+    """At least float32 (keeps float64 for exact tests; bf16 inputs get fp32 math)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+# --------------------------------------------------------------------------- advantages
+
+
+@dataclass
+class AdvantageInputs:
+    """Inputs shared by all advantage estimators (each uses the fields it needs)."""
+
+    token_rewards: Tensor  # [B,T] float; outcome rewards on the last valid position, per-step rewards (gym) on every step; may include a KL penalty
+    mask: Tensor  # [B,T] 1 for valid positions (response tokens / env steps), 0 for padding
+    group_ids: Tensor | None = None  # [B] long; samples sharing an id are answers to one prompt
+    values: Tensor | None = None  # [B,T] critic values V(s_t) (GAE only)
+    dones: Tensor | None = None  # [B,T] 1 where an episode ended at step t (no value flows from t+1 back to t)
+    last_values: Tensor | None = None  # [B] V(s_T) to bootstrap a segment cut mid-episode (GAE only; 0 if None)
+
+
+@dataclass
+class AdvantageParams:
+    gamma: float = 1.0  # discount
+    lam: float = 1.0  # GAE lambda
+    eps: float = 1e-6  # added to the group std (grpo)
+
+
+def _check_bt(x: AdvantageInputs) -> tuple[int, int]:
+    if x.token_rewards.dim() != 2 or x.token_rewards.shape != x.mask.shape:
+        raise ValueError(
+            f"token_rewards and mask must both be [B,T]; got {tuple(x.token_rewards.shape)} "
+            f"and {tuple(x.mask.shape)}"
+        )
+    return x.token_rewards.shape[0], x.token_rewards.shape[1]
+
+
+def _dones(x: AdvantageInputs, ref: Tensor) -> Tensor:
+    if x.dones is None:
+        return torch.zeros_like(ref)
+    if x.dones.shape != ref.shape:
+        raise ValueError(f"dones must be [B,T]={tuple(ref.shape)}; got {tuple(x.dones.shape)}")
+    return x.dones.to(ref.dtype)
+
+
+def _continues(mask: Tensor, dones: Tensor) -> Tensor:
+    """[B,T] 1 where value/advantage flows from t+1 back to t. A padded t+1 counts as past
+    the end (terminal). At t=T-1 only ``dones`` stops the flow: the segment may have been
+    cut mid-episode and is bootstrapped from ``last_values`` (GAE) or 0 (REINFORCE)."""
+    nxt_valid = torch.cat([_valid(mask[:, 1:]).to(dones.dtype), torch.ones_like(dones[:, :1])], dim=1)
+    return nxt_valid * (1 - dones)
+
+
+def _outcome_scores(x: AdvantageInputs) -> Tensor:
+    """[B] per-sample score: sum of valid token rewards (0 for an empty response)."""
+    return masked_sum(_float(x.token_rewards), x.mask, dim=-1)
+
+
+def _group_stats(scores: Tensor, group_ids: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-sample view of its group's (sum, count, unbiased std, all_equal); all [B].
+
+    ``all_equal`` is true for groups whose scores are identical, which includes every
+    single-sample group: such a group carries no baseline information.
+    """
+    if group_ids is None:
+        raise ValueError("group-based advantage estimators need AdvantageInputs.group_ids [B]")
+    if group_ids.shape != scores.shape:
+        raise ValueError(f"group_ids must be [B]={tuple(scores.shape)}; got {tuple(group_ids.shape)}")
+    _, inv = torch.unique(group_ids, return_inverse=True)
+    inv = inv.to(scores.device)
+    n_groups = int(inv.max()) + 1 if inv.numel() else 0
+    zeros = scores.new_zeros(n_groups)
+    total = zeros.index_add(0, inv, scores)
+    count = zeros.index_add(0, inv, torch.ones_like(scores))
+    dev = scores - (total / count)[inv]
+    var = zeros.index_add(0, inv, dev**2) / torch.clamp(count - 1, min=1)
+    hi = zeros.scatter_reduce(0, inv, scores, reduce="amax", include_self=False)
+    lo = zeros.scatter_reduce(0, inv, scores, reduce="amin", include_self=False)
+    return total[inv], count[inv], var.sqrt()[inv], (hi == lo)[inv]
+
+
+def _broadcast(per_sample: Tensor, mask: Tensor) -> Tensor:
+    """[B] -> [B,T] on valid positions, 0 on padding."""
+    out = per_sample.unsqueeze(-1).expand(mask.shape)
+    return torch.where(_valid(mask), out, torch.zeros_like(out))
+
+
+def _group_centered(x: AdvantageInputs, p: AdvantageParams, scale_std: bool) -> tuple[Tensor, Tensor]:
+    _check_bt(x)
+    s = _outcome_scores(x)
+    total, count, std, equal = _group_stats(s, x.group_ids)
+    adv = s - total / count
+    if scale_std:
+        adv = adv / (std + p.eps)
+    # Identical scores (or a lone sample) -> exactly 0, not float residue of mean/std.
+    adv = torch.where(equal, torch.zeros_like(adv), adv)
+    a = _broadcast(adv, x.mask)
+    return a, a.clone()
+
+
+@ADVANTAGE_ESTIMATORS.register("gae")
+@torch.no_grad()
+def gae(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016), backward over t.
+
+    Inputs: token_rewards, mask, values [B,T]; optional dones [B,T], last_values [B].
+        delta_t = r_t + gamma * c_t * V_{t+1} - V_t
+        A_t     = delta_t + gamma * lam * c_t * A_{t+1}
+    where c_t = 0 if dones[t] or t+1 is padding (the last valid token of a right-padded
+    response is terminal), else 1; V_T = last_values (0 if None).
+    Returns (advantages [B,T], returns = advantages + values [B,T]), 0 on padding.
+    """
+    _, T = _check_bt(x)
+    if x.values is None:
+        raise ValueError("gae needs AdvantageInputs.values [B,T]")
+    r = _float(x.token_rewards)
+    valid = _valid(x.mask)
+    zero = torch.zeros_like(r)
+    r = torch.where(valid, r, zero)
+    v = torch.where(valid, x.values.to(r.dtype), zero)
+    last = torch.zeros_like(r[:, 0]) if x.last_values is None else x.last_values.to(r.dtype)
+    cont = _continues(x.mask, _dones(x, r))
+    next_v = torch.cat([v[:, 1:], last.unsqueeze(-1)], dim=1) * cont
+    delta = r + p.gamma * next_v - v
+    adv = torch.zeros_like(r)
+    running = torch.zeros_like(r[:, 0])
+    for t in range(T - 1, -1, -1):
+        running = delta[:, t] + p.gamma * p.lam * cont[:, t] * running
+        adv[:, t] = running
+    adv = torch.where(valid, adv, zero)
+    return adv, torch.where(valid, adv + v, zero)
+
+
+@ADVANTAGE_ESTIMATORS.register("grpo")
+@torch.no_grad()
+def grpo(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
+    """GRPO: A_i = (s_i - mean_group(s)) / (std_group(s) + eps), s_i = sum_t r_t * mask_t.
+
+    Inputs: token_rewards, mask [B,T], group_ids [B]. std is unbiased (torch.std default).
+    A group with identical scores, or a single-sample group (no baseline information,
+    its std is undefined), gets exactly 0. Returns (adv, adv), both [B,T], A_i on the
+    sample's valid tokens and 0 on padding.
+    """
+    return _group_centered(x, p, scale_std=True)
+
+
+@ADVANTAGE_ESTIMATORS.register("grpo_no_std")
+@torch.no_grad()
+def grpo_no_std(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
+    """GRPO without std scaling: A_i = s_i - mean_group(s). Shapes and zero cases as grpo
+    (a single-sample group gets 0: no baseline information)."""
+    return _group_centered(x, p, scale_std=False)
+
+
+@ADVANTAGE_ESTIMATORS.register("dr_grpo")
+@torch.no_grad()
+def dr_grpo(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
+    """Dr.GRPO (Liu et al. 2025) advantage: A_i = s_i - mean_group(s), no std scaling.
+
+    Same math as ``grpo_no_std``; Dr.GRPO's length-bias fix is the loss aggregation
+    ``"seq-mean-token-sum-norm"``, not part of the advantage. Shapes as grpo.
+    """
+    return _group_centered(x, p, scale_std=False)
+
+
+@ADVANTAGE_ESTIMATORS.register("rloo")
+@torch.no_grad()
+def rloo(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
+    """RLOO: A_i = s_i - mean of the OTHER samples of i's group.
+
+    Inputs: token_rewards, mask [B,T], group_ids [B]. A single-sample group has no other
+    sample (no baseline information) and gets exactly 0, as does a group with identical
+    scores. Returns (adv, adv), [B,T], 0 on padding.
+    """
+    _check_bt(x)
+    s = _outcome_scores(x)
+    total, count, _, equal = _group_stats(s, x.group_ids)
+    adv = s - (total - s) / torch.clamp(count - 1, min=1)
+    adv = torch.where(equal, torch.zeros_like(adv), adv)
+    a = _broadcast(adv, x.mask)
+    return a, a.clone()
+
+
+def _discounted_returns(r: Tensor, mask: Tensor, dones: Tensor, gamma: float) -> Tensor:
+    """[B,T] G_t = r_t + gamma * c_t * G_{t+1}, no bootstrap beyond the segment."""
+    cont = _continues(mask, dones)
+    cont[:, -1] = 0  # no critic to bootstrap from
+    ret = torch.zeros_like(r)
+    running = torch.zeros_like(r[:, 0])
+    for t in range(r.shape[1] - 1, -1, -1):
+        running = r[:, t] + gamma * cont[:, t] * running
+        ret[:, t] = running
+    return ret
+
+
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp")
+@torch.no_grad()
+def reinforce_pp(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
+    """REINFORCE++ (Hu 2025): token-level discounted returns whitened over the batch.
+
+    Inputs: token_rewards, mask [B,T]; optional dones [B,T] (returns stop at an episode
+    end). G_t = r_t + gamma * G_{t+1} within the valid positions; advantages =
+    masked_whiten(G) over ALL valid tokens of the batch. Returns (advantages [B,T],
+    unwhitened G [B,T]), 0 on padding.
+    """
+    _check_bt(x)
+    r = _float(x.token_rewards)
+    valid = _valid(x.mask)
+    r = torch.where(valid, r, torch.zeros_like(r))
+    g = _discounted_returns(r, x.mask, _dones(x, r), p.gamma)
+    g = torch.where(valid, g, torch.zeros_like(g))
+    return masked_whiten(g, x.mask), g
+
+
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp_baseline")
+@torch.no_grad()
+def reinforce_pp_baseline(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
+    """REINFORCE++ with a group baseline: b_i = s_i - mean_group(s), broadcast over the
+    sample's valid tokens, then whitened over ALL valid tokens of the batch.
+
+    Inputs: token_rewards, mask [B,T], group_ids [B]; gamma is not used (outcome score).
+    Returns (whitened [B,T], unwhitened b_i broadcast [B,T]), 0 on padding.
+    """
+    _check_bt(x)
+    s = _outcome_scores(x)
+    total, count, _, equal = _group_stats(s, x.group_ids)
+    b = torch.where(equal, torch.zeros_like(s), s - total / count)
+    b = _broadcast(b, x.mask)
+    return masked_whiten(b, x.mask), b
+
+
+# --------------------------------------------------------------------------- KL
+
+
+def _log_ratio(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    return _float(logprobs) - _float(ref_logprobs)
+
+
+@KL_ESTIMATORS.register("k1")
+def kl_k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k1 = log pi - log ref; unbiased, high variance, can be negative. [B,T] -> [B,T]."""
+    return _log_ratio(logprobs, ref_logprobs)
+
+
+@KL_ESTIMATORS.register("k2")
+def kl_k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k2 = 0.5 * (log pi - log ref)^2; biased, low variance, >= 0. [B,T] -> [B,T]."""
+    return 0.5 * _log_ratio(logprobs, ref_logprobs) ** 2
+
+
+@KL_ESTIMATORS.register("k3")
+def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    """k3 = exp(ref - logp) - (ref - logp) - 1 (Schulman's low-variance, unbiased, >= 0).
+
+    [B,T] -> [B,T]. As veRL: log-ratio clamped to [-20, 20] so exp cannot overflow, and the
+    result clamped to [-10, 10] so one outlier token cannot dominate.
+    """
+    lr = torch.clamp(-_log_ratio(logprobs, ref_logprobs), min=-20.0, max=20.0)
+    return torch.clamp(torch.exp(lr) - lr - 1, min=-10.0, max=10.0)
+
+
+def kl_penalty_rewards(token_rewards: Tensor, kl: Tensor, coef: float, mask: Tensor) -> Tensor:
+    """KL as a reward penalty: token_rewards - coef * kl on valid positions. All [B,T].
+
+    ``kl`` is detached (the penalty shapes the reward, it is not differentiated); padding
+    keeps ``token_rewards`` unchanged. KL as a loss term instead is
+    ``LOSS_AGGREGATIONS.get(mode)(KL_ESTIMATORS.get(name)(logp, ref), mask) * coef``.
+    """
+    pen = coef * kl.detach().to(token_rewards.dtype)
+    return torch.where(_valid(mask), token_rewards - pen, token_rewards)
+
+
+# --------------------------------------------------------------------------- policy losses
+
+
+@dataclass
+class PolicyLossParams:
+    clip_low: float = 0.2  # ratio lower bound 1 - clip_low
+    clip_high: float = 0.2  # ratio upper bound 1 + clip_high (DAPO clip-higher uses e.g. 0.28)
+    dual_clip: float | None = None  # c > 1: for negative advantages bound the loss at -c*A (dual-clip PPO); None disables
+
+
+def _clipped_pg(
+    ratio: Tensor, log_ratio: Tensor, advantages: Tensor, mask: Tensor, p: PolicyLossParams
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Shared PPO clipping on a given ratio. ratio, log_ratio (token-level, for approx_kl),
+    advantages, mask: [B,T]. Returns (per-token loss [B,T], 0 on padding; metrics)."""
+    adv = _float(advantages)
+    pg1 = -adv * ratio
+    pg2 = -adv * torch.clamp(ratio, 1.0 - p.clip_low, 1.0 + p.clip_high)
+    loss = torch.maximum(pg1, pg2)
+    with torch.no_grad():
+        metrics = {
+            "clip_frac": masked_mean((pg2 > pg1).to(ratio.dtype), mask),
+            # k3 estimate of KL(old || new) from samples of old: r - 1 - log r, r = new/old.
+            "approx_kl": masked_mean(torch.exp(log_ratio) - 1 - log_ratio, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+        }
+    if p.dual_clip is not None:
+        if p.dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be > 1; got {p.dual_clip}")
+        # With A < 0 the clipped objective is unbounded in the ratio; cap it at -c*A.
+        pg3 = -adv * p.dual_clip
+        neg = adv < 0
+        with torch.no_grad():
+            metrics["dual_clip_frac"] = masked_mean(((loss > pg3) & neg).to(ratio.dtype), mask)
+        loss = torch.where(neg, torch.minimum(loss, pg3), loss)
+    return torch.where(_valid(mask), loss, torch.zeros_like(loss)), metrics
+
+
+@POLICY_LOSSES.register("ppo_clip")
+def ppo_clip(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, p: PolicyLossParams
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped surrogate with asymmetric clip (DAPO clip-higher) and optional dual clip.
+
+    All inputs [B,T]; r_t = exp(logp_t - old_t) (log-ratio clamped to [-20, 20] against
+    overflow), loss_t = max(-A r_t, -A clip(r_t, 1-clip_low, 1+clip_high)); with dual_clip
+    c, for A < 0: loss_t = min(loss_t, -c A). Returns (per-token loss [B,T], 0 on padding,
+    NOT aggregated; detached scalar metrics clip_frac, approx_kl, ratio_mean
+    [, dual_clip_frac]).
+    """
+    log_ratio = torch.clamp(_float(logprobs) - _float(old_logprobs), min=-20.0, max=20.0)
+    return _clipped_pg(torch.exp(log_ratio), log_ratio.detach(), advantages, mask, p)
+
+
+@POLICY_LOSSES.register("gspo")
+def gspo(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, p: PolicyLossParams
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO (Zheng et al. 2025): sequence-level importance ratio, clipped like PPO.
+
+    All inputs [B,T]. s_i = exp(mean over valid t of (logp - old)); token form
+    s_{i,t} = sg[s_i] * exp(logp_t - sg[logp_t]) has value s_i and d s_{i,t}/d logp_t = s_i,
+    so each token gets its own gradient. loss_{i,t} = max(-A s_{i,t}, -A clip(s_{i,t},
+    1-clip_low, 1+clip_high)) (dual_clip applies as in ppo_clip). Aggregate with
+    "seq-mean-token-mean" for the paper's objective. Returns (per-token loss [B,T], 0 on
+    padding; detached metrics as ppo_clip, approx_kl from the token-level ratio).
+    """
+    lp = _float(logprobs)
+    token_lr = lp - _float(old_logprobs)
+    seq_lr = masked_mean(token_lr.detach(), mask, dim=-1)  # [B]; 0 (ratio 1) if empty
+    log_s = torch.clamp(seq_lr, min=-20.0, max=20.0).unsqueeze(-1) + lp - lp.detach()
+    tok = torch.clamp(token_lr.detach(), min=-20.0, max=20.0)
+    return _clipped_pg(torch.exp(log_s), tok, advantages, mask, p)
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def _safe_div(num: Tensor, den: float | Tensor) -> Tensor:
+    """num / den, with den <= 0 (nothing valid) treated as 1 so the result is 0, not NaN."""
+    if isinstance(den, Tensor):
+        den = den.to(num.dtype)
+        return num / torch.where(den > 0, den, torch.ones_like(den))
+    return num / (den if den > 0 else 1.0)
+
+
+def _n_seqs(mask: Tensor) -> Tensor:
+    """Sequences with at least one valid token (empty rows are not counted by default)."""
+    return _valid(mask).any(dim=-1).sum()
+
+
+@LOSS_AGGREGATIONS.register("token-mean")
+def token_mean(
+    per_token: Tensor,
+    mask: Tensor,
+    *,
+    total_tokens: float | Tensor | None = None,
+    total_seqs: int | None = None,
+    norm_length: int | None = None,
+) -> Tensor:
+    """sum(l * m) / total_tokens. per_token, mask: [B,T] -> scalar. total_tokens defaults
+    to mask.sum(); pass the minibatch's count when summing micro-batch losses."""
+    tot = mask.to(per_token.dtype).sum() if total_tokens is None else total_tokens
+    return _safe_div(masked_sum(per_token, mask), tot)
+
+
+@LOSS_AGGREGATIONS.register("seq-mean-token-mean")
+def seq_mean_token_mean(
+    per_token: Tensor,
+    mask: Tensor,
+    *,
+    total_tokens: float | Tensor | None = None,
+    total_seqs: int | None = None,
+    norm_length: int | None = None,
+) -> Tensor:
+    """sum_i mean_t(l_i,t) / total_seqs. [B,T] -> scalar. A sequence with no valid token
+    contributes 0; total_seqs defaults to the number of non-empty sequences."""
+    seq = masked_mean(per_token, mask, dim=-1)  # [B]
+    tot = _n_seqs(mask) if total_seqs is None else total_seqs
+    return _safe_div(seq.sum(), tot)
+
+
+@LOSS_AGGREGATIONS.register("seq-mean-token-sum-norm")
+def seq_mean_token_sum_norm(
+    per_token: Tensor,
+    mask: Tensor,
+    *,
+    total_tokens: float | Tensor | None = None,
+    total_seqs: int | None = None,
+    norm_length: int | None = None,
+) -> Tensor:
+    """Dr.GRPO: sum(l * m) / (total_seqs * norm_length). [B,T] -> scalar.
+
+    A constant normaliser removes GRPO's per-sequence length bias. total_seqs defaults to
+    the number of non-empty sequences, norm_length to T (pass the minibatch's padded
+    length / max response length if micro-batches are padded differently).
+    """
+    tot = _n_seqs(mask) if total_seqs is None else total_seqs
+    length = per_token.shape[-1] if norm_length is None else norm_length
+    return _safe_div(masked_sum(per_token, mask), tot * length)
+
+
+# --------------------------------------------------------------------------- plain functions
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits): [B,T,V] -> [B,T], float32 or wider.
+
+    H = logsumexp(z) - sum_v softmax(z)_v z_v, which never forms log(0); -inf logits
+    (banned tokens) are replaced by the most negative finite float so 0 * -inf cannot
+    appear.
+    """
+    z = _float(logits)
+    z = torch.nan_to_num(z, nan=torch.nan, neginf=torch.finfo(z.dtype).min)
+    probs = torch.softmax(z, dim=-1)
+    return torch.logsumexp(z, dim=-1) - (probs * z).sum(-1)
+
+
+def logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log softmax(logits)[tokens]: logits [B,T,V], tokens [B,T] long -> [B,T] float32+.
+
+    Computed as gather(z) - logsumexp(z), equal to log_softmax + gather without writing a
+    second [B,T,V] tensor.
+    """
+    z = _float(logits)
+    picked = torch.gather(z, -1, tokens.long().unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(z, dim=-1)
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float | None
+) -> Tensor:
+    """Critic loss per token [B,T] (0 on padding, not aggregated); all inputs [B,T].
+
+    clip None: 0.5 (v - R)^2. clip c: 0.5 max((v - R)^2, (old + clamp(v - old, -c, c) - R)^2),
+    the PPO value clip that keeps the critic near the values used for the advantages.
+    """
+    v = _float(values)
+    ret = _float(returns)
+    loss = (v - ret) ** 2
+    if clip is not None:
+        old = _float(old_values)
+        v_clip = old + torch.clamp(v - old, -clip, clip)
+        loss = torch.maximum(loss, (v_clip - ret) ** 2)
+    loss = 0.5 * loss
+    return torch.where(_valid(mask), loss, torch.zeros_like(loss))
+
+
+@torch.no_grad()
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """1 - Var[R - V] / Var[R] over valid positions; [B,T] -> scalar (detached).
+
+    1 = perfect critic, 0 = no better than a constant, < 0 = worse. If Var[R] is 0 the
+    ratio is undefined: returns 1 if Var[R - V] is 0 too, else 0 (sklearn's convention).
+    """
+    v = _float(values)
+    ret = _float(returns)
+
+    def var(t: Tensor) -> Tensor:
+        return masked_mean((t - masked_mean(t, mask)) ** 2, mask)
+
+    var_r = var(ret)
+    var_d = var(ret - v)
+    if var_r > 0:
+        return 1 - var_d / var_r
+    return ret.new_tensor(1.0 if var_d == 0 else 0.0)

@@ -1,0 +1,172 @@
+"""The two data types that flow through the loop.
+
+`Sample` is one generated response (LLM) or one trajectory segment of one env (gym): ragged,
+plain Python/numpy, cheap to ship between Ray actors. `Batch` is many samples collated into
+padded tensors for the learners. Per-action tensors share the layout `[B, A]`:
+
+- LLM: `input_ids[B, T]` is prompt + response, right-padded; action position j scores the
+  token `input_ids[:, j + 1]`, so `A = T - 1` and `action_mask` is 1 on response tokens.
+- Gym: action position t is env step t of the segment, `A = steps_per_env`, `obs[B, A, *obs]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Sample:
+    group_id: int  # samples sharing it answer the same prompt (gym: the env index)
+    prompt_ids: list[int] = field(default_factory=list)
+    response_ids: list[int] = field(default_factory=list)
+    rollout_logprobs: list[float] = field(default_factory=list)  # behaviour logprob per action
+    prompt: str = ""
+    response: str = ""
+    answer: str = ""  # reference answer handed to the reward function
+    fields: dict[str, Any] = field(default_factory=dict)  # other dataset columns for the reward fn
+    finish_reason: str = ""  # LLM: "stop" | "length"
+    weight_version: int = 0  # the policy version that generated it
+    reward: float = 0.0  # LLM: the sequence reward; gym: sum of step rewards
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. {"reward_error": "timeout"}
+    # Gym trajectory segment (None for LLM samples). Truncated episodes are bootstrapped by the
+    # runner (gamma * V(final obs) added to that step's reward), so `dones` means "no value
+    # flows back across this step" for both terminated and truncated endings.
+    obs: Optional[np.ndarray] = None  # [A, *obs_shape]
+    actions: Optional[np.ndarray] = None  # [A] discrete or [A, act_dim] continuous
+    step_rewards: Optional[np.ndarray] = None  # [A]
+    dones: Optional[np.ndarray] = None  # [A]
+    values: Optional[np.ndarray] = None  # [A] V(s_t) from the behaviour policy's critic
+    last_value: float = 0.0  # V(s_A), bootstraps the segment cut mid-episode
+
+    @property
+    def is_trajectory(self) -> bool:
+        return self.obs is not None
+
+
+@dataclass
+class Batch:
+    action_mask: Tensor  # [B, A] 1 on response tokens / env steps
+    rollout_logprobs: Tensor  # [B, A] logprob of each action under the behaviour policy
+    token_rewards: Tensor  # [B, A] LLM: reward on the last response token; gym: step rewards
+    group_ids: Tensor  # [B] long
+    input_ids: Optional[Tensor] = None  # [B, T] LLM only, T = A + 1
+    attention_mask: Optional[Tensor] = None  # [B, T] LLM only
+    obs: Optional[Tensor] = None  # [B, A, *obs_shape] gym only
+    actions: Optional[Tensor] = None  # [B, A] or [B, A, act_dim] gym only
+    dones: Optional[Tensor] = None  # [B, A] gym only
+    last_values: Optional[Tensor] = None  # [B] gym only
+    # Filled in by the learners and the trainer as the step proceeds.
+    old_logprobs: Optional[Tensor] = None  # [B, A] learner's logprobs before the update
+    ref_logprobs: Optional[Tensor] = None  # [B, A] frozen reference model (kl_coef > 0)
+    values: Optional[Tensor] = None  # [B, A] critic values before the update
+    advantages: Optional[Tensor] = None  # [B, A]
+    returns: Optional[Tensor] = None  # [B, A]
+
+    def __len__(self) -> int:
+        return self.action_mask.shape[0]
+
+    def _tensors(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                yield f.name, value
+
+    def index(self, idx: Tensor | slice) -> "Batch":
+        """Rows `idx` of every tensor field."""
+        return replace(self, **{name: t[idx] for name, t in self._tensors()})
+
+    def split(self, n: int) -> list["Batch"]:
+        """`n` contiguous, equal chunks (len must divide evenly: config validation ensures it)."""
+        if len(self) % n:
+            raise ValueError(f"cannot split a batch of {len(self)} into {n} equal parts")
+        size = len(self) // n
+        return [self.index(slice(i * size, (i + 1) * size)) for i in range(n)]
+
+    @staticmethod
+    def cat(parts: list["Batch"]) -> "Batch":
+        first = parts[0]
+        return replace(first, **{name: torch.cat([getattr(p, name) for p in parts])
+                                 for name, _ in first._tensors()})
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return replace(self, **{name: t.to(device) for name, t in self._tensors()})
+
+    def learning_rows(self) -> "Batch":
+        """The rows the learner optimises over: sequences for text, single env steps for
+        trajectories (so PPO minibatches shuffle over steps, not whole segments)."""
+        return self.flatten_steps() if self.obs is not None else self
+
+    def flatten_steps(self) -> "Batch":
+        """Gym: every env step becomes its own row ([B, A] -> [B*A, 1]), so PPO minibatches
+        shuffle over steps rather than whole segments. Only valid after advantages exist."""
+        out = {}
+        for name, t in self._tensors():
+            if name in ("input_ids", "attention_mask"):
+                raise ValueError("flatten_steps is for gym batches")
+            if name in ("group_ids", "last_values"):
+                t = t.repeat_interleave(self.action_mask.shape[1])
+                out[name] = t
+                continue
+            out[name] = t.reshape(-1, 1, *t.shape[2:])
+        return replace(self, **out)
+
+
+def collate(samples: list[Sample], pad_id: int = 0) -> Batch:
+    """Pad a list of samples into a Batch (all LLM samples or all trajectories)."""
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    if samples[0].is_trajectory:
+        return _collate_trajectories(samples)
+    return _collate_responses(samples, pad_id)
+
+
+def _collate_responses(samples: list[Sample], pad_id: int) -> Batch:
+    B = len(samples)
+    T = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    A = max(T - 1, 1)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, T), dtype=torch.long)
+    action_mask = torch.zeros((B, A))
+    rollout_logprobs = torch.zeros((B, A))
+    token_rewards = torch.zeros((B, A))
+    for i, s in enumerate(samples):
+        p, r = len(s.prompt_ids), len(s.response_ids)
+        input_ids[i, : p + r] = torch.tensor(s.prompt_ids + s.response_ids, dtype=torch.long)
+        attention_mask[i, : p + r] = 1
+        if r == 0:
+            continue  # an empty response contributes nothing to learn from
+        start = p - 1  # action j predicts token j + 1: the first response token is at p
+        action_mask[i, start : start + r] = 1
+        if s.rollout_logprobs:
+            rollout_logprobs[i, start : start + r] = torch.tensor(s.rollout_logprobs)
+        token_rewards[i, start + r - 1] = s.reward
+    group_ids = torch.tensor([s.group_id for s in samples], dtype=torch.long)
+    return Batch(action_mask=action_mask, rollout_logprobs=rollout_logprobs,
+                 token_rewards=token_rewards, group_ids=group_ids, input_ids=input_ids,
+                 attention_mask=attention_mask)
+
+
+def _collate_trajectories(samples: list[Sample]) -> Batch:
+    def stack(name, dtype=torch.float32):
+        return torch.as_tensor(np.stack([getattr(s, name) for s in samples]), dtype=dtype)
+
+    first_action = samples[0].actions
+    action_dtype = torch.long if np.issubdtype(first_action.dtype, np.integer) else torch.float32
+    obs = stack("obs")
+    return Batch(
+        action_mask=torch.ones(obs.shape[:2]),
+        rollout_logprobs=torch.as_tensor(np.stack([s.rollout_logprobs for s in samples]),
+                                         dtype=torch.float32),
+        token_rewards=stack("step_rewards"),
+        group_ids=torch.tensor([s.group_id for s in samples], dtype=torch.long),
+        obs=obs,
+        actions=stack("actions", action_dtype),
+        dones=stack("dones"),
+        values=stack("values"),
+        last_values=torch.tensor([s.last_value for s in samples], dtype=torch.float32),
+    )

@@ -1,0 +1,477 @@
+"""Typed configuration: the schema Hydra composes into, and `validate`, which runs before Ray.
+
+Every field is documented where it is declared. Each actor receives only its own section
+(`LearnerConfig`, `RolloutConfig`, ...), never the root. `validate` checks what the type system
+cannot (ranges, names of registered functions, batch divisibility, resources, files) and raises
+`ConfigError` naming the offending key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING  # noqa: F401  (re-exported for experiment schemas)
+
+
+class ConfigError(ValueError):
+    """A config value is wrong. `key` is the dotted path of the offending field."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config error at '{key}': {message}")
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TinyModelConfig:
+    """The built-in tiny causal LM, built offline and cached (rlhf/models/tiny.py)."""
+
+    hidden_size: int = 256  # multiple of head_dim
+    num_layers: int = 4
+    num_heads: int = 4
+    head_dim: int = 64  # the vLLM CPU attention kernels accept 32, 64, 128 (not 16)
+    warmup_steps: int = 300  # supervised steps on the task format before RL (0 = none)
+    warmup_lr: float = 3e-3
+
+
+@dataclass
+class MlpConfig:
+    """Policy and value MLPs for gymnasium environments."""
+
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"  # tanh | relu
+    obs_norm: bool = False  # running mean/std obs normalisation; not implemented (validate rejects it)
+    init_log_std: float = 0.0  # Gaussian policies: initial log standard deviation
+
+
+@dataclass
+class ModelConfig:
+    """Which policy the learners train and the rollout workers serve."""
+
+    kind: str = "causal_lm"  # causal_lm (vLLM rollouts) | mlp (gymnasium rollouts)
+    path: str = ""  # HF model folder; empty = the built-in tiny model
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    gradient_checkpointing: bool = False
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    mlp: MlpConfig = field(default_factory=MlpConfig)
+
+
+@dataclass
+class DataConfig:
+    """Prompts. Empty `path` means the built-in synthetic task named by `task`."""
+
+    path: str = ""  # .jsonl / .json / .parquet file, or a folder saved by datasets.save_to_disk
+    task: str = "addition"  # built-in task (rlhf/tasks.py), used when path is empty
+    prompt_key: str = "prompt"
+    answer_key: str = "answer"  # passed to the reward function as `answer`
+    shuffle: bool = True
+    max_prompt_tokens: int = 512  # longer prompts are an error, not silently cut
+
+
+@dataclass
+class AlgoConfig:
+    """The algorithm: names index the registries in rlhf/algos.py."""
+
+    name: str = "grpo"  # a label for logs and W&B tags
+    advantage: str = "grpo"  # gae | grpo | grpo_no_std | dr_grpo | rloo | reinforce_pp | ...
+    policy_loss: str = "ppo_clip"  # ppo_clip | gspo
+    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
+    clip_low: float = 0.2  # PPO ratio lower bound is 1 - clip_low
+    clip_high: float = 0.2  # PPO ratio upper bound is 1 + clip_high (DAPO clip-higher: 0.28)
+    dual_clip: Optional[float] = None  # dual-clip constant c > 1; null disables
+    kl_coef: float = 0.0  # 0 skips the reference model entirely
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_in_reward: bool = False  # True: KL is a per-token reward penalty; False: a loss term
+    entropy_coef: float = 0.0  # entropy bonus (subtracted from the loss)
+    value_coef: float = 0.5  # critic loss weight (GAE only)
+    value_clip: Optional[float] = None  # clip the critic's change per update; null disables
+    gamma: float = 1.0  # discount
+    lam: float = 1.0  # GAE lambda
+    normalize_advantages: bool = False  # whiten advantages over the batch (common for PPO)
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | linear (decays to 0 over trainer.total_steps)
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    epochs: int = 1  # passes over each rollout batch
+    minibatches: int = 1  # optimizer steps per epoch
+
+
+@dataclass
+class VllmConfig:
+    """vLLM engine arguments (the CPU build here, the CUDA build on GPUs)."""
+
+    gpu_memory_utilization: float = 0.1  # on CPU: share of *host* memory for the KV cache
+    enforce_eager: bool = True  # skip torch.compile / CUDA graphs: faster start-up
+    max_model_len: int = 128
+    tensor_parallel_size: int = 1
+    enable_prefix_caching: bool = False
+
+
+@dataclass
+class GymConfig:
+    """Gymnasium env runners."""
+
+    env_id: str = "CartPole-v1"
+    envs_per_worker: int = 8  # vectorised envs stepped by each runner
+    steps_per_env: int = 32  # env steps per env per trainer step (the rollout segment)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    async_envs: bool = False  # gymnasium AsyncVectorEnv (processes) instead of SyncVectorEnv
+
+
+@dataclass
+class RolloutConfig:
+    """Rollout workers: vLLM engines for LLMs, env runners for gymnasium."""
+
+    backend: str = "vllm"  # vllm | gym
+    num_workers: int = 1  # vLLM engines or env runners
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    prompts_per_step: int = 16  # LLM: prompts drawn per trainer step
+    samples_per_prompt: int = 8  # LLM: responses per prompt (the GRPO group size)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1 disables
+    max_new_tokens: int = 8
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+    gym: GymConfig = field(default_factory=GymConfig)
+
+
+@dataclass
+class RewardConfig:
+    """Reward actors. `fn` is 'task' (the built-in task's rule reward) or a dotted path
+    `package.module:function` / `package.module.function` to `fn(prompt, completion, **fields)`."""
+
+    fn: str = "task"
+    num_actors: int = 1
+    cpus_per_actor: float = 0.25
+    timeout_s: float = 5.0  # per sample; past it the sample gets `fallback`
+    fallback: float = 0.0  # reward for a sample whose function raised, hung or returned NaN
+    threads: int = 8  # concurrent reward calls per actor
+
+
+@dataclass
+class LearnerConfig:
+    """The DeepSpeed learner group (data parallel)."""
+
+    num_ranks: int = 2
+    cpus_per_rank: float = 1.0
+    gpus_per_rank: float = 0.0
+    zero_stage: int = 2  # 0 | 1 | 2 | 3
+    micro_batch_size: int = 32  # samples per rank per forward/backward
+    offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU (GPU runs)
+    sync_bucket_mb: int = 64  # weight broadcast bucket size
+
+
+@dataclass
+class PlacementConfig:
+    """How actors are packed onto the cluster."""
+
+    mode: str = "disaggregated"  # disaggregated (own bundles) | colocated (rollout shares learner bundles)
+    strategy: str = "PACK"  # Ray placement strategy per group: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # online | offline | disabled; online without an API key falls back to offline
+    project: str = "rlhf"
+    entity: Optional[str] = None
+    group: str = ""  # empty: the sweep folder in a multirun, none otherwise
+    name: str = ""  # empty: '<experiment>-<algo>-s<seed>-<time>'
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    console_every: int = 1  # print a progress line every N steps
+    samples_every: int = 20  # W&B sample table every N steps (0 = never)
+    quiet: bool = True  # keep Ray's and vLLM's own logging out of the console
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 200
+    save_every: int = 0  # checkpoint every N steps (0 = only at the end)
+    save_final: bool = True
+    keep_last: int = 2  # checkpoints kept on disk
+    resume: str = "auto"  # auto (latest in the run folder) | never | a checkpoint path
+    report: bool = True  # write report.png at the end
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # empty starts a local cluster; 'auto' joins a running one
+    num_cpus: Optional[float] = None  # local cluster only; null = enough for the placement
+    include_dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"  # never 0.0.0.0 unless you mean it
+
+
+@dataclass
+class RootConfig:
+    seed: int = 0
+    experiment: str = "default"  # a label; experiment yamls set it
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def register_configs() -> None:
+    """Register the schema with Hydra's ConfigStore as `base_config` (conf/config.yaml's base)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=RootConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+def _one_of(key: str, value: Any, allowed) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(key, f"{value!r} is not one of {allowed}")
+
+
+def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _in_range(key: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(key, f"must be in [{lo}, {hi}], got {value!r}")
+
+
+GROUP_ESTIMATORS = ("grpo", "grpo_no_std", "dr_grpo", "rloo", "reinforce_pp_baseline")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def to_schema(cfg: Any) -> RootConfig:
+    """Turn a composed DictConfig into the typed RootConfig (objects, not OmegaConf nodes)."""
+    from omegaconf import OmegaConf
+
+    if isinstance(cfg, RootConfig):
+        return cfg
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RootConfig), cfg))
+
+
+def validate(cfg: RootConfig) -> RootConfig:
+    """Check `cfg` and return it. Raises ConfigError naming the key. Imports no Ray or vLLM."""
+    from rlhf import algos  # torch only
+
+    m, a, r, lrn = cfg.model, cfg.algo, cfg.rollout, cfg.learner
+
+    # --- names that index registries or enumerations
+    _one_of("model.kind", m.kind, ["causal_lm", "mlp"])
+    _one_of("model.dtype", m.dtype, ["float32", "bfloat16", "float16"])
+    _one_of("algo.advantage", a.advantage, algos.ADVANTAGE_ESTIMATORS.names())
+    _one_of("algo.policy_loss", a.policy_loss, algos.POLICY_LOSSES.names())
+    _one_of("algo.loss_agg", a.loss_agg, algos.LOSS_AGGREGATIONS.names())
+    _one_of("algo.kl_estimator", a.kl_estimator, algos.KL_ESTIMATORS.names())
+    _one_of("algo.lr_schedule", a.lr_schedule, ["constant", "linear"])
+    _one_of("rollout.backend", r.backend, ["vllm", "gym"])
+    _one_of("learner.zero_stage", lrn.zero_stage, [0, 1, 2, 3])
+    _one_of("placement.mode", cfg.placement.mode, ["disaggregated", "colocated"])
+    _one_of("placement.strategy", cfg.placement.strategy,
+            ["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
+    _one_of("logger.wandb.mode", cfg.logger.wandb.mode, ["online", "offline", "disabled"])
+    _one_of("model.mlp.activation", m.mlp.activation, ["tanh", "relu"])
+
+    # --- ranges
+    _positive("algo.lr", a.lr)
+    _in_range("algo.clip_low", a.clip_low, 0.0, 1.0)
+    _positive("algo.clip_high", a.clip_high, allow_zero=True)
+    if a.dual_clip is not None and a.dual_clip <= 1.0:
+        raise ConfigError("algo.dual_clip", f"must be > 1 (or null to disable), got {a.dual_clip}")
+    _positive("algo.kl_coef", a.kl_coef, allow_zero=True)
+    _positive("algo.entropy_coef", a.entropy_coef, allow_zero=True)
+    _positive("algo.value_coef", a.value_coef, allow_zero=True)
+    if a.value_clip is not None:
+        _positive("algo.value_clip", a.value_clip)
+    _in_range("algo.gamma", a.gamma, 0.0, 1.0)
+    _in_range("algo.lam", a.lam, 0.0, 1.0)
+    _positive("algo.grad_clip", a.grad_clip, allow_zero=True)
+    _positive("algo.weight_decay", a.weight_decay, allow_zero=True)
+    _positive("algo.epochs", a.epochs)
+    _positive("algo.minibatches", a.minibatches)
+    _positive("rollout.num_workers", r.num_workers)
+    _positive("rollout.cpus_per_worker", r.cpus_per_worker, allow_zero=True)
+    _positive("rollout.gpus_per_worker", r.gpus_per_worker, allow_zero=True)
+    _positive("rollout.temperature", r.temperature)
+    if not 0.0 < r.top_p <= 1.0:
+        raise ConfigError("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    if r.top_k == 0 or r.top_k < -1:
+        raise ConfigError("rollout.top_k", f"must be -1 (disabled) or >= 1, got {r.top_k}")
+    _positive("rollout.max_new_tokens", r.max_new_tokens)
+    _positive("rollout.prompts_per_step", r.prompts_per_step)
+    _positive("rollout.samples_per_prompt", r.samples_per_prompt)
+    _in_range("rollout.vllm.gpu_memory_utilization", r.vllm.gpu_memory_utilization, 0.01, 0.99)
+    _positive("rollout.gym.envs_per_worker", r.gym.envs_per_worker)
+    _positive("rollout.gym.steps_per_env", r.gym.steps_per_env)
+    _positive("reward.num_actors", cfg.reward.num_actors)
+    _positive("reward.timeout_s", cfg.reward.timeout_s)
+    _positive("reward.threads", cfg.reward.threads)
+    _positive("learner.num_ranks", lrn.num_ranks)
+    _positive("learner.micro_batch_size", lrn.micro_batch_size)
+    _positive("learner.cpus_per_rank", lrn.cpus_per_rank, allow_zero=True)
+    _positive("learner.gpus_per_rank", lrn.gpus_per_rank, allow_zero=True)
+    _positive("learner.sync_bucket_mb", lrn.sync_bucket_mb)
+    _positive("trainer.total_steps", cfg.trainer.total_steps)
+    _positive("trainer.save_every", cfg.trainer.save_every, allow_zero=True)
+    _positive("trainer.keep_last", cfg.trainer.keep_last)
+    if m.tiny.hidden_size % m.tiny.head_dim or m.tiny.hidden_size // m.tiny.head_dim != m.tiny.num_heads:
+        raise ConfigError("model.tiny.hidden_size",
+                          f"must equal num_heads * head_dim ({m.tiny.num_heads} * {m.tiny.head_dim})")
+    _one_of("model.tiny.head_dim", m.tiny.head_dim, [32, 64, 128])
+
+    # --- cross-field rules
+    if r.backend == "vllm":
+        if m.kind != "causal_lm":
+            raise ConfigError("model.kind", "rollout.backend=vllm needs model.kind=causal_lm")
+        if a.advantage in GROUP_ESTIMATORS and r.samples_per_prompt < 2:
+            raise ConfigError("rollout.samples_per_prompt",
+                              f"algo.advantage={a.advantage} compares samples of one prompt; "
+                              f"needs >= 2, got {r.samples_per_prompt}")
+        batch = r.prompts_per_step * r.samples_per_prompt
+        what = "rollout.prompts_per_step * rollout.samples_per_prompt"
+    else:
+        if m.kind != "mlp":
+            raise ConfigError("model.kind", "rollout.backend=gym needs model.kind=mlp")
+        if a.advantage in GROUP_ESTIMATORS:
+            raise ConfigError("algo.advantage",
+                              f"{a.advantage} needs groups of answers to one prompt; gym runs use "
+                              f"gae or reinforce_pp")
+        batch = r.num_workers * r.gym.envs_per_worker * r.gym.steps_per_env
+        what = "rollout.num_workers * rollout.gym.envs_per_worker * rollout.gym.steps_per_env"
+        _check_gym_env(r.gym.env_id)
+        _check_gym_spaces(r.gym)
+        if m.mlp.obs_norm:
+            raise ConfigError("model.mlp.obs_norm", "observation normalisation is not implemented "
+                                                    "(its running statistics would have to agree "
+                                                    "between learner ranks and env runners)")
+    per_update = a.minibatches * lrn.num_ranks * lrn.micro_batch_size
+    if batch % per_update:
+        raise ConfigError("learner.micro_batch_size",
+                          f"the rollout batch ({what} = {batch}) must split evenly into "
+                          f"algo.minibatches ({a.minibatches}) x learner.num_ranks "
+                          f"({lrn.num_ranks}) x micro-batches of learner.micro_batch_size "
+                          f"({lrn.micro_batch_size})")
+    if cfg.placement.mode == "colocated" and r.num_workers > lrn.num_ranks:
+        raise ConfigError("rollout.num_workers",
+                          f"colocated placement shares learner bundles: at most "
+                          f"learner.num_ranks ({lrn.num_ranks}) rollout workers, got {r.num_workers}")
+
+    # --- files and code that must exist
+    if m.path and not (Path(m.path) / "config.json").is_file():
+        raise ConfigError("model.path", f"{m.path!r} is not a Hugging Face model folder "
+                                        f"(no config.json)")
+    if cfg.data.path:
+        p = Path(cfg.data.path)
+        if not p.exists():
+            raise ConfigError("data.path", f"{cfg.data.path!r} does not exist")
+        if p.is_file() and p.suffix not in DATA_SUFFIXES:
+            raise ConfigError("data.path", f"{p.name!r}: supported files are {list(DATA_SUFFIXES)}"
+                                           f" or a datasets.save_to_disk folder")
+    elif r.backend == "vllm":
+        from rlhf.tasks import TASKS
+
+        _one_of("data.task", cfg.data.task, sorted(TASKS))
+    if r.backend == "vllm":
+        if cfg.reward.fn == "task" and cfg.data.path:
+            raise ConfigError("reward.fn", "'task' scores the built-in task; with data.path set, "
+                                           "name a function 'package.module:function'")
+        if cfg.reward.fn != "task":
+            resolve_function(cfg.reward.fn, key="reward.fn")
+
+    tr = cfg.trainer.resume
+    if tr not in ("auto", "never") and not Path(tr).exists():
+        raise ConfigError("trainer.resume", f"{tr!r} is neither 'auto', 'never' nor an existing "
+                                            f"checkpoint folder")
+
+    # --- resources on a local cluster (a remote cluster is checked by Ray at placement time)
+    gpus = r.num_workers * r.gpus_per_worker + lrn.num_ranks * lrn.gpus_per_rank
+    if gpus and not cfg.ray.address:
+        import torch
+
+        have = torch.cuda.device_count()
+        if gpus > have:
+            raise ConfigError("learner.gpus_per_rank" if lrn.gpus_per_rank else
+                              "rollout.gpus_per_worker",
+                              f"the placement needs {gpus:g} GPUs, this machine has {have}")
+    if cfg.ray.num_cpus is not None and not cfg.ray.address:
+        need = required_cpus(cfg)
+        if need > cfg.ray.num_cpus:
+            raise ConfigError("ray.num_cpus", f"the placement needs {need:g} CPUs "
+                                              f"(learner, rollout, reward bundles); got {cfg.ray.num_cpus:g}")
+    return cfg
+
+
+def required_cpus(cfg: RootConfig) -> float:
+    """Logical CPUs all bundles ask for (colocated rollout workers share learner bundles)."""
+    learner = cfg.learner.num_ranks * cfg.learner.cpus_per_rank
+    rollout = cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
+    reward = cfg.reward.num_actors * cfg.reward.cpus_per_actor if cfg.rollout.backend == "vllm" else 0
+    if cfg.placement.mode == "colocated":
+        rollout = 0
+    return learner + rollout + reward
+
+
+def _check_gym_env(env_id: str) -> None:
+    import gymnasium as gym
+
+    if env_id not in gym.registry:
+        close = [k for k in gym.registry if env_id.split("-")[0].lower() in k.lower()][:5]
+        raise ConfigError("rollout.gym.env_id", f"{env_id!r} is not a registered gymnasium env"
+                                                + (f"; similar: {close}" if close else ""))
+
+
+def _check_gym_spaces(gym_cfg: GymConfig) -> None:
+    """Build the env once (bad env_kwargs fail here) and check the MLP policy supports its spaces."""
+    from rlhf.rollout.gym_runner import env_spec_of  # gymnasium + torch, no Ray
+
+    try:
+        env_spec_of(gym_cfg)
+    except Exception as e:  # a constructor error from the env is a config error too
+        raise ConfigError("rollout.gym.env_id", f"cannot use {gym_cfg.env_id!r} with "
+                                                f"env_kwargs {dict(gym_cfg.env_kwargs)}: {e}") from e
+
+
+def resolve_function(path: str, key: str):
+    """Import 'pkg.mod:fn' or 'pkg.mod.fn'. Raises ConfigError naming `key` when it fails."""
+    mod_name, sep, attr = path.partition(":")
+    if not sep:
+        mod_name, _, attr = path.rpartition(".")
+    if not mod_name or not attr:
+        raise ConfigError(key, f"{path!r} is not 'package.module:function'")
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as e:  # an import error in user code is a config error, reported early
+        raise ConfigError(key, f"cannot import module {mod_name!r}: {e}") from e
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(key, f"{mod_name!r} has no callable {attr!r}")
+    return fn
+
+
+def ray_env_vars() -> dict[str, str]:
+    """Environment the actors need; secrets (W&B key and the like) are never forwarded."""
+    keep = ("RLHF_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPACE",
+            "VLLM_CPU_OMP_THREADS_BIND", "PYTHONPATH")
+    return {k: os.environ[k] for k in keep if k in os.environ}

@@ -1,0 +1,262 @@
+"""One data-parallel learner rank: a DeepSpeed engine inside a Ray actor.
+
+It scores batches (old/reference logprobs, values), applies the configured algorithm from
+rlhf/algos.py with micro-batching and gradient accumulation, saves/loads checkpoints, and (rank
+0) broadcasts weights to the rollout workers. The algorithm's functions are looked up once here,
+at construction; the update loop calls them without branching on names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from typing import Optional
+
+import torch
+
+from rlhf import algos
+from rlhf.batch import Batch
+from rlhf.config import AlgoConfig, LearnerConfig, ModelConfig
+from rlhf.rollout.weight_sync import WeightSyncGroup, describe
+
+
+def build_policy(model_cfg: ModelConfig, model_path: str, temperature: float, env_spec=None):
+    """The trainable module: a causal LM (scored per token) or an MLP actor-critic (gym)."""
+    if model_cfg.kind == "causal_lm":
+        from rlhf.models.causal_lm import CausalLMPolicy
+
+        return CausalLMPolicy.from_pretrained(model_path, model_cfg.dtype, temperature,
+                                              model_cfg.gradient_checkpointing)
+    from rlhf.models.mlp import ActorCritic
+
+    return ActorCritic(env_spec, model_cfg.mlp)
+
+
+class LearnerWorker:
+    """Wrapped with ray.remote by LearnerGroup."""
+
+    def __init__(self, cfg: LearnerConfig, algo: AlgoConfig, model_cfg: ModelConfig,
+                 model_path: str, *, rank: int, world_size: int, temperature: float,
+                 total_steps: int, seed: int, grad_accum_steps: int, env_spec=None):
+        self.cfg, self.algo, self.rank, self.world_size = cfg, algo, rank, world_size
+        self.grad_accum_steps = grad_accum_steps  # micro-batches per optimizer step
+        self._build = dict(model_cfg=model_cfg, model_path=model_path, temperature=temperature,
+                           total_steps=total_steps, seed=seed, env_spec=env_spec)
+        self.sync: Optional[WeightSyncGroup] = None
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free port: rank 0's answer is the rendezvous for all ranks."""
+        import ray
+
+        from rlhf.rollout.weight_sync import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        """Join the data-parallel group (collective: all ranks at once) and build the engine."""
+        import deepspeed
+
+        cfg, algo, b = self.cfg, self.algo, self._build
+        model_cfg, model_path, temperature = b["model_cfg"], b["model_path"], b["temperature"]
+        total_steps, seed, env_spec = b["total_steps"], b["seed"], b["env_spec"]
+        use_cuda = cfg.gpus_per_rank > 0
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
+                          RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo",
+                                   auto_mpi_discovery=False, verbose=False)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        torch.manual_seed(seed)
+        random.seed(seed + self.rank)
+        self.shuffle_gen = torch.Generator().manual_seed(seed + self.rank)
+
+        policy = build_policy(model_cfg, model_path, temperature, env_spec)
+        self.has_critic = policy.has_critic
+        self.ds_config = self._deepspeed_config()
+        optimizer_steps = total_steps * algo.epochs * algo.minibatches
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=policy, model_parameters=[p for p in policy.parameters() if p.requires_grad],
+            config=self.ds_config,
+            lr_scheduler=(lambda opt: torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: max(0.0, 1.0 - s / optimizer_steps))) if algo.lr_schedule == "linear" else None,
+        )
+        # A frozen copy of the starting policy, only when a KL term needs it.
+        self.ref = None
+        if algo.kl_coef > 0:
+            self.ref = build_policy(model_cfg, model_path, temperature, env_spec).to(self.device).eval()
+            self.ref.requires_grad_(False)
+
+        self.policy_loss = algos.POLICY_LOSSES.get(algo.policy_loss)
+        self.aggregate = algos.LOSS_AGGREGATIONS.get(algo.loss_agg)
+        self.kl_estimator = algos.KL_ESTIMATORS.get(algo.kl_estimator)
+        self.loss_params = algos.PolicyLossParams(clip_low=algo.clip_low, clip_high=algo.clip_high,
+                                                  dual_clip=algo.dual_clip)
+        self.kl_loss_coef = 0.0 if algo.kl_in_reward else algo.kl_coef
+
+    # ---------------------------------------------------------------- set-up
+    def _deepspeed_config(self) -> dict:
+        c, a = self.cfg, self.algo
+        zero: dict = {"stage": c.zero_stage}
+        if c.offload_optimizer and c.zero_stage > 0:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        return {
+            "train_micro_batch_size_per_gpu": c.micro_batch_size,
+            "gradient_accumulation_steps": self.grad_accum_steps,
+            "optimizer": {"type": "AdamW", "params": {
+                "lr": a.lr, "weight_decay": a.weight_decay, "eps": a.adam_eps,
+                # The fused/CPU-Adam kernels need a compiler toolchain per accelerator; plain
+                # torch AdamW runs everywhere and is fast enough at these sizes.
+                "torch_adam": True}},
+            "gradient_clipping": a.grad_clip,
+            "zero_optimization": zero,
+            "bf16": {"enabled": False},
+            "fp16": {"enabled": False},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def weight_meta(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """(name, shape, dtype) of every parameter the rollout workers load, in send order."""
+        named = [(n, _full_view(p)) for n, p in self.engine.module.rollout_state()]
+        return [(m.name, m.shape, m.dtype) for m in describe(named)]
+
+    def init_weight_sync(self, host: str, port: int, world_size: int, bucket_bytes: int) -> None:
+        """Rank 0 joins the weight-sync group as its root; other ranks only gather (ZeRO-3)."""
+        from rlhf.rollout.weight_sync import ParamMeta
+
+        self.sync_buckets_bytes = bucket_bytes
+        if self.rank == 0:
+            meta = [ParamMeta(*m) for m in self.weight_meta()]
+            self.sync = WeightSyncGroup(host, port, 0, world_size, self.device, meta, bucket_bytes)
+
+    # ---------------------------------------------------------------- scoring
+    def _micro_batches(self, batch: Batch) -> list[Batch]:
+        return batch.split(max(1, len(batch) // self.cfg.micro_batch_size))
+
+    @torch.no_grad()
+    def compute_logprobs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Old logprobs (and values, reference logprobs when configured) for this rank's shard."""
+        self.engine.eval()
+        out: dict[str, list[torch.Tensor]] = {"old_logprobs": []}
+        if self.has_critic:
+            out["values"] = []
+        if self.ref is not None:
+            out["ref_logprobs"] = []
+        for micro in self._micro_batches(batch.to(self.device)):
+            logprobs, _, values = self.engine(micro, with_entropy=False)
+            out["old_logprobs"].append(logprobs.cpu())
+            if self.has_critic:
+                out["values"].append(values.cpu())
+            if self.ref is not None:
+                out["ref_logprobs"].append(self.ref(micro, with_entropy=False)[0].cpu())
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    # ---------------------------------------------------------------- update
+    def update(self, batch: Batch) -> dict[str, float]:
+        """`algo.epochs` passes over this rank's shard, `algo.minibatches` optimizer steps each,
+        accumulating gradients over micro-batches. Returns mean metrics over micro-batches."""
+        self.engine.train()
+        a = self.algo
+        batch = batch.to(self.device)
+        micro_per_minibatch = self.grad_accum_steps
+        if len(batch) != a.minibatches * micro_per_minibatch * self.cfg.micro_batch_size:
+            raise ValueError(f"rank {self.rank} got {len(batch)} rows; expected algo.minibatches "
+                             f"x grad_accum_steps x micro_batch_size = {a.minibatches} x "
+                             f"{micro_per_minibatch} x {self.cfg.micro_batch_size}")
+        norm_length = batch.action_mask.shape[1]
+        metrics: list[dict[str, float]] = []
+        grad_norms: list[float] = []
+        for _ in range(a.epochs):
+            order = torch.randperm(len(batch), generator=self.shuffle_gen).to(self.device)
+            for minibatch in batch.index(order).split(a.minibatches):
+                # Aggregation totals of the whole minibatch, so that the micro-batch losses add
+                # up to the minibatch loss exactly (see algos.LOSS_AGGREGATIONS).
+                totals = dict(total_tokens=float(minibatch.action_mask.sum()),
+                              total_seqs=len(minibatch), norm_length=norm_length)
+                for micro in minibatch.split(micro_per_minibatch):
+                    loss, m = self._loss(micro, totals)
+                    self.engine.backward(loss, scale_wrt_gas=False)
+                    self.engine.step()
+                    metrics.append(m)
+                norm = self.engine.get_global_grad_norm()
+                if norm is not None:
+                    grad_norms.append(float(norm))
+        out = {k: sum(d[k] for d in metrics) / len(metrics) for k in metrics[0]}
+        if grad_norms:
+            out["learner/grad_norm"] = sum(grad_norms) / len(grad_norms)
+        out["learner/lr"] = float(self.engine.get_lr()[0])
+        return out
+
+    def _loss(self, micro: Batch, totals: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        a, mask = self.algo, micro.action_mask
+        logprobs, entropy, values = self.engine(micro)
+        per_token, pg_metrics = self.policy_loss(logprobs, micro.old_logprobs, micro.advantages,
+                                                 mask, self.loss_params)
+        pg_loss = self.aggregate(per_token, mask, **totals)
+        entropy_mean = self.aggregate(entropy, mask, **totals)
+        loss = pg_loss - a.entropy_coef * entropy_mean
+        m = {"algo/pg_loss": pg_loss.item(), "algo/entropy": entropy_mean.item()}
+        if micro.ref_logprobs is not None:
+            kl = self.aggregate(self.kl_estimator(logprobs, micro.ref_logprobs), mask, **totals)
+            loss = loss + self.kl_loss_coef * kl
+            m["algo/kl"] = kl.item()
+        if self.has_critic:
+            v_loss = self.aggregate(algos.value_loss(values, micro.values, micro.returns, mask,
+                                                     a.value_clip), mask, **totals)
+            loss = loss + a.value_coef * v_loss
+            m["algo/value_loss"] = v_loss.item()
+        m.update({f"algo/{k}": float(v) for k, v in pg_metrics.items()})
+        # Each micro-batch's share is already folded into `totals`; scale_wrt_gas=False.
+        return loss, m
+
+    # ---------------------------------------------------------------- weights
+    def broadcast_weights(self) -> int:
+        """All ranks call this (ZeRO-3 gathers are collective); rank 0 sends. Returns bytes."""
+        import deepspeed
+
+        named = list(self.engine.module.rollout_state())
+        zero3 = self.cfg.zero_stage == 3
+        sent = 0
+        buckets = self.sync.buckets if self.sync is not None else _plan(named, self.sync_buckets_bytes)
+        for bucket in buckets:
+            params = [named[i][1] for i in bucket]
+            gather = deepspeed.zero.GatheredParameters(params) if zero3 else contextlib.nullcontext()
+            with gather:
+                if self.sync is not None:
+                    sent += self.sync.send_bucket(bucket, params)
+        return sent
+
+    def state_checksum(self) -> float:
+        """Sum of |w| over the full (gathered) parameters: ranks must agree after an update."""
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        ctx = deepspeed.zero.GatheredParameters(params) if self.cfg.zero_stage == 3 else contextlib.nullcontext()
+        with ctx:
+            return float(sum(p.detach().double().abs().sum() for p in params))
+
+    # ---------------------------------------------------------------- checkpoints
+    def save(self, folder: str, tag: str) -> None:
+        self.engine.save_checkpoint(folder, tag=tag, save_latest=False)
+
+    def load(self, folder: str, tag: str) -> None:
+        path, _ = self.engine.load_checkpoint(folder, tag=tag)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} in {folder}")
+
+
+def _full_view(p: torch.Tensor) -> torch.Tensor:
+    """Under ZeRO-3 a parameter is a partitioned stub; its full shape is `ds_shape`."""
+    shape = getattr(p, "ds_shape", None)
+    return torch.empty(shape, dtype=p.dtype, device="meta") if shape is not None else p
+
+
+def _plan(named, bucket_bytes):
+    from rlhf.rollout.weight_sync import plan_buckets
+
+    return plan_buckets(describe([(n, _full_view(p)) for n, p in named]), bucket_bytes)

@@ -1,0 +1,141 @@
+"""A Ray actor that owns one vLLM engine (the CPU build here, the CUDA build on GPUs).
+
+`generate` turns prompts into Samples with token ids, per-token logprobs of the sampled tokens,
+the finish reason and the weight version that produced them. New weights arrive through the
+weight-sync group (rlhf/rollout/weight_sync.py) and are loaded in place.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rlhf.batch import Sample
+from rlhf.config import RolloutConfig
+
+
+class VllmEngine:
+    """Wrapped with ray.remote by the placement code; plain class so tests can read it."""
+
+    def __init__(self, cfg: RolloutConfig, model_path: str, dtype: str, seed: int, index: int):
+        # Keep vLLM's engine core in this process: one fewer process per engine, and
+        # collective_rpc reaches the worker extension directly.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.cfg, self.index, self.version = cfg, index, 0
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed + 1000 * index,
+            gpu_memory_utilization=cfg.vllm.gpu_memory_utilization,
+            enforce_eager=cfg.vllm.enforce_eager,
+            max_model_len=cfg.vllm.max_model_len,
+            tensor_parallel_size=cfg.vllm.tensor_parallel_size,
+            enable_prefix_caching=cfg.vllm.enable_prefix_caching,
+            # Logprobs after temperature/top-p, i.e. of the distribution actually sampled from:
+            # the learner divides its logits by the same temperature.
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls="rlhf.rollout.weight_sync.VllmWeightReceiver",
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def generate(self, prompts: list[dict[str, Any]], n: int) -> list[Sample]:
+        """prompts: dicts with 'prompt' (text), 'group_id', 'answer' and optional 'fields'.
+        Returns len(prompts) * n Samples, grouped by prompt."""
+        from vllm import SamplingParams
+
+        c = self.cfg
+        params = SamplingParams(n=n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
+                                max_tokens=c.max_new_tokens, logprobs=0)
+        outputs = self.llm.generate([p["prompt"] for p in prompts], params, use_tqdm=False)
+        samples = []
+        for p, out in zip(prompts, outputs):
+            for o in out.outputs:
+                token_ids = list(o.token_ids)
+                samples.append(Sample(
+                    group_id=p["group_id"],
+                    prompt_ids=list(out.prompt_token_ids),
+                    response_ids=token_ids,
+                    rollout_logprobs=[lp[t].logprob for t, lp in zip(token_ids, o.logprobs)],
+                    prompt=p["prompt"],
+                    response=o.text,
+                    answer=p.get("answer", ""),
+                    fields=p.get("fields", {}),
+                    finish_reason=o.finish_reason or "",
+                    weight_version=self.version,
+                ))
+        return samples
+
+    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int,
+                         meta: list[tuple[str, tuple[int, ...], str]], bucket_bytes: int) -> None:
+        self.llm.collective_rpc("init_weight_sync",
+                                args=(host, port, rank_offset, world_size, meta, bucket_bytes))
+
+    def receive_weights(self, version: int) -> int:
+        self.llm.collective_rpc("receive_weights")
+        self.llm.reset_prefix_cache()  # cached KV was computed by the old weights
+        self.version = version
+        return version
+
+    def weight_version(self) -> int:
+        return self.version
+
+    def weight_checksum(self) -> float:
+        return self.llm.collective_rpc("weight_checksum")[0]
+
+
+class VllmRollout:
+    """The rollout role for LLMs: draws prompts and spreads them over the engines.
+    Methods return ObjectRefs; the driver calls ray.get."""
+
+    def __init__(self, cfg: RolloutConfig, prompts, model_path: str, dtype: str, seed: int,
+                 slots, runtime_env: dict | None = None):
+        from rlhf.placement import spawn
+
+        self.cfg, self.prompts = cfg, prompts
+        self.engines = spawn(VllmEngine, slots,
+                             lambda i: ((cfg, model_path, dtype, seed, i), {}), runtime_env)
+        # Every tensor-parallel worker of every engine is a receiver in the weight-sync group.
+        self.sync_ranks = len(self.engines) * cfg.vllm.tensor_parallel_size
+
+    def collect(self) -> list[Any]:
+        from rlhf.placement import shard
+
+        prompts = self.prompts.next(self.cfg.prompts_per_step)
+        return [e.generate.remote(part, self.cfg.samples_per_prompt)
+                for e, part in zip(self.engines, shard(prompts, len(self.engines))) if part]
+
+    def init_weight_sync(self, host: str, port: int, world_size: int, meta, bucket_bytes: int
+                         ) -> list[Any]:
+        tp = self.cfg.vllm.tensor_parallel_size
+        return [e.init_weight_sync.remote(host, port, 1 + i * tp, world_size, meta, bucket_bytes)
+                for i, e in enumerate(self.engines)]
+
+    def receive_weights(self, version: int) -> list[Any]:
+        return [e.receive_weights.remote(version) for e in self.engines]
+
+    def metrics(self, samples: list[Sample]) -> dict[str, float]:
+        lengths = [len(s.response_ids) for s in samples]
+        return {
+            "rollout/response_len_mean": sum(lengths) / len(lengths),
+            "rollout/response_len_max": float(max(lengths)),
+            "rollout/truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples),
+            "rollout/tokens": float(sum(lengths)),
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {"prompts": self.prompts.state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.prompts.load_state(state["prompts"])
+
+    def sample_rows(self, samples: list[Sample], k: int = 8) -> list[dict[str, Any]]:
+        """A few samples for the W&B table / samples.jsonl."""
+        return [{"prompt": s.prompt, "response": s.response, "answer": s.answer,
+                 "reward": s.reward, "finish": s.finish_reason} for s in samples[:k]]

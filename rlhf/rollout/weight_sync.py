@@ -1,0 +1,162 @@
+"""Weight broadcast from learner rank 0 to every rollout worker.
+
+One process group spans learner rank 0 (rank 0, the root) and each rollout worker (ranks 1..N):
+gloo on CPUs, NCCL on GPUs; the code path is the same, only the backend differs. The group is
+made without touching anyone's default process group (the learners' DeepSpeed group, vLLM's
+own), from a TCPStore that rank 0 hosts.
+
+Both sides know the parameter list (`WeightMeta`: names, shapes, dtypes, sent once through Ray at
+set-up), so a sync is just a sequence of bucket broadcasts: the sender flattens consecutive
+parameters into buckets of at most `bucket_bytes`, the receivers unflatten the same plan.
+
+Receivers: `VllmWeightReceiver` is a vLLM worker extension (it runs inside vLLM's worker and
+loads the tensors with vLLM's layerwise reload, which the CPU backend needs because it repacks
+linear layers after loading); gym runners use `WeightSyncGroup.receive` and load_state_dict.
+"""
+
+from __future__ import annotations
+
+import datetime
+import socket
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class ParamMeta:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # e.g. "float32"
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+WeightMeta = list[ParamMeta]
+
+
+def describe(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> WeightMeta:
+    return [ParamMeta(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in named_tensors]
+
+
+def plan_buckets(meta: WeightMeta, bucket_bytes: int) -> list[list[int]]:
+    """Group consecutive parameters of one dtype into buckets of at most `bucket_bytes`
+    (a single larger parameter gets a bucket of its own). Sender and receivers call this with
+    the same arguments, so they agree on the plan without exchanging it."""
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    size, dtype = 0, None
+    for i, p in enumerate(meta):
+        nbytes = p.numel * torch.empty((), dtype=getattr(torch, p.dtype)).element_size()
+        if current and (p.dtype != dtype or size + nbytes > bucket_bytes):
+            buckets.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += nbytes
+        dtype = p.dtype
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class WeightSyncGroup:
+    """A process group of learner rank 0 (rank 0) and the rollout workers (ranks 1..N)."""
+
+    def __init__(self, host: str, port: int, rank: int, world_size: int, device: torch.device,
+                 meta: WeightMeta, bucket_bytes: int, timeout_s: float = 600.0):
+        self.rank, self.device, self.meta = rank, device, meta
+        self.buckets = plan_buckets(meta, bucket_bytes)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        # Rank 0 hosts the store and must not wait for the others here: they join while the
+        # process group is being created.
+        store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout,
+                              wait_for_workers=False)
+        if device.type == "cuda":
+            self.group = dist.ProcessGroupNCCL(store, rank, world_size)
+        else:
+            self.group = dist.ProcessGroupGloo(store, rank, world_size, timeout)
+
+    def _broadcast(self, flat: torch.Tensor) -> None:
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        self.group.broadcast([flat], opts).wait()
+
+    def send_bucket(self, bucket: list[int], tensors: list[torch.Tensor]) -> int:
+        """Rank 0: broadcast one bucket of the plan (`tensors` in bucket order). The caller
+        walks `self.buckets` in order; one bucket at a time lets ZeRO-3 gather per bucket.
+        Returns bytes sent."""
+        for i, t in zip(bucket, tensors):
+            if tuple(t.shape) != self.meta[i].shape:
+                raise ValueError(f"{self.meta[i].name}: shape {tuple(t.shape)} != {self.meta[i].shape}")
+        flat = torch.cat([t.detach().reshape(-1).to(self.device) for t in tensors])
+        self._broadcast(flat)
+        return flat.numel() * flat.element_size()
+
+    def send(self, tensors: list[torch.Tensor]) -> int:
+        """Rank 0: broadcast all tensors, in the order of `meta`."""
+        return sum(self.send_bucket(b, [tensors[i] for i in b]) for b in self.buckets)
+
+    def receive(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Ranks 1..N: yield (name, tensor) in the order of `meta`, bucket by bucket.
+        Consume the iterator fully: every bucket is a collective call."""
+        for bucket in self.buckets:
+            params = [self.meta[i] for i in bucket]
+            flat = torch.empty(sum(p.numel for p in params), dtype=getattr(torch, params[0].dtype),
+                               device=self.device)
+            self._broadcast(flat)
+            offset = 0
+            for p in params:
+                yield p.name, flat[offset : offset + p.numel].view(p.shape)
+                offset += p.numel
+
+
+class VllmWeightReceiver:
+    """vLLM worker extension (`LLM(worker_extension_cls=...)`): methods run inside each vLLM
+    worker and are reached through `llm.collective_rpc(name, args=...)`."""
+
+    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int,
+                         meta: list[tuple[str, tuple[int, ...], str]], bucket_bytes: int) -> None:
+        # Tensor-free arguments only: collective_rpc serialises them (STACK.md).
+        rank = rank_offset + _tp_rank()
+        meta = [ParamMeta(n, tuple(s), d) for n, s, d in meta]
+        self._rlhf_sync = WeightSyncGroup(host, port, rank, world_size, self.device, meta,
+                                          bucket_bytes)
+
+    def receive_weights(self) -> None:
+        from vllm.model_executor.model_loader.reload import (
+            finalize_layerwise_reload,
+            initialize_layerwise_reload,
+        )
+
+        model = self.model_runner.get_model()
+        # The CPU backend repacks linear weights after loading; the layerwise reload restores
+        # the loadable layout first and re-applies the processing after (STACK.md).
+        initialize_layerwise_reload(model)
+        model.load_weights(weights=self._rlhf_sync.receive())
+        finalize_layerwise_reload(model, self.model_runner.model_config)
+
+    def weight_checksum(self) -> float:
+        """Sum of |w| over the model's parameters, for tests."""
+        return float(sum(p.detach().float().abs().sum() for p in self.model_runner.get_model().parameters()))
+
+
+def _tp_rank() -> int:
+    try:
+        from vllm.distributed import get_tensor_model_parallel_rank
+
+        return get_tensor_model_parallel_rank()
+    except Exception:  # not initialised: a single-worker engine
+        return 0

@@ -1,0 +1,147 @@
+"""Built-in synthetic tasks with rule-based rewards.
+
+A task is a prompt format, a character alphabet (everything a prompt or an answer may contain,
+used to build the char-level tokenizer of the tiny model), a problem generator and a reward.
+
+Rewards are exact match after stripping surrounding whitespace: 1.0 or 0.0. No partial credit:
+the learnability study (``scripts/learnability.py``) showed it is not needed.
+
+Built-ins:
+- ``addition``: ``"a+b="`` -> ``"a+b"`` for single-digit ``a, b`` (100 problems, answers 0..18).
+  The default task: the whole table fits in the supervised warm-up, so RL only has to sharpen
+  what the warm-up half-learned (see STACK.md, "Learnability").
+- ``reverse``: ``"abc="`` -> ``"cba"`` for 3-5 letters from ``a..h`` (37,376 problems).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str
+    answer: str
+
+
+def exact_match(completion: str, answer: str) -> float:
+    """1.0 when the completion equals the answer after stripping whitespace, else 0.0."""
+    return 1.0 if completion.strip() == answer.strip() else 0.0
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    alphabet: str
+    make_problem: Callable[[random.Random], Problem]
+    reward: Callable[[str, str], float]
+    max_answer_chars: int
+    # Enumerates every problem when the problem space is finite (and small enough to list).
+    enumerate_problems: Callable[[], Iterable[Problem]] | None = field(default=None, repr=False)
+
+    def sample(self, rng: random.Random | int, n: int) -> list[Problem]:
+        """``n`` problems drawn with ``rng`` (a ``random.Random`` or an int seed)."""
+        if not isinstance(rng, random.Random):
+            rng = random.Random(rng)
+        return [self.make_problem(rng) for _ in range(n)]
+
+    @property
+    def finite(self) -> bool:
+        return self.enumerate_problems is not None
+
+    def all_problems(self) -> list[Problem]:
+        """Every problem, in a fixed order. Raises ValueError for an unbounded task."""
+        if self.enumerate_problems is None:
+            raise ValueError(f"task {self.name!r} has no finite problem list")
+        return list(self.enumerate_problems())
+
+    def score(self, completion: str, answer: str) -> float:
+        return float(self.reward(completion, answer))
+
+
+# --------------------------------------------------------------------------------------------
+# addition
+
+
+def _addition_problem(a: int, b: int) -> Problem:
+    return Problem(prompt=f"{a}+{b}=", answer=str(a + b))
+
+
+def _make_addition(max_operand: int) -> Task:
+    def make(rng: random.Random) -> Problem:
+        return _addition_problem(rng.randint(0, max_operand), rng.randint(0, max_operand))
+
+    def enumerate_all() -> Iterable[Problem]:
+        for a in range(max_operand + 1):
+            for b in range(max_operand + 1):
+                yield _addition_problem(a, b)
+
+    return Task(
+        name="addition",
+        alphabet="0123456789+=",
+        make_problem=make,
+        reward=exact_match,
+        max_answer_chars=len(str(2 * max_operand)),
+        enumerate_problems=enumerate_all,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# reverse
+
+_REVERSE_LETTERS = "abcdefgh"
+_REVERSE_MIN, _REVERSE_MAX = 3, 5
+
+
+def _reverse_problem(word: str) -> Problem:
+    return Problem(prompt=f"{word}=", answer=word[::-1])
+
+
+def _make_reverse() -> Task:
+    def make(rng: random.Random) -> Problem:
+        n = rng.randint(_REVERSE_MIN, _REVERSE_MAX)
+        return _reverse_problem("".join(rng.choice(_REVERSE_LETTERS) for _ in range(n)))
+
+    def enumerate_all() -> Iterable[Problem]:
+        for n in range(_REVERSE_MIN, _REVERSE_MAX + 1):
+            for letters in itertools.product(_REVERSE_LETTERS, repeat=n):
+                yield _reverse_problem("".join(letters))
+
+    return Task(
+        name="reverse",
+        alphabet=_REVERSE_LETTERS + "=",
+        make_problem=make,
+        reward=exact_match,
+        max_answer_chars=_REVERSE_MAX,
+        enumerate_problems=enumerate_all,
+    )
+
+
+TASKS: dict[str, Task] = {
+    "addition": _make_addition(9),
+    "reverse": _make_reverse(),
+}
+
+DEFAULT_TASK = "addition"
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+
+
+def _task_reward(task_name: str, prompt: str, completion: str, answer: str) -> float:
+    del prompt  # the built-in rewards only compare against the reference answer
+    return get_task(task_name).score(completion, answer)
+
+
+def task_reward(task_name: str) -> Callable[[str, str, str], float]:
+    """A picklable ``reward(prompt, completion, answer) -> float in [0, 1]`` for a reward actor."""
+    get_task(task_name)  # fail early on an unknown name
+    return functools.partial(_task_reward, task_name)

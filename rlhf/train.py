@@ -1,0 +1,130 @@
+"""`python -m rlhf.train +experiment=grpo`: config -> validate -> Ray -> roles -> Trainer.fit.
+
+Everything that can be wrong with the config or the data is checked before Ray starts and
+reported as one paragraph naming the key, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from rlhf.config import ConfigError, RootConfig, ray_env_vars, register_configs, required_cpus, to_schema, validate
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+register_configs()
+
+
+def resolve_model_path(cfg: RootConfig) -> str:
+    """The model folder: model.path, or the built-in tiny model (built offline and cached)."""
+    if cfg.model.kind != "causal_lm":
+        return ""
+    if cfg.model.path:
+        return cfg.model.path
+    from rlhf.models.tiny import build_tiny_model
+
+    t = cfg.model.tiny
+    return str(build_tiny_model(task=cfg.data.task, hidden_size=t.hidden_size,
+                                num_layers=t.num_layers, num_heads=t.num_heads,
+                                head_dim=t.head_dim, warmup_steps=t.warmup_steps,
+                                warmup_lr=t.warmup_lr, seed=cfg.seed))
+
+
+def init_ray(cfg: RootConfig) -> dict:
+    """Join `ray.address` or start a local cluster bound to 127.0.0.1. Returns the actors'
+    runtime_env (only the environment variables they need; no secrets)."""
+    import ray
+
+    env = ray_env_vars()
+    if cfg.logger.quiet:
+        env.update(VLLM_LOGGING_LEVEL="WARNING", VLLM_CONFIGURE_LOGGING="1", DS_LOG_LEVEL="warning",
+                   RAY_DEDUP_LOGS="1")
+    kwargs = dict(logging_level=logging.WARNING, log_to_driver=not cfg.logger.quiet,
+                  include_dashboard=cfg.ray.include_dashboard)
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, **kwargs)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, required_cpus(cfg)),
+                 dashboard_host=cfg.ray.dashboard_host, _node_ip_address="127.0.0.1", **kwargs)
+    return {"env_vars": env}
+
+
+def build_and_fit(cfg: RootConfig, run_dir: Path, resolved: dict, prompts=None) -> dict:
+    import ray
+
+    from rlhf.learner.group import LearnerGroup
+    from rlhf.metrics import RunLogger, run_identity
+    from rlhf.placement import create_placement
+    from rlhf.trainer import Trainer
+
+    model_path = resolve_model_path(cfg)
+    runtime_env = init_ray(cfg)
+    try:
+        placement = create_placement(cfg)
+        r = cfg.rollout
+        if r.backend == "vllm":
+            from rlhf.reward.actor import RewardGroup
+            from rlhf.rollout.vllm_engine import VllmRollout
+
+            rollout = VllmRollout(r, prompts, model_path, cfg.model.dtype, cfg.seed,
+                                  placement.rollout, runtime_env)
+            rewards = RewardGroup(cfg.reward, cfg.data.task, placement.reward, runtime_env)
+            rows, env_spec, primary = r.prompts_per_step * r.samples_per_prompt, None, "reward/mean"
+        else:
+            from rlhf.rollout.gym_runner import GymRollout, env_spec_of
+
+            env_spec = env_spec_of(r.gym)
+            rollout = GymRollout(r, cfg.model.mlp, env_spec, cfg.seed, placement.rollout, runtime_env,
+                                 gamma=cfg.algo.gamma)  # runners bootstrap truncated episodes
+            rewards = None
+            rows = r.num_workers * r.gym.envs_per_worker * r.gym.steps_per_env
+            primary = "env/episode_return_mean"
+        learners = LearnerGroup(cfg.learner, cfg.algo, cfg.model, model_path, placement.learner,
+                                rows_per_step=rows, temperature=r.temperature,
+                                total_steps=cfg.trainer.total_steps, seed=cfg.seed,
+                                env_spec=env_spec, runtime_env=runtime_env)
+        name, group, tags = run_identity(cfg)
+        logger = RunLogger(cfg.logger, run_dir, config=resolved, total_steps=cfg.trainer.total_steps,
+                           name=name, group=group, tags=tags, primary_metric=primary)
+        trainer = Trainer(cfg.trainer, cfg.algo, rollout=rollout, rewards=rewards,
+                          learners=learners, logger=logger, run_dir=run_dir)
+        return trainer.fit(resume_from=resume_point(cfg, trainer))
+    finally:
+        ray.shutdown()
+
+
+def resume_point(cfg: RootConfig, trainer) -> Path | None:
+    if cfg.trainer.resume == "never":
+        return None
+    if cfg.trainer.resume == "auto":
+        return trainer.checkpoints.latest()
+    return Path(cfg.trainer.resume)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(dcfg: DictConfig) -> float:
+    try:
+        cfg = validate(to_schema(dcfg))
+        prompts = None
+        if cfg.rollout.backend == "vllm":
+            from rlhf.data import PromptSource
+
+            prompts = PromptSource(cfg.data, cfg.seed)  # reads and checks data files now
+    except ConfigError as e:
+        print(f"rlhf: {e}\n(no Ray process was started; fix the override or the config file)",
+              file=sys.stderr)
+        sys.exit(2)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resolved = OmegaConf.to_container(dcfg, resolve=True)
+    summary = build_and_fit(cfg, run_dir, resolved, prompts)
+    return float(summary.get("last_fifth", float("nan")))
+
+
+if __name__ == "__main__":
+    main()

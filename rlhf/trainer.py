@@ -1,0 +1,147 @@
+"""The driver loop: one call per phase, the same for LLMs and gymnasium.
+
+    rollout -> reward -> logprobs (old, ref, values) -> advantages -> update -> weight sync -> log
+
+The roles are composed in, not subclassed: `rollout` is a VllmRollout or a GymRollout (both
+return Samples and receive weights the same way), `rewards` is a RewardGroup or None (gym
+rewards come from the env), `learners` is the DeepSpeed LearnerGroup.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import ray
+
+from rlhf import algos
+from rlhf.batch import Batch, Sample, collate
+from rlhf.checkpoint import Checkpoints
+from rlhf.config import AlgoConfig, TrainerConfig
+from rlhf.learner.group import LearnerGroup
+from rlhf.metrics import PhaseTimer, RunLogger
+from rlhf.reward.actor import reward_metrics
+
+
+class Trainer:
+    def __init__(self, cfg: TrainerConfig, algo: AlgoConfig, *, rollout, rewards,
+                 learners: LearnerGroup, logger: RunLogger, run_dir: Path):
+        self.cfg, self.algo = cfg, algo
+        self.rollout, self.rewards, self.learners, self.logger = rollout, rewards, learners, logger
+        self.checkpoints = Checkpoints(run_dir / "checkpoints", cfg.keep_last)
+        self.timer = PhaseTimer()
+        self.step_index, self.version = 0, 0
+        # The algorithm is chosen once, here.
+        self.advantage_fn = algos.ADVANTAGE_ESTIMATORS.get(algo.advantage)
+        self.advantage_params = algos.AdvantageParams(gamma=algo.gamma, lam=algo.lam)
+        self.kl_estimator = algos.KL_ESTIMATORS.get(algo.kl_estimator)
+        self._init_weight_sync()
+
+    def _init_weight_sync(self) -> None:
+        host, port = ray.get(self.learners.sync_address())
+        meta = ray.get(self.learners.weight_meta())
+        world_size = 1 + self.rollout.sync_ranks
+        ray.get(self.learners.init_weight_sync(host, port, world_size)
+                + self.rollout.init_weight_sync(host, port, world_size, meta,
+                                                self.learners.cfg.sync_bucket_mb << 20))
+        # The first rollout must come from the learner's initial weights (a gym runner builds
+        # its own randomly initialised policy): send them once, as version 0.
+        ray.get(self.learners.broadcast_weights() + self.rollout.receive_weights(self.version))
+
+    # ------------------------------------------------------------------ the algorithm
+    def step(self) -> tuple[dict[str, float], list[Sample]]:
+        t = self.timer
+        with t.phase("rollout"):
+            samples = [s for part in ray.get(self.rollout.collect()) for s in part]
+        if self.rewards is not None:
+            with t.phase("reward"):
+                samples = [s for part in ray.get(self.rewards.score(samples)) for s in part]
+        batch = collate(samples)
+        with t.phase("logprobs"):
+            batch = LearnerGroup.attach(batch, ray.get(self.learners.compute_logprobs(batch)))
+        with t.phase("advantage"):
+            batch = self.compute_advantages(batch)
+        with t.phase("update"):
+            update = LearnerGroup.reduce(ray.get(self.learners.update(batch.learning_rows())))
+        with t.phase("sync"):
+            self.sync_weights()
+
+        metrics = {**self.rollout.metrics(samples), **update, **self.batch_metrics(batch)}
+        if self.rewards is not None:
+            metrics.update(reward_metrics(samples))
+        metrics.update(t.pop())
+        metrics["perf/samples_per_s"] = len(samples) / metrics["timing/step_s"]
+        if "rollout/tokens" in metrics:
+            metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / metrics["timing/rollout_s"]
+        metrics["trainer/weight_version"] = float(self.version)
+        return metrics, samples
+
+    def compute_advantages(self, batch: Batch) -> Batch:
+        rewards = batch.token_rewards
+        if self.algo.kl_in_reward and batch.ref_logprobs is not None:
+            kl = self.kl_estimator(batch.old_logprobs, batch.ref_logprobs)
+            rewards = algos.kl_penalty_rewards(rewards, kl, self.algo.kl_coef, batch.action_mask)
+        advantages, returns = self.advantage_fn(algos.AdvantageInputs(
+            token_rewards=rewards, mask=batch.action_mask, group_ids=batch.group_ids,
+            values=batch.values, dones=batch.dones, last_values=batch.last_values),
+            self.advantage_params)
+        if self.algo.normalize_advantages:
+            advantages = algos.masked_whiten(advantages, batch.action_mask)
+        return replace(batch, advantages=advantages, returns=returns)
+
+    def sync_weights(self) -> None:
+        """Learner rank 0 broadcasts; every rollout worker loads in place; version += 1."""
+        self.version += 1
+        ray.get(self.learners.broadcast_weights() + self.rollout.receive_weights(self.version))
+
+    @staticmethod
+    def batch_metrics(batch: Batch) -> dict[str, float]:
+        mask = batch.action_mask
+        out = {"algo/advantage_mean": float(algos.masked_mean(batch.advantages, mask)),
+               # vLLM's logprobs vs the learner's for the same tokens and weights: should be
+               # ~0 in float32; a drift means the engines serve other weights or numerics.
+               "rollout/logprob_diff": float(algos.masked_mean(
+                   (batch.rollout_logprobs - batch.old_logprobs).abs(), mask))}
+        if batch.ref_logprobs is not None:
+            out["algo/kl_ref"] = float(algos.masked_mean(
+                algos.KL_ESTIMATORS.get("k3")(batch.old_logprobs, batch.ref_logprobs), mask))
+        return out
+
+    # ------------------------------------------------------------------ the run
+    def fit(self, resume_from: Optional[Path] = None) -> dict[str, float]:
+        if resume_from is not None:
+            self.resume(resume_from)
+        total = self.cfg.total_steps
+        try:
+            while self.step_index < total:
+                metrics, samples = self.step()
+                self.step_index += 1
+                self.logger.log(self.step_index, metrics)
+                self.logger.log_samples(self.step_index, self.rollout.sample_rows(samples))
+                if self.cfg.save_every and self.step_index % self.cfg.save_every == 0:
+                    self.save()
+        except KeyboardInterrupt:
+            # Keep what finished: the last completed step is saved, then the interrupt goes on.
+            if self.step_index:
+                self.save()
+            raise
+        if self.cfg.save_final and not (self.cfg.save_every and total % self.cfg.save_every == 0):
+            self.save()
+        return self.logger.finish(make_report=self.cfg.report)
+
+    def save(self) -> Path:
+        state = {"step": self.step_index, "version": self.version, "time": time.time(),
+                 "rollout": self.rollout.state()}
+        return self.checkpoints.save(
+            self.step_index, lambda folder: ray.get(self.learners.save(folder, "state")), state)
+
+    def resume(self, folder: Path) -> None:
+        state = Checkpoints.read_state(folder)
+        ray.get(self.learners.load(str(Path(folder) / "learner"), "state"))
+        self.step_index, self.version = state["step"], state["version"]
+        self.rollout.load_state(state["rollout"])
+        self.sync_weights()  # the engines start from the base weights; give them the resumed ones
+        print(f"resumed from {folder} at step {self.step_index}", flush=True)
+

@@ -1,0 +1,216 @@
+"""In-process learnability check for the tiny model + a built-in task (no Ray, no vLLM).
+
+Builds the tiny model (with its supervised warm-up) for each seed, then runs GRPO-style RL the
+way the framework's default experiment does: each step samples ``--prompts`` problems x
+``--samples`` completions at temperature 1 (``--max-new-tokens``), scores them by exact match,
+normalises advantages within each group ((r - mean) / (std + 1e-6)), and takes one PPO-clip
+step (on-policy, so ratio = 1) with a token-mean loss, AdamW and grad clip 1.0.
+
+It prints the sampled reward mean every 10 steps and, per seed, the mean reward over the first
+and last fifth of the steps (the framework's success criterion is last - first >= 0.2).
+
+    python scripts/learnability.py --seeds 0 1 2 --steps 250
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from rlhf.models import tiny  # noqa: E402
+from rlhf.tasks import get_task  # noqa: E402
+
+
+@torch.no_grad()
+def sample(model, tok, prompts: list[str], max_new_tokens: int, gen: torch.Generator):
+    """Temperature-1 ancestral sampling with a KV cache; prompts left-padded.
+
+    Returns (input_ids [B, P+T], attention_mask, completion mask [B, P+T] over the completion
+    tokens up to and including the first EOS, completion texts).
+    """
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    b, p = ids.shape
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    past = out.past_key_values
+    logits = out.logits[:, -1]
+    done = torch.zeros(b, dtype=torch.bool)
+    new_tokens, comp_mask = [], []
+    next_pos = pos[:, -1:] + 1
+    for _ in range(max_new_tokens):
+        probs = torch.softmax(logits.float(), dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        comp_mask.append(~done)
+        new_tokens.append(nxt)
+        done = done | (nxt == eos)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype)], dim=-1)
+        out = model(
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=next_pos,
+            past_key_values=past,
+            use_cache=True,
+        )
+        past, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
+    gen_ids = torch.stack(new_tokens, dim=1)
+    cmask = torch.stack(comp_mask, dim=1)
+    full_ids = torch.cat([ids, gen_ids], dim=1)
+    full_attn = torch.cat([enc["attention_mask"], cmask.long()], dim=1)
+    full_cmask = torch.cat([torch.zeros(b, p, dtype=torch.bool), cmask], dim=1)
+    texts = []
+    for row, m in zip(gen_ids.tolist(), cmask.tolist()):
+        toks = [t for t, keep in zip(row, m) if keep and t != eos]
+        texts.append(tok.decode(toks, skip_special_tokens=True))
+    return full_ids, full_attn, full_cmask, texts
+
+
+def token_logprobs(model, ids, attn):
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, :-1].float()
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return torch.cat([torch.zeros(ids.shape[0], 1), lp], dim=1)  # aligned with ids
+
+
+def run_seed(args, seed: int) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    task = get_task(args.task)
+    t0 = time.perf_counter()
+    path = tiny.build_tiny_model(
+        args.cache_dir,
+        task=args.task,
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=args.hidden // 64,
+        intermediate_size=args.intermediate,
+        warmup_steps=args.warmup_steps,
+        warmup_lr=args.warmup_lr,
+        warmup_batch_size=args.warmup_batch,
+        warmup_target=None if args.warmup_target < 0 else args.warmup_target,
+        seed=seed,
+    )
+    t_build = time.perf_counter() - t0
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    n_params = sum(p.numel() for p in model.parameters())
+    eval_set = tiny._eval_problems(task)
+    exp0 = tiny.expected_accuracy(model, tok, eval_set)
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    rewards: list[float] = []
+    t1 = time.perf_counter()
+    for step in range(args.steps):
+        problems = task.sample(rng, args.prompts)
+        prompts = [p.prompt for p in problems for _ in range(args.samples)]
+        answers = [p.answer for p in problems for _ in range(args.samples)]
+        model.eval()
+        ids, attn, cmask, texts = sample(model, tok, prompts, args.max_new_tokens, gen)
+        r = torch.tensor([task.score(c, a) for c, a in zip(texts, answers)])
+        g = r.view(args.prompts, args.samples)
+        adv = ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-6)).view(-1)
+        model.train()
+        lp = token_logprobs(model, ids, attn)
+        ratio = torch.exp(lp - lp.detach())
+        a = adv[:, None]
+        obj = torch.minimum(ratio * a, ratio.clamp(1 - args.clip, 1 + args.clip) * a)
+        m = cmask.float()
+        loss = -(obj * m).sum() / m.sum().clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        rewards.append(r.mean().item())
+        if (step + 1) % 10 == 0 and args.verbose:
+            print(
+                f"  seed {seed} step {step + 1:4d} reward(last10) "
+                f"{statistics.mean(rewards[-10:]):.3f}",
+                flush=True,
+            )
+    t_rl = time.perf_counter() - t1
+    k = max(1, args.steps // 5)
+    model.eval()
+    return dict(
+        seed=seed,
+        params=n_params,
+        exp0=exp0,
+        exp1=tiny.expected_accuracy(model, tok, eval_set),
+        first=statistics.mean(rewards[:k]),
+        last=statistics.mean(rewards[-k:]),
+        build_s=t_build,
+        rl_s=t_rl,
+        curve=[statistics.mean(rewards[i : i + 10]) for i in range(0, len(rewards), 10)],
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="addition")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--clip", type=float, default=0.2)
+    ap.add_argument("--hidden", type=int, default=tiny.DEFAULT_HIDDEN_SIZE)
+    ap.add_argument("--layers", type=int, default=tiny.DEFAULT_NUM_LAYERS)
+    ap.add_argument("--intermediate", type=int, default=tiny.DEFAULT_INTERMEDIATE_SIZE)
+    ap.add_argument("--warmup-steps", type=int, default=tiny.DEFAULT_WARMUP_STEPS)
+    ap.add_argument("--warmup-lr", type=float, default=tiny.DEFAULT_WARMUP_LR)
+    ap.add_argument("--warmup-batch", type=int, default=tiny.DEFAULT_WARMUP_BATCH_SIZE)
+    ap.add_argument(
+        "--warmup-target",
+        type=float,
+        default=tiny.DEFAULT_WARMUP_TARGET,
+        help="stop the warm-up at this expected accuracy (negative: run all warm-up steps)",
+    )
+    ap.add_argument("--cache-dir", default=None, help="default: a fresh temporary folder")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--verbose", action="store_true", help="print the reward every 10 steps")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.cache_dir is None:
+        args.cache_dir = tempfile.mkdtemp(prefix="rlhf-learnability-")
+
+    print(f"config: {vars(args)}", flush=True)
+    rows = []
+    for seed in args.seeds:
+        res = run_seed(args, seed)
+        rows.append(res)
+        print(f"seed {seed} reward per 10 steps: " + " ".join(f"{c:.2f}" for c in res["curve"]))
+        sys.stdout.flush()
+    print()
+    print("| seed | params | expected acc start | expected acc end | first fifth | last fifth "
+          "| rise | build s | RL s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['seed']} | {r['params']} | {r['exp0']:.3f} | {r['exp1']:.3f} | {r['first']:.3f} "
+            f"| {r['last']:.3f} | {r['last'] - r['first']:+.3f} | {r['build_s']:.1f} | {r['rl_s']:.1f} |"
+        )
+    rises = [r["last"] - r["first"] for r in rows]
+    print(f"min rise {min(rises):+.3f}, mean rise {statistics.mean(rises):+.3f}")
+
+
+if __name__ == "__main__":
+    main()
