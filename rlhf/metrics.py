@@ -251,8 +251,12 @@ class RunLogger:
         parts = [f"step {step:>{width}}/{self.total_steps}"]
         if self.primary_metric in metrics:
             parts.append(f"{self.primary_metric} {_fmt(metrics[self.primary_metric])}")
+        # KL to the reference model when there is one (kl_coef > 0), else the KL of each
+        # update (old policy -> new), which is what keeps a run without a reference honest.
         if "algo/kl" in metrics:
             parts.append(f"kl {_fmt(metrics['algo/kl'])}")
+        elif "algo/approx_kl" in metrics:
+            parts.append(f"kl(update) {_fmt(metrics['algo/approx_kl'])}")
         if self._step_times:
             mean = sum(self._step_times) / len(self._step_times)
             parts.append(f"{mean:.2f} s/step")
@@ -486,7 +490,10 @@ def plot_run(run_dir: Path) -> Path:
         ax.grid(alpha=0.3)
 
     curve(ax_p, primary, primary, smooth=True)
-    curve(ax_kl, "algo/kl", "KL to reference (algo/kl)")
+    if any("algo/kl" in r for r in rows):
+        curve(ax_kl, "algo/kl", "KL to reference (algo/kl)")
+    else:
+        curve(ax_kl, "algo/approx_kl", "KL per update (algo/approx_kl)")
     curve(ax_len, length, length)
 
     ax_t.set_title("time per step by phase")
