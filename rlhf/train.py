@@ -50,7 +50,10 @@ def init_ray(cfg: RootConfig) -> dict:
     if cfg.ray.address:
         ray.init(address=cfg.ray.address, **kwargs)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, required_cpus(cfg)),
+        # address="local": always a new cluster; without it ray.init joins any cluster another
+        # process on this machine started (and then rejects num_cpus).
+        ray.init(address="local",
+                 num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, required_cpus(cfg)),
                  dashboard_host=cfg.ray.dashboard_host, _node_ip_address="127.0.0.1", **kwargs)
     return {"env_vars": env}
 
@@ -89,6 +92,7 @@ def build_and_fit(cfg: RootConfig, run_dir: Path, resolved: dict, prompts=None) 
                                 rows_per_step=rows, temperature=r.temperature,
                                 total_steps=cfg.trainer.total_steps, seed=cfg.seed,
                                 env_spec=env_spec, runtime_env=runtime_env)
+        record_placement(run_dir, learners.actors, rollout.workers)
         name, group, tags = run_identity(cfg)
         logger = RunLogger(cfg.logger, run_dir, config=resolved, total_steps=cfg.trainer.total_steps,
                            name=name, group=group, tags=tags, primary_metric=primary)
@@ -97,6 +101,18 @@ def build_and_fit(cfg: RootConfig, run_dir: Path, resolved: dict, prompts=None) 
         return trainer.fit(resume_from=resume_point(cfg, trainer))
     finally:
         ray.shutdown()
+
+
+def record_placement(run_dir: Path, learners: list, rollout_workers: list) -> None:
+    """Write placement.json: the Ray node of every learner rank and rollout worker."""
+    import json
+
+    import ray
+
+    nodes = {"learner": ray.get([a.node_id.remote() for a in learners]),
+             "rollout": ray.get([w.node_id.remote() for w in rollout_workers])}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "placement.json").write_text(json.dumps(nodes, indent=1))
 
 
 def resume_point(cfg: RootConfig, trainer) -> Path | None:

@@ -99,26 +99,26 @@ class VllmRollout:
         from rlhf.placement import spawn
 
         self.cfg, self.prompts = cfg, prompts
-        self.engines = spawn(VllmEngine, slots,
+        self.workers = spawn(VllmEngine, slots,
                              lambda i: ((cfg, model_path, dtype, seed, i), {}), runtime_env)
         # Every tensor-parallel worker of every engine is a receiver in the weight-sync group.
-        self.sync_ranks = len(self.engines) * cfg.vllm.tensor_parallel_size
+        self.sync_ranks = len(self.workers) * cfg.vllm.tensor_parallel_size
 
     def collect(self) -> list[Any]:
         from rlhf.placement import shard
 
         prompts = self.prompts.next(self.cfg.prompts_per_step)
         return [e.generate.remote(part, self.cfg.samples_per_prompt)
-                for e, part in zip(self.engines, shard(prompts, len(self.engines))) if part]
+                for e, part in zip(self.workers, shard(prompts, len(self.workers))) if part]
 
     def init_weight_sync(self, host: str, port: int, world_size: int, meta, bucket_bytes: int
                          ) -> list[Any]:
         tp = self.cfg.vllm.tensor_parallel_size
         return [e.init_weight_sync.remote(host, port, 1 + i * tp, world_size, meta, bucket_bytes)
-                for i, e in enumerate(self.engines)]
+                for i, e in enumerate(self.workers)]
 
     def receive_weights(self, version: int) -> list[Any]:
-        return [e.receive_weights.remote(version) for e in self.engines]
+        return [e.receive_weights.remote(version) for e in self.workers]
 
     def metrics(self, samples: list[Sample]) -> dict[str, float]:
         lengths = [len(s.response_ids) for s in samples]
