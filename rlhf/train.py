@@ -138,7 +138,12 @@ def main(dcfg: DictConfig) -> float:
         sys.exit(2)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     resolved = OmegaConf.to_container(dcfg, resolve=True)
-    summary = build_and_fit(cfg, run_dir, resolved, prompts)
+    try:
+        summary = build_and_fit(cfg, run_dir, resolved, prompts)
+    except KeyboardInterrupt:
+        print(f"rlhf: interrupted; resume with the same hydra.run.dir={run_dir} "
+              f"(trainer.resume=auto)", file=sys.stderr)
+        sys.exit(130)
     return float(summary.get("last_fifth", float("nan")))
 
 

@@ -9,6 +9,8 @@ rewards come from the env), `learners` is the DeepSpeed LearnerGroup.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -91,9 +93,10 @@ class Trainer:
             advantages = algos.masked_whiten(advantages, batch.action_mask)
         return replace(batch, advantages=advantages, returns=returns)
 
-    def sync_weights(self) -> None:
-        """Learner rank 0 broadcasts; every rollout worker loads in place; version += 1."""
-        self.version += 1
+    def sync_weights(self, version: Optional[int] = None) -> None:
+        """Learner rank 0 broadcasts; every rollout worker loads in place. The engines then
+        serve `version` (default: one more than before)."""
+        self.version = self.version + 1 if version is None else version
         ray.get(self.learners.broadcast_weights() + self.rollout.receive_weights(self.version))
 
     @staticmethod
@@ -114,7 +117,7 @@ class Trainer:
         if resume_from is not None:
             self.resume(resume_from)
         total = self.cfg.total_steps
-        try:
+        with _StopOnInterrupt() as interrupt:
             while self.step_index < total:
                 metrics, samples = self.step()
                 self.step_index += 1
@@ -122,11 +125,11 @@ class Trainer:
                 self.logger.log_samples(self.step_index, self.rollout.sample_rows(samples))
                 if self.cfg.save_every and self.step_index % self.cfg.save_every == 0:
                     self.save()
-        except KeyboardInterrupt:
-            # Keep what finished: the last completed step is saved, then the interrupt goes on.
-            if self.step_index:
-                self.save()
-            raise
+                if interrupt.requested:
+                    # The step finished; keep it, then stop. Resume continues from here.
+                    print(f"interrupted: saved {self.save()}", flush=True)
+                    self.logger.finish(make_report=self.cfg.report)
+                    raise KeyboardInterrupt
         if self.cfg.save_final and not (self.cfg.save_every and total % self.cfg.save_every == 0):
             self.save()
         return self.logger.finish(make_report=self.cfg.report)
@@ -140,8 +143,31 @@ class Trainer:
     def resume(self, folder: Path) -> None:
         state = Checkpoints.read_state(folder)
         ray.get(self.learners.load(str(Path(folder) / "learner"), "state"))
-        self.step_index, self.version = state["step"], state["version"]
+        self.step_index = state["step"]
         self.rollout.load_state(state["rollout"])
-        self.sync_weights()  # the engines start from the base weights; give them the resumed ones
+        # The engines start from the base weights; give them the resumed ones.
+        self.sync_weights(version=state["version"])
         print(f"resumed from {folder} at step {self.step_index}", flush=True)
 
+
+class _StopOnInterrupt:
+    """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: stop at once."""
+
+    def __enter__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)",
+              flush=True)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
