@@ -35,11 +35,11 @@ class TinyModelConfig:
     """The built-in tiny causal LM, built offline and cached (rlhf/models/tiny.py)."""
 
     hidden_size: int = 256  # multiple of head_dim
-    num_layers: int = 4
+    num_layers: int = 2
     num_heads: int = 4
     head_dim: int = 64  # the vLLM CPU attention kernels accept 32, 64, 128 (not 16)
     warmup_steps: int = 300  # supervised steps on the task format before RL (0 = none)
-    warmup_lr: float = 3e-3
+    warmup_lr: float = 1e-3
 
 
 @dataclass
