@@ -255,8 +255,8 @@ class RunLogger:
         # update (old policy -> new), which is what keeps a run without a reference honest.
         if "algo/kl" in metrics:
             parts.append(f"kl {_fmt(metrics['algo/kl'])}")
-        elif "algo/approx_kl" in metrics:
-            parts.append(f"kl(update) {_fmt(metrics['algo/approx_kl'])}")
+        elif "algo/update_kl" in metrics:
+            parts.append(f"kl(update) {_fmt(metrics['algo/update_kl'])}")
         if self._step_times:
             mean = sum(self._step_times) / len(self._step_times)
             parts.append(f"{mean:.2f} s/step")
@@ -490,10 +490,10 @@ def plot_run(run_dir: Path) -> Path:
         ax.grid(alpha=0.3)
 
     curve(ax_p, primary, primary, smooth=True)
-    if any("algo/kl" in r for r in rows):
+    if any("algo/kl" in r for r in rows):  # KL to the reference model, when there is one
         curve(ax_kl, "algo/kl", "KL to reference (algo/kl)")
     else:
-        curve(ax_kl, "algo/approx_kl", "KL per update (algo/approx_kl)")
+        curve(ax_kl, "algo/update_kl", "KL(old || new) per update (algo/update_kl)")
     curve(ax_len, length, length)
 
     ax_t.set_title("time per step by phase")

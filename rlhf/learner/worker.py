@@ -187,10 +187,24 @@ class LearnerWorker:
                 if norm is not None:
                     grad_norms.append(float(norm))
         out = {k: sum(d[k] for d in metrics) / len(metrics) for k in metrics[0]}
+        out["algo/update_kl"] = self._update_kl(batch)
         if grad_norms:
             out["learner/grad_norm"] = sum(grad_norms) / len(grad_norms)
         out["learner/lr"] = float(self.engine.get_lr()[0])
         return out
+
+    @torch.no_grad()
+    def _update_kl(self, batch: Batch) -> float:
+        """KL(old || new) over this rank's rows: how far this step's update moved the policy
+        (k3 estimate from the behaviour samples). The console's KL when there is no reference."""
+        self.engine.eval()
+        total, tokens = 0.0, 0.0
+        for micro in self._micro_batches(batch):
+            log_ratio = self.engine(micro, with_entropy=False)[0] - micro.old_logprobs
+            kl = torch.exp(log_ratio) - 1 - log_ratio
+            total += float((kl * micro.action_mask).sum())
+            tokens += float(micro.action_mask.sum())
+        return total / max(tokens, 1.0)
 
     def _loss(self, micro: Batch, totals: dict) -> tuple[torch.Tensor, dict[str, float]]:
         a, mask = self.algo, micro.action_mask
