@@ -32,14 +32,19 @@ class ConfigError(ValueError):
 
 @dataclass
 class TinyModelConfig:
-    """The built-in tiny causal LM, built offline and cached (rlhf/models/tiny.py)."""
+    """The built-in tiny causal LM, built offline and cached (rlhf/models/tiny.py). Defaults
+    are what scripts/learnability.py chose (530k parameters)."""
 
-    hidden_size: int = 256  # multiple of head_dim
+    hidden_size: int = 128  # = num_heads * head_dim (vLLM's Qwen2 ignores config.head_dim)
     num_layers: int = 2
-    num_heads: int = 4
+    num_heads: int = 2
     head_dim: int = 64  # the vLLM CPU attention kernels accept 32, 64, 128 (not 16)
-    warmup_steps: int = 300  # supervised steps on the task format before RL (0 = none)
+    intermediate_size: int = 512
+    warmup_steps: int = 300  # cap on supervised steps on the task format before RL (0 = none)
     warmup_lr: float = 1e-3
+    # The warm-up stops once the chance of sampling the right answer reaches this, so every
+    # seed starts RL from a similar reward; null always runs warmup_steps.
+    warmup_target: Optional[float] = 0.15
 
 
 @dataclass
@@ -48,7 +53,7 @@ class MlpConfig:
 
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"  # tanh | relu
-    obs_norm: bool = False  # running mean/std obs normalisation; not implemented (validate rejects it)
+    obs_norm: bool = False  # running mean/std of observations: not implemented, validate rejects it
     init_log_std: float = 0.0  # Gaussian policies: initial log standard deviation
 
 

@@ -7,9 +7,12 @@ Rewards are exact match after stripping surrounding whitespace: 1.0 or 0.0. No p
 the learnability study (``scripts/learnability.py``) showed it is not needed.
 
 Built-ins:
-- ``addition``: ``"a+b="`` -> ``"a+b"`` for single-digit ``a, b`` (100 problems, answers 0..18).
-  The default task: the whole table fits in the supervised warm-up, so RL only has to sharpen
-  what the warm-up half-learned (see STACK.md, "Learnability").
+- ``addition`` (the default): ``"a+b="`` -> ``str(a + b)`` for ``a, b`` in 0..6 (49 problems,
+  answers 0..12, so some answers take two tokens). ``scripts/learnability.py`` picked this
+  range: with the default tiny model, GRPO raises the reward by about 0.6 in 250 steps for every
+  seed tried.
+- ``addition9``: the same for ``a, b`` in 0..9 (100 problems, answers 0..18). Learnable but slower:
+  a rise of 0.29-0.53 in 250 steps over 8 seeds, so it is not the default.
 - ``reverse``: ``"abc="`` -> ``"cba"`` for 3-5 letters from ``a..h`` (37,376 problems).
 """
 
@@ -71,7 +74,7 @@ def _addition_problem(a: int, b: int) -> Problem:
     return Problem(prompt=f"{a}+{b}=", answer=str(a + b))
 
 
-def _make_addition(max_operand: int) -> Task:
+def _make_addition(max_operand: int, name: str = "addition") -> Task:
     def make(rng: random.Random) -> Problem:
         return _addition_problem(rng.randint(0, max_operand), rng.randint(0, max_operand))
 
@@ -81,7 +84,7 @@ def _make_addition(max_operand: int) -> Task:
                 yield _addition_problem(a, b)
 
     return Task(
-        name="addition",
+        name=name,
         alphabet="0123456789+=",
         make_problem=make,
         reward=exact_match,
@@ -122,7 +125,8 @@ def _make_reverse() -> Task:
 
 
 TASKS: dict[str, Task] = {
-    "addition": _make_addition(9),
+    "addition": _make_addition(6),
+    "addition9": _make_addition(9, "addition9"),
     "reverse": _make_reverse(),
 }
 

@@ -32,8 +32,9 @@ def resolve_model_path(cfg: RootConfig) -> str:
     t = cfg.model.tiny
     return str(build_tiny_model(task=cfg.data.task, hidden_size=t.hidden_size,
                                 num_layers=t.num_layers, num_heads=t.num_heads,
-                                head_dim=t.head_dim, warmup_steps=t.warmup_steps,
-                                warmup_lr=t.warmup_lr, seed=cfg.seed))
+                                head_dim=t.head_dim, intermediate_size=t.intermediate_size,
+                                warmup_steps=t.warmup_steps, warmup_lr=t.warmup_lr,
+                                warmup_target=t.warmup_target, seed=cfg.seed))
 
 
 def init_ray(cfg: RootConfig) -> dict:
@@ -83,8 +84,9 @@ def build_and_fit(cfg: RootConfig, run_dir: Path, resolved: dict, prompts=None) 
             from rlhf.rollout.gym_runner import GymRollout, env_spec_of
 
             env_spec = env_spec_of(r.gym)
-            rollout = GymRollout(r, cfg.model.mlp, env_spec, cfg.seed, placement.rollout, runtime_env,
-                                 gamma=cfg.algo.gamma)  # runners bootstrap truncated episodes
+            # gamma: the runners bootstrap time-limit truncations with gamma * V(final obs)
+            rollout = GymRollout(r, cfg.model.mlp, env_spec, cfg.seed, placement.rollout,
+                                 runtime_env, gamma=cfg.algo.gamma)
             rewards = None
             rows = r.num_workers * r.gym.envs_per_worker * r.gym.steps_per_env
             primary = "env/episode_return_mean"

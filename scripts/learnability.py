@@ -9,7 +9,35 @@ step (on-policy, so ratio = 1) with a token-mean loss, AdamW and grad clip 1.0.
 It prints the sampled reward mean every 10 steps and, per seed, the mean reward over the first
 and last fifth of the steps (the framework's success criterion is last - first >= 0.2).
 
-    python scripts/learnability.py --seeds 0 1 2 --steps 250
+    python scripts/learnability.py --seeds 0 1 2 3 4 5 6 7 --steps 250
+
+Result with the defaults (task ``addition`` = a+b for a, b in 0..6; model hidden 128, 2 layers,
+2 heads of 64, MLP 512, 530k parameters; warm-up lr 1e-3, batch 32, stopped at expected accuracy
+0.15; RL lr 2e-4, AdamW betas (0.9, 0.999), no KL), one thread on a shared 2-core machine.
+"expected acc" is the exact probability of sampling the right answer + EOS, over all 49 problems:
+
+| seed | expected acc start | expected acc end | first fifth | last fifth | rise | build s | RL s |
+|---|---|---|---|---|---|---|---|
+| 0 | 0.165 | 0.913 | 0.367 | 0.939 | +0.572 | 1.0 | 35.1 |
+| 1 | 0.157 | 0.936 | 0.267 | 0.928 | +0.661 | 0.7 | 23.2 |
+| 2 | 0.168 | 0.917 | 0.326 | 0.922 | +0.596 | 0.4 | 21.7 |
+| 3 | 0.166 | 0.942 | 0.335 | 0.937 | +0.602 | 0.4 | 19.3 |
+| 4 | 0.160 | 0.932 | 0.316 | 0.943 | +0.627 | 0.4 | 20.8 |
+| 5 | 0.154 | 0.947 | 0.297 | 0.930 | +0.633 | 0.3 | 21.8 |
+| 6 | 0.170 | 0.947 | 0.343 | 0.941 | +0.598 | 0.4 | 24.3 |
+| 7 | 0.153 | 0.931 | 0.258 | 0.935 | +0.678 | 0.6 | 22.8 |
+
+What else was measured (250 steps, rise = last fifth - first fifth, min/mean over seeds):
+- RL lr on the default: 1.5e-4 -> +0.52/+0.57 (3 seeds), 3e-4 -> +0.42/+0.55 (8 seeds),
+  6e-4 -> +0.41/+0.49 (3 seeds). Above ~5e-4 runs get noisier; ~1e-3 stalled or collapsed with
+  the bigger models.
+- ``addition9`` (0..9, 100 problems), same model, lr 3e-4: +0.29/+0.39 over 8 seeds (linear,
+  unsaturated curves): learnable, but too little margin for "any seed", hence the smaller table.
+- Bigger models learned no faster: hidden 256 x 2 layers (1.3M) on addition9 +0.32/+0.40 at
+  lr 1e-4 and unstable at >= 3e-4; 4 layers (2.6M) +0.27/+0.36; 3 layers at hidden 128 +0.27/+0.33.
+- A warm-up stopped at 0.10 or 0.20 instead of 0.15 worked as well (addition9: +0.36 / +0.31 min).
+The reward per 10 steps climbs smoothly from ~0.2 to ~0.9 by step ~150, so 100-150 steps
+already give a rise of ~0.45.
 """
 
 from __future__ import annotations
@@ -97,7 +125,7 @@ def run_seed(args, seed: int) -> dict:
         task=args.task,
         hidden_size=args.hidden,
         num_layers=args.layers,
-        num_heads=args.hidden // 64,
+        num_heads=args.hidden // 64,  # head_dim 64
         intermediate_size=args.intermediate,
         warmup_steps=args.warmup_steps,
         warmup_lr=args.warmup_lr,
@@ -116,7 +144,9 @@ def run_seed(args, seed: int) -> dict:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, args.beta2)
+    )
     rewards: list[float] = []
     t1 = time.perf_counter()
     for step in range(args.steps):
@@ -163,14 +193,16 @@ def run_seed(args, seed: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--task", default="addition")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--clip", type=float, default=0.2)
     ap.add_argument("--hidden", type=int, default=tiny.DEFAULT_HIDDEN_SIZE)
     ap.add_argument("--layers", type=int, default=tiny.DEFAULT_NUM_LAYERS)
@@ -184,6 +216,7 @@ def main() -> None:
         default=tiny.DEFAULT_WARMUP_TARGET,
         help="stop the warm-up at this expected accuracy (negative: run all warm-up steps)",
     )
+    ap.add_argument("--beta2", type=float, default=0.999)
     ap.add_argument("--cache-dir", default=None, help="default: a fresh temporary folder")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--verbose", action="store_true", help="print the reward every 10 steps")
@@ -206,7 +239,8 @@ def main() -> None:
     for r in rows:
         print(
             f"| {r['seed']} | {r['params']} | {r['exp0']:.3f} | {r['exp1']:.3f} | {r['first']:.3f} "
-            f"| {r['last']:.3f} | {r['last'] - r['first']:+.3f} | {r['build_s']:.1f} | {r['rl_s']:.1f} |"
+            f"| {r['last']:.3f} | {r['last'] - r['first']:+.3f} | {r['build_s']:.1f} "
+            f"| {r['rl_s']:.1f} |"
         )
     rises = [r["last"] - r["first"] for r in rows]
     print(f"min rise {min(rises):+.3f}, mean rise {statistics.mean(rises):+.3f}")

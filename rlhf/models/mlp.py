@@ -94,16 +94,18 @@ class ActorCritic(nn.Module):
 
     # ------------------------------------------------------------------ runner side
     @torch.no_grad()
-    def act(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def act(self, obs: Tensor, generator: Optional[torch.Generator] = None
+            ) -> tuple[Tensor, Tensor, Tensor]:
         """obs [N, *obs] -> sampled actions [N] or [N, act_dim] (unclipped), their logprobs [N],
-        values [N]."""
+        values [N]. `generator` makes the sampling reproducible per runner."""
         x = self._flat(obs)
         out = self.actor(x)
         if self.discrete:
             # Gumbel-max: one kernel instead of Categorical's validation and multinomial.
-            actions = (out - torch.log(-torch.log(torch.rand_like(out)))).argmax(-1)
+            u = torch.rand(out.shape, generator=generator)
+            actions = (out - torch.log(-torch.log(u))).argmax(-1)
         else:
-            actions = out + torch.randn_like(out) * self.log_std.exp()
+            actions = out + torch.randn(out.shape, generator=generator) * self.log_std.exp()
         logp, _ = self._logprob_entropy(out, actions, with_entropy=False)
         return actions, logp, self.critic(x).squeeze(-1)
 

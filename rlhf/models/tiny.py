@@ -5,13 +5,20 @@ a task's format (prompt -> answer + EOS, loss on the answer tokens only) so that
 model that is partly right, as real RL starts from a pretrained model, and saves a normal
 Hugging Face folder that transformers and vLLM both load. Nothing is downloaded.
 
-The defaults were picked with ``scripts/learnability.py``: see that script's docstring for the
-measured table.
+The defaults were picked with ``scripts/learnability.py`` (see its docstring for the table): a
+530k-parameter model (hidden 128, 2 layers, 2 heads of 64, MLP 512) warmed up on the 49-problem
+``addition`` table until its expected temperature-1 accuracy reaches 0.15 (0.3-1 s on one core);
+GRPO at lr 2e-4 then lifts the reward from ~0.2 to ~0.93 in 250 steps for every seed tried.
+
+Tokenizer note: transformers 5 maps a ``qwen2`` config to ``Qwen2Tokenizer`` whatever
+``tokenizer_config.json`` says; for our ASCII alphabets without spaces it gives exactly the same
+ids and text as the char-level tokenizer (``check_saved_tokenizer`` verifies this at build time).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -29,18 +36,18 @@ from rlhf.tasks import Problem, Task, get_task
 log = logging.getLogger(__name__)
 
 # Bump whenever a change here changes the bytes that build_tiny_model() writes.
-CODE_VERSION = "tiny-v1"
+CODE_VERSION = "tiny-v2"
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 MAX_POSITIONS = 128
 
 # Defaults chosen by scripts/learnability.py.
-DEFAULT_HIDDEN_SIZE = 256
+DEFAULT_HIDDEN_SIZE = 128
 DEFAULT_NUM_LAYERS = 2
-DEFAULT_NUM_HEADS = 4
+DEFAULT_NUM_HEADS = 2  # head_dim 64
 DEFAULT_INTERMEDIATE_SIZE = 512
-DEFAULT_WARMUP_STEPS = 300
+DEFAULT_WARMUP_STEPS = 300  # a cap: the warm-up stops at DEFAULT_WARMUP_TARGET
 DEFAULT_WARMUP_LR = 1e-3
 DEFAULT_WARMUP_BATCH_SIZE = 32
 DEFAULT_WARMUP_TARGET = 0.15
@@ -99,7 +106,8 @@ def _make_config(tokenizer, hidden_size, num_layers, num_heads, head_dim, interm
     if hidden_size != num_heads * head_dim:
         # vLLM's Qwen2 derives head_dim as hidden_size // num_heads and ignores config.head_dim.
         raise ValueError(
-            f"hidden_size ({hidden_size}) must equal num_heads ({num_heads}) x head_dim ({head_dim})"
+            f"hidden_size ({hidden_size}) must equal num_heads ({num_heads}) "
+            f"x head_dim ({head_dim})"
         )
     if head_dim not in (32, 64, 128):
         log.warning("head_dim=%d: vLLM's CPU attention kernels accept only 32/64/128", head_dim)
@@ -158,12 +166,17 @@ def expected_accuracy(model, tokenizer, problems: list[Problem], batch_size: int
     return total / max(len(problems), 1)
 
 
+def _small_table(task: Task, limit: int = 1024) -> list[Problem] | None:
+    """Every problem of ``task`` when there are at most ``limit`` of them, else None."""
+    if task.enumerate_problems is None:
+        return None
+    probs = list(itertools.islice(task.enumerate_problems(), limit + 1))
+    return probs if len(probs) <= limit else None
+
+
 def _eval_problems(task: Task) -> list[Problem]:
-    if task.finite:
-        probs = task.all_problems()
-        if len(probs) <= 1024:
-            return probs
-    return task.sample(random.Random(12345), 512)
+    """The whole table for a small finite task, else a fixed sample of 512 problems."""
+    return _small_table(task) or task.sample(random.Random(12345), 512)
 
 
 def warmup(
@@ -176,15 +189,19 @@ def warmup(
     batch_size: int,
     target: float | None,
     seed: int,
-    eval_every: int = 5,
+    eval_every: int | None = None,
 ) -> tuple[int, float]:
     """Supervised warm-up; stops early once the expected sampled accuracy reaches ``target``.
 
+    The accuracy is checked every ``eval_every`` steps (default: every step for a table of up to
+    127 problems, less often for bigger evaluation sets, to keep its cost proportionate).
     Returns (steps taken, final expected accuracy).
     """
     rng = random.Random(seed)
     eval_set = _eval_problems(task)
-    table = task.all_problems() if task.finite and len(eval_set) == len(task.all_problems()) else None
+    if eval_every is None:
+        eval_every = max(1, len(eval_set) // 64)
+    table = _small_table(task)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     acc = expected_accuracy(model, tokenizer, eval_set)
@@ -226,7 +243,8 @@ def check_saved_tokenizer(folder: str | Path, task: Task) -> None:
 
     ours = build_tokenizer(task.alphabet)
     theirs = AutoTokenizer.from_pretrained(str(folder))
-    samples = list(task.alphabet) + [task.alphabet] + [p.prompt + p.answer for p in task.sample(0, 32)]
+    samples = list(task.alphabet) + [task.alphabet]
+    samples += [p.prompt + p.answer for p in task.sample(0, 32)]
     for s in samples:
         a = ours.encode(s, add_special_tokens=False)
         b = theirs.encode(s, add_special_tokens=False)
@@ -239,8 +257,21 @@ def check_saved_tokenizer(folder: str | Path, task: Task) -> None:
         raise RuntimeError(f"special token ids differ in the tokenizer loaded from {folder}")
 
 
-def _cache_key(params: dict) -> str:
-    blob = json.dumps({"code_version": CODE_VERSION, **params}, sort_keys=True, default=str)
+def task_fingerprint(task: Task) -> str:
+    """A digest of what a task generates, so that editing a task invalidates cached models."""
+    probe = task.sample(random.Random(0), 256)
+    if task.enumerate_problems is not None:
+        probe += list(itertools.islice(task.enumerate_problems(), 4096))
+    blob = json.dumps([task.alphabet, task.max_answer_chars, [(p.prompt, p.answer) for p in probe]])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _cache_key(params: dict, task: Task) -> str:
+    blob = json.dumps(
+        {"code_version": CODE_VERSION, "task_fingerprint": task_fingerprint(task), **params},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -261,7 +292,8 @@ def build_tiny_model(
 ) -> Path:
     """Build (or fetch from the cache) a warmed-up tiny model for ``task``; return its folder.
 
-    The folder name is a hash of every argument and ``CODE_VERSION``. The model is written to a
+    The folder name is a hash of every argument, ``CODE_VERSION`` and a fingerprint of the task's
+    problems (so editing a task invalidates its cached models). The model is written to a
     temporary folder next to it and renamed into place, so a crash never leaves a partial model.
     ``warmup_target`` stops the warm-up early once the expected temperature-1 exact-match accuracy
     reaches it (``None``: always run ``warmup_steps``), which keeps the starting reward of RL
@@ -280,17 +312,19 @@ def build_tiny_model(
         warmup_target=warmup_target,
         seed=seed,
     )
+    task_obj = get_task(task)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    final = root / f"{task}-{_cache_key(params)}"
+    final = root / f"{task}-{_cache_key(params, task_obj)}"
     if (final / "config.json").is_file():
         return final
 
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
     t0 = time.perf_counter()
-    task_obj = get_task(task)
     tokenizer = build_tokenizer(task_obj.alphabet)
-    config = _make_config(tokenizer, hidden_size, num_layers, num_heads, head_dim, intermediate_size)
+    config = _make_config(
+        tokenizer, hidden_size, num_layers, num_heads, head_dim, intermediate_size
+    )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).float()
     n_params = sum(p.numel() for p in model.parameters())

@@ -96,10 +96,11 @@ class GymRunner:
 
         torch.set_num_threads(1)  # tiny matmuls: threads only add contention on shared cores
         self.cfg, self.spec, self.index, self.gamma = cfg, env_spec, index, gamma
-        torch.manual_seed(seed)  # the learner seeds the same way before building its policy
+        # Seeded like the learner's policy; the Trainer's initial weight sync overwrites it anyway.
+        torch.manual_seed(seed)
         self.policy = ActorCritic(env_spec, mlp_cfg).eval()
-        self.generator_seed = seed * 1000 + index  # action sampling differs per runner
-        torch.manual_seed(self.generator_seed)
+        # Action sampling: reproducible per runner, and different between runners.
+        self.generator = torch.Generator().manual_seed(seed * 1000 + index)
         self.env, self.obs = make_vector_env(cfg, seed, index)
         n = cfg.envs_per_worker
         self.ep_return = np.zeros(n)
@@ -125,20 +126,23 @@ class GymRunner:
         obs_buf = np.empty((T, N, *spec.obs_shape), dtype=np.float32)
         act_buf = (np.empty((T, N), dtype=np.int64) if spec.discrete
                    else np.empty((T, N, spec.act_dim), dtype=np.float32))
-        rew_buf = np.empty((T, N), dtype=np.float32)
+        rew_buf = np.empty((T, N), dtype=np.float32)  # env rewards + truncation bootstrap
+        raw_return = np.zeros(N)  # env rewards only
         done_buf = np.empty((T, N), dtype=np.float32)
         val_buf = np.empty((T, N), dtype=np.float32)
         logp_buf = np.empty((T, N), dtype=np.float32)
         episodes: list[list[tuple[float, int]]] = [[] for _ in range(N)]
         for t in range(T):
             obs_buf[t] = self.obs
-            actions, logp, values = self.policy.act(torch.from_numpy(obs_buf[t]))
+            actions, logp, values = self.policy.act(torch.from_numpy(obs_buf[t]), self.generator)
             act_buf[t] = actions.numpy()
             logp_buf[t] = logp.numpy()
             val_buf[t] = values.numpy()
-            self.obs, reward, terminated, truncated, info = self.env.step(self._env_actions(act_buf[t]))
+            step = self.env.step(self._env_actions(act_buf[t]))
+            self.obs, reward, terminated, truncated, info = step
             self.ep_return += reward
             self.ep_len += 1
+            raw_return += reward
             rew_buf[t] = reward
             ended = terminated | truncated
             done_buf[t] = ended
@@ -155,15 +159,14 @@ class GymRunner:
         elapsed = time.perf_counter() - start
         samples = []
         for e in range(N):
-            rewards = rew_buf[:, e].copy()
             samples.append(Sample(
                 group_id=self.index * N + e,
                 rollout_logprobs=logp_buf[:, e].tolist(),
                 weight_version=self.version,
-                reward=float(rew_buf[:, e].sum()),
+                reward=float(raw_return[e]),
                 obs=obs_buf[:, e].copy(),
                 actions=act_buf[:, e].copy(),
-                step_rewards=rewards,
+                step_rewards=rew_buf[:, e].copy(),
                 dones=done_buf[:, e].copy(),
                 values=val_buf[:, e].copy(),
                 last_value=float(last[e]),
@@ -212,17 +215,17 @@ class GymRunner:
 
 
 class GymRollout:
-    """The rollout role for gymnasium: `num_workers` GymRunner actors. Methods that touch the
-    actors return ObjectRefs; the driver calls ray.get."""
+    """The rollout role for gymnasium: `workers`, one GymRunner actor per rollout worker.
+    Methods that touch the actors return ObjectRefs; the driver calls ray.get."""
 
     def __init__(self, cfg: RolloutConfig, mlp_cfg: MlpConfig, env_spec: EnvSpec, seed: int,
                  slots, runtime_env: dict | None = None, *, gamma: float):
         from rlhf.placement import spawn
 
         self.cfg = cfg
-        self.runners = spawn(GymRunner, slots, lambda i: (
+        self.workers = spawn(GymRunner, slots, lambda i: (
             (cfg.gym, mlp_cfg, env_spec, seed, i, gamma), {}), runtime_env)
-        self.sync_ranks = len(self.runners)
+        self.sync_ranks = len(self.workers)
         self.env_steps = 0
         self.episodes = 0
         self.recent_returns: collections.deque[float] = collections.deque(maxlen=RETURN_WINDOW)
@@ -232,15 +235,15 @@ class GymRollout:
     def collect(self) -> list[Any]:
         if self._last_metrics_at is None:
             self._last_metrics_at = time.perf_counter()
-        return [r.collect.remote() for r in self.runners]
+        return [r.collect.remote() for r in self.workers]
 
     def init_weight_sync(self, host: str, port: int, world_size: int, meta, bucket_bytes: int
                          ) -> list[Any]:
         return [r.init_weight_sync.remote(host, port, 1 + i, world_size, meta, bucket_bytes)
-                for i, r in enumerate(self.runners)]
+                for i, r in enumerate(self.workers)]
 
     def receive_weights(self, version: int) -> list[Any]:
-        return [r.receive_weights.remote(version) for r in self.runners]
+        return [r.receive_weights.remote(version) for r in self.workers]
 
     def metrics(self, samples: list[Sample]) -> dict[str, float]:
         """env/episode_return_mean: mean return of the last RETURN_WINDOW finished episodes

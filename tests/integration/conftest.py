@@ -13,12 +13,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
     """The default tiny model (cached across runs, like the CLI's)."""
-    from rlhf.models.tiny import build_tiny_model
+    from rlhf.train import resolve_model_path
 
-    t = RootConfig().model.tiny
-    return str(build_tiny_model(task="addition", hidden_size=t.hidden_size, num_layers=t.num_layers,
-                                num_heads=t.num_heads, head_dim=t.head_dim,
-                                warmup_steps=t.warmup_steps, warmup_lr=t.warmup_lr, seed=0))
+    return resolve_model_path(RootConfig())
 
 
 @pytest.fixture(scope="module")
