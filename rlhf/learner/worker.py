@@ -259,9 +259,22 @@ class LearnerWorker:
         self.engine.save_checkpoint(folder, tag=tag, save_latest=False)
 
     def load(self, folder: str, tag: str) -> None:
+        # DeepSpeed unpickles its checkpoint files with weights_only=False: arbitrary code from
+        # a tampered file. Load them with weights_only=True, allowing only the few DeepSpeed
+        # value types its checkpoints hold.
+        self.engine.checkpoint_engine.load = _load_weights_only
         path, _ = self.engine.load_checkpoint(folder, tag=tag)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} in {folder}")
+
+
+def _load_weights_only(path: str, map_location=None):
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _full_view(p: torch.Tensor) -> torch.Tensor:
