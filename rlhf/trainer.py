@@ -50,7 +50,7 @@ class Trainer:
                                                 self.learners.cfg.sync_bucket_mb << 20))
         # The first rollout must come from the learner's initial weights (a gym runner builds
         # its own randomly initialised policy): send them once, as version 0.
-        ray.get(self.learners.broadcast_weights() + self.rollout.receive_weights(self.version))
+        self.sync_weights(version=0)
 
     # ------------------------------------------------------------------ the algorithm
     def step(self) -> tuple[dict[str, float], list[Sample]]:

@@ -18,7 +18,7 @@ import torch
 from rlhf import algos
 from rlhf.batch import Batch
 from rlhf.config import AlgoConfig, LearnerConfig, ModelConfig
-from rlhf.rollout.weight_sync import WeightSyncGroup, describe
+from rlhf.rollout.weight_sync import ParamMeta, WeightSyncGroup, describe, plan_buckets
 
 
 def build_policy(model_cfg: ModelConfig, model_path: str, temperature: float, env_spec=None):
@@ -126,12 +126,11 @@ class LearnerWorker:
         return [(m.name, m.shape, m.dtype) for m in describe(named)]
 
     def init_weight_sync(self, host: str, port: int, world_size: int, bucket_bytes: int) -> None:
-        """Rank 0 joins the weight-sync group as its root; other ranks only gather (ZeRO-3)."""
-        from rlhf.rollout.weight_sync import ParamMeta
-
-        self.sync_buckets_bytes = bucket_bytes
+        """Every rank computes the same bucket plan (under ZeRO-3 all ranks gather each bucket);
+        rank 0 also joins the weight-sync group as its root."""
+        meta = [ParamMeta(*m) for m in self.weight_meta()]
+        self.sync_buckets = plan_buckets(meta, bucket_bytes)
         if self.rank == 0:
-            meta = [ParamMeta(*m) for m in self.weight_meta()]
             self.sync = WeightSyncGroup(host, port, 0, world_size, self.device, meta, bucket_bytes)
 
     # ---------------------------------------------------------------- scoring
@@ -236,8 +235,7 @@ class LearnerWorker:
         named = list(self.engine.module.rollout_state())
         zero3 = self.cfg.zero_stage == 3
         sent = 0
-        buckets = self.sync.buckets if self.sync is not None else _plan(named, self.sync_buckets_bytes)
-        for bucket in buckets:
+        for bucket in self.sync_buckets:
             params = [named[i][1] for i in bucket]
             gather = deepspeed.zero.GatheredParameters(params) if zero3 else contextlib.nullcontext()
             with gather:
@@ -282,8 +280,3 @@ def _full_view(p: torch.Tensor) -> torch.Tensor:
     shape = getattr(p, "ds_shape", None)
     return torch.empty(shape, dtype=p.dtype, device="meta") if shape is not None else p
 
-
-def _plan(named, bucket_bytes):
-    from rlhf.rollout.weight_sync import plan_buckets
-
-    return plan_buckets(describe([(n, _full_view(p)) for n, p in named]), bucket_bytes)
