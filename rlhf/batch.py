@@ -20,6 +20,25 @@ from torch import Tensor
 
 
 @dataclass
+class GenerationRequest:
+    """One response to generate: the unit the rollout pipeline issues to an engine.
+
+    `seed` is derived from (run seed, prompt id, sample index), so the same prompt regenerated
+    by the same weights gives the same tokens, whichever engine serves it and whenever.
+    """
+
+    prompt_id: int  # the ledger id of the prompt (samples of one prompt share it: the group)
+    sample_index: int  # 0 .. samples_per_prompt - 1
+    seed: int  # vLLM SamplingParams(seed=...)
+    prompt: str = ""  # text, already rendered (chat template applied) when prompt_token_ids is None
+    prompt_token_ids: Optional[list[int]] = None  # when set, sent to the engine instead of text
+    answer: str = ""  # reference answer for the reward function
+    fields: dict[str, Any] = field(default_factory=dict)  # other dataset columns
+    temperature: Optional[float] = None  # None: the rollout config's (0 = greedy, for eval)
+    max_new_tokens: Optional[int] = None  # None: the rollout config's
+
+
+@dataclass
 class Sample:
     group_id: int  # samples sharing it answer the same prompt (gym: the env index)
     prompt_ids: list[int] = field(default_factory=list)
