@@ -36,11 +36,23 @@ from rlhf.tasks import Problem, Task, get_task
 log = logging.getLogger(__name__)
 
 # Bump whenever a change here changes the bytes that build_tiny_model() writes.
-CODE_VERSION = "tiny-v2"
+CODE_VERSION = "tiny-v3"  # v3: the tokenizer has a chat template
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 MAX_POSITIONS = 128
+
+# The tiny model has no roles to tell apart, so a conversation renders as the contents of its
+# user turns, each assistant turn followed by EOS; with the generation prompt, one user turn
+# "3+4=" renders exactly as the plain prompt "3+4=", the format the warm-up taught. It lets chat
+# datasets run end to end on the tiny model (system turns are dropped: their text would be
+# outside the task's alphabet).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
 
 # Defaults chosen by scripts/learnability.py.
 DEFAULT_HIDDEN_SIZE = 128
@@ -77,7 +89,7 @@ def build_tokenizer(alphabet: str, model_max_length: int = MAX_POSITIONS):
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens(list(SPECIAL_TOKENS))
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD,
         bos_token=BOS,
@@ -87,6 +99,8 @@ def build_tokenizer(alphabet: str, model_max_length: int = MAX_POSITIONS):
         clean_up_tokenization_spaces=False,
         padding_side="left",
     )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,6 +269,12 @@ def check_saved_tokenizer(folder: str | Path, task: Task) -> None:
             )
     if theirs.eos_token_id != ours.eos_token_id or theirs.pad_token_id != ours.pad_token_id:
         raise RuntimeError(f"special token ids differ in the tokenizer loaded from {folder}")
+    p = task.sample(0, 1)[0]
+    chat = [{"role": "user", "content": p.prompt}]
+    rendered = theirs.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    if rendered != p.prompt:
+        raise RuntimeError(f"the chat template loaded from {folder} renders {chat} as "
+                           f"{rendered!r}, not {p.prompt!r}")
 
 
 def task_fingerprint(task: Task) -> str:
