@@ -7,6 +7,8 @@ pure torch functions in the style of veRL's ``core_algos``:
 * ``POLICY_LOSSES``        -- log-probs + advantages -> per-token loss + metrics
 * ``KL_ESTIMATORS``        -- per-token estimates of KL(pi || ref)
 * ``LOSS_AGGREGATIONS``    -- per-token loss [B,T] -> scalar, micro-batch aware
+* ``ROLLOUT_CORRECTIONS``  -- learner-old vs rollout logprobs -> importance weights [B,T]
+* reward shaping: DAPO overlong penalty, truncation mask, adaptive KL controller
 * helpers: masked statistics, log-probs/entropy from logits, value loss.
 
 Nothing here knows about devices, distributed training, engines or models; callers pick
@@ -31,6 +33,7 @@ __all__ = [
     "POLICY_LOSSES",
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
+    "ROLLOUT_CORRECTIONS",
     "AdvantageInputs",
     "AdvantageParams",
     "PolicyLossParams",
@@ -42,6 +45,10 @@ __all__ = [
     "logprobs_from_logits",
     "value_loss",
     "explained_variance",
+    "value_clip_fraction",
+    "overlong_penalty",
+    "add_sequence_reward",
+    "KLController",
 ]
 
 F = TypeVar("F", bound=Callable)
@@ -93,6 +100,7 @@ ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
 POLICY_LOSSES: Registry = Registry("policy loss")
 KL_ESTIMATORS: Registry = Registry("KL estimator")
 LOSS_AGGREGATIONS: Registry = Registry("loss aggregation")
+ROLLOUT_CORRECTIONS: Registry = Registry("rollout correction")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -158,6 +166,10 @@ class AdvantageInputs:
     values: Tensor | None = None  # [B,T] critic values V(s_t) (GAE only)
     dones: Tensor | None = None  # [B,T] 1 where an episode ended at step t (no value flows from t+1 back to t)
     last_values: Tensor | None = None  # [B] V(s_T) to bootstrap a segment cut mid-episode (GAE only; 0 if None)
+    # [B] each sample's sequence reward. Only read for rows with no valid position (an empty
+    # response has no token to carry its reward): group estimators still count it in the
+    # group's baseline, as peers do, so a reward that penalises empty output is not lost.
+    seq_rewards: Tensor | None = None
 
 
 @dataclass
@@ -184,17 +196,16 @@ def _dones(x: AdvantageInputs, ref: Tensor) -> Tensor:
     return x.dones.to(ref.dtype)
 
 
-def _continues(mask: Tensor, dones: Tensor) -> Tensor:
-    """[B,T] 1 where value/advantage flows from t+1 back to t. A padded t+1 counts as past
-    the end (terminal). At t=T-1 only ``dones`` stops the flow: the segment may have been
-    cut mid-episode and is bootstrapped from ``last_values`` (GAE) or 0 (REINFORCE)."""
-    nxt_valid = torch.cat([_valid(mask[:, 1:]).to(dones.dtype), torch.ones_like(dones[:, :1])], dim=1)
-    return nxt_valid * (1 - dones)
-
-
 def _outcome_scores(x: AdvantageInputs) -> Tensor:
-    """[B] per-sample score: sum of valid token rewards (0 for an empty response)."""
-    return masked_sum(_float(x.token_rewards), x.mask, dim=-1)
+    """[B] per-sample score: sum of valid token rewards; for a row with no valid position
+    (empty response) its ``seq_rewards`` entry (0 if None)."""
+    s = masked_sum(_float(x.token_rewards), x.mask, dim=-1)
+    if x.seq_rewards is None:
+        return s
+    if x.seq_rewards.shape != s.shape:
+        raise ValueError(f"seq_rewards must be [B]={tuple(s.shape)}; got {tuple(x.seq_rewards.shape)}")
+    empty = ~_valid(x.mask).any(dim=-1)
+    return torch.where(empty, x.seq_rewards.to(s.dtype), s)
 
 
 def _group_stats(scores: Tensor, group_ids: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -242,14 +253,18 @@ def _group_centered(x: AdvantageInputs, p: AdvantageParams, scale_std: bool) -> 
 @ADVANTAGE_ESTIMATORS.register("gae")
 @torch.no_grad()
 def gae(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
-    """Generalised advantage estimation (Schulman et al. 2016), backward over t.
+    """Generalised advantage estimation (Schulman et al. 2016), backward over valid steps.
 
     Inputs: token_rewards, mask, values [B,T]; optional dones [B,T], last_values [B].
-        delta_t = r_t + gamma * c_t * V_{t+1} - V_t
-        A_t     = delta_t + gamma * lam * c_t * A_{t+1}
-    where c_t = 0 if dones[t] or t+1 is padding (the last valid token of a right-padded
-    response is terminal), else 1; V_T = last_values (0 if None).
-    Returns (advantages [B,T], returns = advantages + values [B,T]), 0 on padding.
+    With n(t) the next VALID position after t:
+        delta_t = r_t + gamma * c_t * V_{n(t)} - V_t
+        A_t     = delta_t + gamma * lam * c_t * A_{n(t)}
+    c_t = 0 if dones[t] or nothing valid follows t (trailing padding: the end of a response
+    is terminal), else 1. An interior gap in the mask (environment/observation tokens
+    between a multi-turn rollout's model turns) is skipped, not terminal: value and TD
+    error carry across it, one discount per valid step. If position T-1 is valid the
+    segment was cut mid-episode: V_T = last_values (0 if None).
+    Returns (advantages [B,T], returns = advantages + values [B,T]), 0 on invalid positions.
     """
     _, T = _check_bt(x)
     if x.values is None:
@@ -259,16 +274,24 @@ def gae(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
     zero = torch.zeros_like(r)
     r = torch.where(valid, r, zero)
     v = torch.where(valid, x.values.to(r.dtype), zero)
-    last = torch.zeros_like(r[:, 0]) if x.last_values is None else x.last_values.to(r.dtype)
-    cont = _continues(x.mask, _dones(x, r))
-    next_v = torch.cat([v[:, 1:], last.unsqueeze(-1)], dim=1) * cont
-    delta = r + p.gamma * next_v - v
+    d = _dones(x, r)
+    next_v = torch.zeros_like(r[:, 0]) if x.last_values is None else x.last_values.to(r.dtype).clone()
+    alive = torch.ones_like(next_v)  # 1 while a later valid step (or the bootstrap) exists
+    seen = torch.zeros_like(next_v, dtype=torch.bool)  # a valid step was met (right of t)
+    running = torch.zeros_like(next_v)
     adv = torch.zeros_like(r)
-    running = torch.zeros_like(r[:, 0])
     for t in range(T - 1, -1, -1):
-        running = delta[:, t] + p.gamma * p.lam * cont[:, t] * running
-        adv[:, t] = running
-    adv = torch.where(valid, adv, zero)
+        ok = valid[:, t]
+        # Trailing padding ends the episode; an interior gap (seen already) changes nothing.
+        alive = torch.where(~ok & ~seen, torch.zeros_like(alive), alive)
+        c = alive * (1 - d[:, t])
+        delta = r[:, t] + p.gamma * c * next_v - v[:, t]
+        step = delta + p.gamma * p.lam * c * running
+        running = torch.where(ok, step, running)
+        next_v = torch.where(ok, v[:, t], next_v)
+        alive = torch.where(ok, torch.ones_like(alive), alive)
+        seen = seen | ok
+        adv[:, t] = torch.where(ok, step, zero[:, t])
     return adv, torch.where(valid, adv + v, zero)
 
 
@@ -323,14 +346,15 @@ def rloo(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
 
 
 def _discounted_returns(r: Tensor, mask: Tensor, dones: Tensor, gamma: float) -> Tensor:
-    """[B,T] G_t = r_t + gamma * c_t * G_{t+1}, no bootstrap beyond the segment."""
-    cont = _continues(mask, dones)
-    cont[:, -1] = 0  # no critic to bootstrap from
+    """[B,T] G_t = r_t + gamma * (1 - d_t) * G_{n(t)}, n(t) the next valid position (an
+    interior gap is skipped, as in gae); no bootstrap beyond the segment."""
+    valid = _valid(mask)
     ret = torch.zeros_like(r)
     running = torch.zeros_like(r[:, 0])
     for t in range(r.shape[1] - 1, -1, -1):
-        running = r[:, t] + gamma * cont[:, t] * running
-        ret[:, t] = running
+        g = r[:, t] + gamma * (1 - dones[:, t]) * running
+        running = torch.where(valid[:, t], g, running)
+        ret[:, t] = torch.where(valid[:, t], g, torch.zeros_like(g))
     return ret
 
 
@@ -419,6 +443,11 @@ class PolicyLossParams:
     clip_low: float = 0.2  # ratio lower bound 1 - clip_low
     clip_high: float = 0.2  # ratio upper bound 1 + clip_high (DAPO clip-higher uses e.g. 0.28)
     dual_clip: float | None = None  # c > 1: for negative advantages bound the loss at -c*A (dual-clip PPO); None disables
+    cov_ratio: float = 2e-4  # clip_cov / kl_cov: share of valid tokens selected by covariance
+    clip_cov_lb: float = 1.0  # clip_cov: only tokens with covariance in (lb, ub) are candidates
+    clip_cov_ub: float = 5.0
+    kl_cov_coef: float = 1.0  # kl_cov: weight of the |log-ratio| penalty on the selected tokens
+    generator: torch.Generator | None = None  # clip_cov's random token choice (None: torch's global RNG)
 
 
 def _clipped_pg(
@@ -431,8 +460,12 @@ def _clipped_pg(
     pg2 = -adv * torch.clamp(ratio, 1.0 - p.clip_low, 1.0 + p.clip_high)
     loss = torch.maximum(pg1, pg2)
     with torch.no_grad():
+        clipped = pg2 > pg1
         metrics = {
-            "clip_frac": masked_mean((pg2 > pg1).to(ratio.dtype), mask),
+            "clip_frac": masked_mean(clipped.to(ratio.dtype), mask),
+            # Which bound bit: low (A < 0, ratio pushed below 1 - clip_low) or high (A > 0).
+            "clip_frac_low": masked_mean((clipped & (adv < 0)).to(ratio.dtype), mask),
+            "clip_frac_high": masked_mean((clipped & (adv > 0)).to(ratio.dtype), mask),
             # k3 estimate of KL(old || new) from samples of old: r - 1 - log r, r = new/old.
             "approx_kl": masked_mean(torch.exp(log_ratio) - 1 - log_ratio, mask),
             "ratio_mean": masked_mean(ratio, mask),
@@ -486,6 +519,146 @@ def gspo(
     return _clipped_pg(torch.exp(log_s), tok, advantages, mask, p)
 
 
+def _token_log_ratio(logprobs: Tensor, old_logprobs: Tensor) -> Tensor:
+    """log pi - log old, clamped to [-20, 20] so exp cannot overflow. [B,T]."""
+    return torch.clamp(_float(logprobs) - _float(old_logprobs), min=-20.0, max=20.0)
+
+
+def _ratio_metrics(log_ratio: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    lr = log_ratio.detach()
+    return {"approx_kl": masked_mean(torch.exp(lr) - 1 - lr, mask),
+            "ratio_mean": masked_mean(torch.exp(lr), mask)}
+
+
+@POLICY_LOSSES.register("cispo")
+def cispo(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, p: PolicyLossParams
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """CISPO (MiniMax-M1, MiniMax 2025, arXiv:2506.13585): clip the importance weight, not
+    the update.
+
+    All inputs [B,T]. loss_t = -sg[clip(r_t, 1-clip_low, 1+clip_high)] * A_t * logp_t, so
+    every token keeps a gradient (PPO's clip zeroes those outside the trust region), each
+    scaled by its truncated weight. The paper sets no lower bound (clip_low=1 -> floor 0).
+    Returns (per-token loss [B,T], 0 on padding; detached metrics clip_frac (weight
+    truncated), clip_frac_low, clip_frac_high, approx_kl, ratio_mean).
+    """
+    lp = _float(logprobs)
+    log_ratio = _token_log_ratio(lp, old_logprobs).detach()
+    ratio = torch.exp(log_ratio)
+    w = torch.clamp(ratio, 1.0 - p.clip_low, 1.0 + p.clip_high)
+    loss = -w * _float(advantages) * lp
+    with torch.no_grad():
+        low, high = ratio < 1.0 - p.clip_low, ratio > 1.0 + p.clip_high
+        metrics = {"clip_frac": masked_mean((low | high).to(ratio.dtype), mask),
+                   "clip_frac_low": masked_mean(low.to(ratio.dtype), mask),
+                   "clip_frac_high": masked_mean(high.to(ratio.dtype), mask),
+                   **_ratio_metrics(log_ratio, mask)}
+    return torch.where(_valid(mask), loss, torch.zeros_like(loss)), metrics
+
+
+@POLICY_LOSSES.register("gmpo")
+def gmpo(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, p: PolicyLossParams
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GMPO (Zhao et al. 2025, "Geometric-Mean Policy Optimization", arXiv:2507.20673):
+    maximise the geometric mean of the token ratios instead of their arithmetic mean.
+
+    All inputs [B,T]. Per token the log-ratio is clipped in the direction of the advantage
+    (sgn(A) * l_t = min(sgn(A) * l_t, sgn(A) * clamp(l_t, log(1-clip_low), log(1+clip_high))),
+    the paper's token-level clip); then for sequence i with |o_i| valid tokens
+        s_i = exp(mean_t l_t),  A_i = mean_t A_t,  L_i = -A_i * s_i.
+    The paper's range (e^-0.4, e^0.4) is clip_low = 1 - e^-0.4, clip_high = e^0.4 - 1.
+    Every valid token of row i carries L_i, so "seq-mean-token-mean" aggregation gives the
+    paper's mean over sequences. Returns (per-token loss [B,T], 0 on padding; detached
+    metrics clip_frac (share of tokens whose log-ratio was clipped), approx_kl, ratio_mean).
+    """
+    log_ratio = _token_log_ratio(logprobs, old_logprobs)
+    adv = _float(advantages)
+    sgn = torch.sign(adv)
+    lo = math.log(1.0 - p.clip_low) if p.clip_low < 1.0 else -20.0
+    clamped = torch.clamp(log_ratio, min=lo, max=math.log1p(p.clip_high))
+    lr = sgn * torch.minimum(sgn * log_ratio, sgn * clamped)
+    seq_lr = masked_mean(lr, mask, dim=-1)  # [B]
+    seq_adv = masked_mean(adv, mask, dim=-1)  # [B]; outcome advantages are constant per row
+    seq_loss = -seq_adv * torch.exp(seq_lr)
+    loss = _broadcast(seq_loss, mask)
+    with torch.no_grad():
+        metrics = {"clip_frac": masked_mean((lr != log_ratio).to(lr.dtype), mask),
+                   **_ratio_metrics(log_ratio, mask)}
+    return loss, metrics
+
+
+def _centered_cov(adv: Tensor, logprobs: Tensor, mask: Tensor) -> Tensor:
+    """[B,T] per-token (A - mean A)(logp - mean logp) over the valid tokens: each token's
+    share of the covariance that drives entropy change (Cui et al. 2025)."""
+    a, lp = _float(adv).detach(), _float(logprobs).detach()
+    return (a - masked_mean(a, mask)) * (lp - masked_mean(lp, mask))
+
+
+@POLICY_LOSSES.register("clip_cov")
+def clip_cov(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, p: PolicyLossParams
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clip-Cov (Cui et al. 2025, "The Entropy Mechanism of Reinforcement Learning for
+    Reasoning Language Models", arXiv:2505.22617): PPO-clip, plus the gradient of a few
+    high-covariance tokens is detached to keep entropy from collapsing.
+
+    All inputs [B,T]. Candidates: valid tokens not already clipped by PPO whose centered
+    covariance (A - mean A)(logp - mean logp) lies in (clip_cov_lb, clip_cov_ub); of them
+    max(1, int(cov_ratio * n_valid)) are chosen at random (``p.generator``) and their loss
+    is multiplied by 0 (as veRL). Otherwise identical to ppo_clip. Returns (per-token loss
+    [B,T]; metrics of ppo_clip plus cov_clip_frac, the share of tokens detached).
+    """
+    loss, metrics = ppo_clip(logprobs, old_logprobs, advantages, mask, p)
+    with torch.no_grad():
+        log_ratio = _token_log_ratio(logprobs, old_logprobs)
+        ratio = torch.exp(log_ratio)
+        adv = _float(advantages)
+        clipped = -adv * torch.clamp(ratio, 1.0 - p.clip_low, 1.0 + p.clip_high) > -adv * ratio
+        cov = _centered_cov(adv, logprobs, mask)
+        cand = _valid(mask) & ~clipped & (cov > p.clip_cov_lb) & (cov < p.clip_cov_ub)
+        idx = torch.nonzero(cand.reshape(-1)).squeeze(-1)
+        n = max(int(p.cov_ratio * float(_valid(mask).sum())), 1)
+        keep = torch.ones(mask.numel(), dtype=loss.dtype, device=loss.device)
+        if idx.numel():
+            pick = idx[torch.randperm(idx.numel(), generator=p.generator)[:n].to(idx.device)]
+            keep[pick] = 0
+        keep = keep.reshape(mask.shape)
+        metrics["cov_clip_frac"] = masked_mean(1 - keep, mask)
+    return loss * keep, metrics
+
+
+@POLICY_LOSSES.register("kl_cov")
+def kl_cov(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, p: PolicyLossParams
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """KL-Cov (Cui et al. 2025, arXiv:2505.22617): no ratio clipping; the top
+    max(1, int(cov_ratio * n_valid)) valid tokens by centered covariance
+    (A - mean A)(logp - mean logp) get a KL penalty kl_cov_coef * |logp - old| added.
+
+    All inputs [B,T]. loss_t = -A_t r_t (+ kl_cov_coef |log r_t| on the selected tokens).
+    Deterministic (top-k). Returns (per-token loss [B,T], 0 on padding; detached metrics
+    kl_cov_frac, approx_kl, ratio_mean).
+    """
+    log_ratio = _token_log_ratio(logprobs, old_logprobs)
+    ratio = torch.exp(log_ratio)
+    loss = -_float(advantages) * ratio
+    with torch.no_grad():
+        valid = _valid(mask).reshape(-1)
+        cov = _centered_cov(advantages, logprobs, mask).reshape(-1)
+        n_valid = int(valid.sum())
+        sel = torch.zeros_like(cov)
+        if n_valid:
+            n = max(int(p.cov_ratio * n_valid), 1)
+            top = torch.topk(cov.masked_fill(~valid, -math.inf), n).indices
+            sel[top] = 1
+        sel = sel.reshape(mask.shape).to(loss.dtype)
+        metrics = {"kl_cov_frac": masked_mean(sel, mask), **_ratio_metrics(log_ratio, mask)}
+    loss = loss + sel * p.kl_cov_coef * log_ratio.abs()
+    return torch.where(_valid(mask), loss, torch.zeros_like(loss)), metrics
+
+
 # --------------------------------------------------------------------------- aggregation
 
 
@@ -531,6 +704,22 @@ def seq_mean_token_mean(
     seq = masked_mean(per_token, mask, dim=-1)  # [B]
     tot = _n_seqs(mask) if total_seqs is None else total_seqs
     return _safe_div(seq.sum(), tot)
+
+
+@LOSS_AGGREGATIONS.register("seq-mean-token-sum")
+def seq_mean_token_sum(
+    per_token: Tensor,
+    mask: Tensor,
+    *,
+    total_tokens: float | Tensor | None = None,
+    total_seqs: int | None = None,
+    norm_length: int | None = None,
+) -> Tensor:
+    """sum_i sum_t(l_i,t) / total_seqs: each sequence's summed loss, averaged over
+    sequences (longer responses weigh more; veRL's "seq-mean-token-sum"). [B,T] -> scalar.
+    total_seqs defaults to the number of non-empty sequences."""
+    tot = _n_seqs(mask) if total_seqs is None else total_seqs
+    return _safe_div(masked_sum(per_token, mask), tot)
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-sum-norm")
@@ -617,3 +806,145 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     if var_r > 0:
         return 1 - var_d / var_r
     return ret.new_tensor(1.0 if var_d == 0 else 0.0)
+
+
+def value_clip_fraction(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
+                        clip: float | None) -> Tensor:
+    """Share of valid positions where value_loss took the clipped branch; [B,T] -> scalar
+    (detached). 0 when clip is None."""
+    if clip is None:
+        return _float(values).new_tensor(0.0)
+    with torch.no_grad():
+        v, old, ret = _float(values), _float(old_values), _float(returns)
+        v_clip = old + torch.clamp(v - old, -clip, clip)
+        return masked_mean(((v_clip - ret) ** 2 > (v - ret) ** 2).to(v.dtype), mask)
+
+
+# --------------------------------------------------------------------------- off-policy correction
+
+
+def _is_log_ratio(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, level: str) -> Tensor:
+    """[B,T] log(pi_old / pi_rollout) per token ("token") or the row's summed log-ratio
+    broadcast over its valid tokens ("sequence"); clamped to [-20, 20]; 0 on padding."""
+    lr = torch.where(_valid(mask), _float(old_logprobs) - _float(rollout_logprobs),
+                     torch.zeros_like(_float(old_logprobs)))
+    if level == "sequence":
+        lr = _broadcast(masked_sum(lr, mask, dim=-1), mask)
+    elif level != "token":
+        raise ValueError(f"rollout IS level must be 'token' or 'sequence'; got {level!r}")
+    return torch.clamp(lr, min=-20.0, max=20.0).detach()
+
+
+def _is_metrics(w: Tensor, changed: Tensor, mask: Tensor) -> dict[str, float]:
+    return {"algo/rollout_is_weight_mean": float(masked_mean(w, mask)),
+            "algo/rollout_is_clipped_frac": float(masked_mean(changed.to(w.dtype), mask))}
+
+
+def _check_cap(cap: float) -> None:
+    if not cap > 1.0:
+        raise ValueError(f"rollout IS cap must be > 1; got {cap}")
+
+
+@ROLLOUT_CORRECTIONS.register("none")
+@torch.no_grad()
+def rollout_is_none(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, level: str,
+                    cap: float) -> tuple[Tensor, dict[str, float]]:
+    """No correction: weights 1 on valid tokens, 0 on padding. All [B,T]. The metrics still
+    report the mean untruncated weight pi_old/pi_rollout (how off-policy the batch is)."""
+    ratio = torch.exp(_is_log_ratio(old_logprobs, rollout_logprobs, mask, level))
+    w = _valid(mask).to(ratio.dtype)
+    return w, {"algo/rollout_is_weight_mean": float(masked_mean(ratio, mask)),
+               "algo/rollout_is_clipped_frac": 0.0}
+
+
+@ROLLOUT_CORRECTIONS.register("tis")
+@torch.no_grad()
+def rollout_is_tis(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, level: str,
+                   cap: float) -> tuple[Tensor, dict[str, float]]:
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly
+    brings you off-policy RL training"; Espeholt et al. 2018's truncated rho).
+
+    old_logprobs (the learner's, pi_old), rollout_logprobs (the engine's, pi_rollout), mask:
+    [B,T]. w = min(pi_old / pi_rollout, cap), per token or per sequence (the ratio of the
+    sequence probabilities, broadcast over its tokens). Returns (weights [B,T], 0 on padding,
+    detached; {algo/rollout_is_weight_mean, algo/rollout_is_clipped_frac: share of valid
+    tokens truncated}).
+    """
+    _check_cap(cap)
+    ratio = torch.exp(_is_log_ratio(old_logprobs, rollout_logprobs, mask, level))
+    w = torch.where(_valid(mask), torch.clamp(ratio, max=cap), torch.zeros_like(ratio))
+    return w, _is_metrics(w, ratio > cap, mask)
+
+
+@ROLLOUT_CORRECTIONS.register("mask")
+@torch.no_grad()
+def rollout_is_mask(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, level: str,
+                    cap: float) -> tuple[Tensor, dict[str, float]]:
+    """Masked importance sampling (Liu et al. 2025, "When speed kills stability"): a token
+    (or a whole sequence) whose ratio pi_old / pi_rollout is above cap or below 1/cap gets
+    weight 0; the others keep their ratio. Shapes and metrics as ``tis``
+    (rollout_is_clipped_frac: share of valid tokens masked)."""
+    _check_cap(cap)
+    ratio = torch.exp(_is_log_ratio(old_logprobs, rollout_logprobs, mask, level))
+    out = (ratio > cap) | (ratio < 1.0 / cap)
+    w = torch.where(_valid(mask) & ~out, ratio, torch.zeros_like(ratio))
+    return w, _is_metrics(w, out, mask)
+
+
+# --------------------------------------------------------------------------- reward shaping
+
+
+@torch.no_grad()
+def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, penalty: float) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv:2503.14476, eq. 13).
+
+    lengths [B] response lengths in tokens -> [B] reward to ADD (<= 0):
+        0                                  if L <= max_len - buffer
+        -penalty * (L - (max_len - buffer)) / buffer   if max_len - buffer < L <= max_len
+        -penalty                           if L > max_len
+    buffer 0 disables it (all zeros).
+    """
+    L = lengths.to(torch.float32) if not lengths.is_floating_point() else _float(lengths)
+    if buffer <= 0:
+        return torch.zeros_like(L)
+    start = max_len - buffer
+    ramp = -penalty * (L - start) / buffer
+    return torch.where(L <= start, torch.zeros_like(L),
+                       torch.where(L <= max_len, ramp, torch.full_like(L, -penalty)))
+
+
+def add_sequence_reward(token_rewards: Tensor, mask: Tensor, extra: Tensor) -> Tensor:
+    """token_rewards [B,T] with extra [B] added on each row's LAST valid position (where
+    an outcome reward sits); rows with no valid position are unchanged. Returns [B,T]."""
+    valid = _valid(mask)
+    pos = torch.arange(mask.shape[-1], device=mask.device).expand(mask.shape)
+    last = torch.where(valid, pos, torch.full_like(pos, -1)).max(dim=-1).values  # [B]
+    hit = (pos == last.unsqueeze(-1)) & valid
+    return token_rewards + hit.to(token_rewards.dtype) * extra.to(token_rewards.dtype).unsqueeze(-1)
+
+
+class KLController:
+    """The KL coefficient: fixed, or adaptive towards a target KL (Ziegler et al. 2019,
+    "Fine-Tuning Language Models from Human Preferences", sec. 2.2).
+
+    Adaptive: e = clip(kl / target - 1, -0.2, 0.2); coef *= 1 + e * n_steps / horizon.
+    ``state_dict``/``load_state_dict`` carry the coefficient across a resume.
+    """
+
+    def __init__(self, coef: float, target: float | None = None, horizon: int = 10000):
+        if target is not None and (target <= 0 or horizon <= 0):
+            raise ValueError(f"adaptive KL needs target > 0 and horizon > 0; got {target}, {horizon}")
+        self.value, self.target, self.horizon = float(coef), target, horizon
+
+    def update(self, kl: float, n_steps: int) -> float:
+        """Feed the KL measured on a batch of n_steps samples; returns the new coefficient."""
+        if self.target is not None:
+            err = min(max(kl / self.target - 1.0, -0.2), 0.2)
+            self.value *= 1.0 + err * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])

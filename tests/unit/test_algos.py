@@ -179,7 +179,7 @@ def ref_pg(lp, olp, A, m, p: PolicyLossParams, seq_level: bool):
     B, T = len(lp), len(lp[0])
     loss = [[0.0] * T for _ in range(B)]
     grad = [[0.0] * T for _ in range(B)]
-    n = clipped = dual = kl = rsum = 0.0
+    n = clipped = low = high = dual = kl = rsum = 0.0
     for b in range(B):
         valid = [t for t in range(T) if m[b][t]]
         if seq_level and valid:
@@ -202,11 +202,14 @@ def ref_pg(lp, olp, A, m, p: PolicyLossParams, seq_level: bool):
             loss[b][t], grad[b][t] = val, g
             n += 1
             clipped += pg2 > pg1
+            low += pg2 > pg1 and a < 0
+            high += pg2 > pg1 and a > 0
             tlr = lp[b][t] - olp[b][t]
             kl += math.exp(tlr) - 1 - tlr
             rsum += ratio
     d = max(n, 1)
-    metrics = {"clip_frac": clipped / d, "approx_kl": kl / d, "ratio_mean": rsum / d}
+    metrics = {"clip_frac": clipped / d, "clip_frac_low": low / d, "clip_frac_high": high / d,
+               "approx_kl": kl / d, "ratio_mean": rsum / d}
     if p.dual_clip is not None:
         metrics["dual_clip_frac"] = dual / d
     return loss, grad, metrics
@@ -290,9 +293,11 @@ def test_registry_unknown_name_lists_known():
     "reg,expected",
     [
         (ADVANTAGE_ESTIMATORS, {"gae", "grpo", "grpo_no_std", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"}),
-        (POLICY_LOSSES, {"ppo_clip", "gspo"}),
+        (POLICY_LOSSES, {"ppo_clip", "gspo", "cispo", "gmpo", "clip_cov", "kl_cov"}),
         (KL_ESTIMATORS, {"k1", "k2", "k3"}),
-        (LOSS_AGGREGATIONS, {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"}),
+        (LOSS_AGGREGATIONS, {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                             "seq-mean-token-sum-norm"}),
+        (algos.ROLLOUT_CORRECTIONS, {"none", "tis", "mask"}),
     ],
 )
 def test_module_registries_contents(reg, expected):
