@@ -359,6 +359,10 @@ class PromptSource:
         """Usable rows of a file (a built-in task is unbounded: 0)."""
         return len(self._index) if self.rows is not None else 0
 
+    def usable_rows(self) -> list[int]:
+        """Dataset indices of the rows that passed the checks and the length filter."""
+        return list(self._index) if self.rows is not None else []
+
     def metrics(self) -> dict[str, float]:
         """What loading dropped, for the run's first log line."""
         return {"data/bad_rows": float(self.bad_rows), "data/long_prompts": float(self.long_prompts),
