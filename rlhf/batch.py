@@ -79,12 +79,19 @@ class Batch:
     actions: Optional[Tensor] = None  # [B, A] or [B, A, act_dim] gym only
     dones: Optional[Tensor] = None  # [B, A] gym only
     last_values: Optional[Tensor] = None  # [B] gym only
+    # LLM only. The sequence reward of each sample ([B]): an empty response has no action
+    # position to carry it in token_rewards, yet its reward must count in its group's baseline.
+    seq_rewards: Optional[Tensor] = None
+    truncated: Optional[Tensor] = None  # [B] 1 where the response was cut at max_new_tokens (finish_reason "length")
     # Filled in by the learners and the trainer as the step proceeds.
     old_logprobs: Optional[Tensor] = None  # [B, A] learner's logprobs before the update
     ref_logprobs: Optional[Tensor] = None  # [B, A] frozen reference model (kl_coef > 0)
     values: Optional[Tensor] = None  # [B, A] critic values before the update
     advantages: Optional[Tensor] = None  # [B, A]
     returns: Optional[Tensor] = None  # [B, A]
+    # Off-policy correction weights (algos.ROLLOUT_CORRECTIONS) multiplying the per-token
+    # policy loss; None = all ones.
+    is_weights: Optional[Tensor] = None  # [B, A]
 
     def __len__(self) -> int:
         return self.action_mask.shape[0]
@@ -127,7 +134,7 @@ class Batch:
         for name, t in self._tensors():
             if name in ("input_ids", "attention_mask"):
                 raise ValueError("flatten_steps is for gym batches")
-            if name in ("group_ids", "last_values"):
+            if name in ("group_ids", "last_values", "seq_rewards", "truncated"):  # per row [B]
                 t = t.repeat_interleave(self.action_mask.shape[1])
                 out[name] = t
                 continue
@@ -158,7 +165,7 @@ def _collate_responses(samples: list[Sample], pad_id: int) -> Batch:
         input_ids[i, : p + r] = torch.tensor(s.prompt_ids + s.response_ids, dtype=torch.long)
         attention_mask[i, : p + r] = 1
         if r == 0:
-            continue  # an empty response contributes nothing to learn from
+            continue  # no action to train; its reward reaches the advantages via seq_rewards
         start = p - 1  # action j predicts token j + 1: the first response token is at p
         action_mask[i, start : start + r] = 1
         if s.rollout_logprobs:
@@ -167,7 +174,9 @@ def _collate_responses(samples: list[Sample], pad_id: int) -> Batch:
     group_ids = torch.tensor([s.group_id for s in samples], dtype=torch.long)
     return Batch(action_mask=action_mask, rollout_logprobs=rollout_logprobs,
                  token_rewards=token_rewards, group_ids=group_ids, input_ids=input_ids,
-                 attention_mask=attention_mask)
+                 attention_mask=attention_mask,
+                 seq_rewards=torch.tensor([float(s.reward) for s in samples]),
+                 truncated=torch.tensor([float(s.finish_reason == "length") for s in samples]))
 
 
 def _collate_trajectories(samples: list[Sample]) -> Batch:

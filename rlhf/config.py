@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING  # noqa: F401  (re-exported for experiment schemas)
+from omegaconf import II, MISSING  # noqa: F401  (MISSING re-exported for experiment schemas)
 
 
 class ConfigError(ValueError):
@@ -65,6 +65,9 @@ class ModelConfig:
     path: str = ""  # HF model folder; empty = the built-in tiny model
     dtype: str = "float32"  # float32 | bfloat16 | float16
     gradient_checkpointing: bool = False
+    # PPO for LLMs (algo.advantage=gae): the critic's HF model folder (its backbone gets a value
+    # head); empty = a copy of the policy's architecture and weights
+    critic_path: str = ""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     mlp: MlpConfig = field(default_factory=MlpConfig)
 
@@ -112,17 +115,41 @@ class AlgoConfig:
 
     name: str = "grpo"  # a label for logs and W&B tags
     advantage: str = "grpo"  # gae | grpo | grpo_no_std | dr_grpo | rloo | reinforce_pp | ...
-    policy_loss: str = "ppo_clip"  # ppo_clip | gspo
-    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
-    clip_low: float = 0.2  # PPO ratio lower bound is 1 - clip_low
+    # ppo_clip | gspo | cispo | gmpo | clip_cov | kl_cov, or 'package.module:function' with
+    # the POLICY_LOSSES signature (resolved like reward.fn; e.g. a test's fault-injecting loss)
+    policy_loss: str = "ppo_clip"
+    # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    loss_agg: str = "token-mean"
+    clip_low: float = 0.2  # PPO ratio lower bound is 1 - clip_low (cispo: 1 = no lower bound)
     clip_high: float = 0.2  # PPO ratio upper bound is 1 + clip_high (DAPO clip-higher: 0.28)
     dual_clip: Optional[float] = None  # dual-clip constant c > 1; null disables
-    kl_coef: float = 0.0  # 0 skips the reference model entirely
+    cov_ratio: float = 2e-4  # clip_cov / kl_cov: share of tokens selected by covariance
+    clip_cov_lb: float = 1.0  # clip_cov: covariance band (lb, ub) of the candidate tokens
+    clip_cov_ub: float = 5.0
+    kl_cov_coef: float = 1.0  # kl_cov: |log-ratio| penalty weight on the selected tokens
+    kl_coef: float = 0.0  # 0 skips the reference model entirely (initial value when adaptive)
     kl_estimator: str = "k3"  # k1 | k2 | k3
     kl_in_reward: bool = False  # True: KL is a per-token reward penalty; False: a loss term
+    # Adaptive KL (Ziegler et al. 2019): steer kl_coef so the measured KL nears this target;
+    # null keeps kl_coef fixed. Needs kl_in_reward (the coefficient lives in the driver).
+    kl_target: Optional[float] = None
+    kl_horizon: int = 10000  # adaptive KL: samples over which the coefficient adapts
     entropy_coef: float = 0.0  # entropy bonus (subtracted from the loss)
     value_coef: float = 0.5  # critic loss weight (GAE only)
     value_clip: Optional[float] = None  # clip the critic's change per update; null disables
+    critic_lr: Optional[float] = None  # LLM critic's learning rate (its own param group); null = lr
+    # Off-policy correction between the learner's old logprobs and the engine's rollout
+    # logprobs (rlhf.algos.ROLLOUT_CORRECTIONS): none | tis (truncate at cap) | mask (zero
+    # the tokens/sequences whose ratio is above cap or below 1/cap)
+    rollout_is: str = "none"
+    rollout_is_level: str = "token"  # token | sequence (one ratio per response)
+    rollout_is_cap: float = 2.0  # > 1
+    # DAPO overlong shaping: a linear penalty, reaching -overlong_penalty at
+    # rollout.max_new_tokens, for responses longer than max_new_tokens - overlong_buffer
+    overlong_buffer: int = 0  # tokens; 0 disables
+    overlong_penalty: float = 1.0
+    overlong_max_len: int = II("rollout.max_new_tokens")  # the length the penalty ramps to
+    mask_truncated: bool = False  # drop responses cut at max_new_tokens from the loss (DAPO)
     gamma: float = 1.0  # discount
     lam: float = 1.0  # GAE lambda
     normalize_advantages: bool = False  # whiten advantages over the batch (common for PPO)
@@ -319,8 +346,13 @@ def validate(cfg: RootConfig) -> RootConfig:
     _one_of("model.kind", m.kind, ["causal_lm", "mlp"])
     _one_of("model.dtype", m.dtype, ["float32", "bfloat16", "float16"])
     _one_of("algo.advantage", a.advantage, algos.ADVANTAGE_ESTIMATORS.names())
-    _one_of("algo.policy_loss", a.policy_loss, algos.POLICY_LOSSES.names())
+    if ":" in a.policy_loss:
+        resolve_function(a.policy_loss, key="algo.policy_loss")
+    else:
+        _one_of("algo.policy_loss", a.policy_loss, algos.POLICY_LOSSES.names())
     _one_of("algo.loss_agg", a.loss_agg, algos.LOSS_AGGREGATIONS.names())
+    _one_of("algo.rollout_is", a.rollout_is, algos.ROLLOUT_CORRECTIONS.names())
+    _one_of("algo.rollout_is_level", a.rollout_is_level, ["token", "sequence"])
     _one_of("algo.kl_estimator", a.kl_estimator, algos.KL_ESTIMATORS.names())
     _one_of("algo.lr_schedule", a.lr_schedule, ["constant", "linear"])
     _one_of("rollout.backend", r.backend, ["vllm", "gym"])
@@ -338,6 +370,26 @@ def validate(cfg: RootConfig) -> RootConfig:
     if a.dual_clip is not None and a.dual_clip <= 1.0:
         raise ConfigError("algo.dual_clip", f"must be > 1 (or null to disable), got {a.dual_clip}")
     _positive("algo.kl_coef", a.kl_coef, allow_zero=True)
+    if a.kl_target is not None:
+        _positive("algo.kl_target", a.kl_target)
+        _positive("algo.kl_horizon", a.kl_horizon)
+        if not a.kl_in_reward or a.kl_coef <= 0:
+            raise ConfigError("algo.kl_target", "adaptive KL steers the reward penalty: needs "
+                                                "algo.kl_in_reward=true and algo.kl_coef > 0")
+    if a.rollout_is_cap <= 1.0:
+        raise ConfigError("algo.rollout_is_cap", f"must be > 1, got {a.rollout_is_cap}")
+    _positive("algo.cov_ratio", a.cov_ratio)
+    if a.clip_cov_lb >= a.clip_cov_ub:
+        raise ConfigError("algo.clip_cov_lb", f"must be < algo.clip_cov_ub ({a.clip_cov_ub}), "
+                                              f"got {a.clip_cov_lb}")
+    _positive("algo.kl_cov_coef", a.kl_cov_coef, allow_zero=True)
+    if a.critic_lr is not None:
+        _positive("algo.critic_lr", a.critic_lr)
+    _positive("algo.overlong_buffer", a.overlong_buffer, allow_zero=True)
+    _positive("algo.overlong_penalty", a.overlong_penalty, allow_zero=True)
+    if a.overlong_buffer > r.max_new_tokens:
+        raise ConfigError("algo.overlong_buffer", f"must be <= rollout.max_new_tokens "
+                                                  f"({r.max_new_tokens}), got {a.overlong_buffer}")
     _positive("algo.entropy_coef", a.entropy_coef, allow_zero=True)
     _positive("algo.value_coef", a.value_coef, allow_zero=True)
     if a.value_clip is not None:
@@ -418,6 +470,9 @@ def validate(cfg: RootConfig) -> RootConfig:
                           f"learner.num_ranks ({lrn.num_ranks}) rollout workers, got {r.num_workers}")
 
     # --- files and code that must exist
+    if m.critic_path and not (Path(m.critic_path) / "config.json").is_file():
+        raise ConfigError("model.critic_path", f"{m.critic_path!r} is not a Hugging Face model "
+                                               f"folder (no config.json)")
     if m.path and not (Path(m.path) / "config.json").is_file():
         raise ConfigError("model.path", f"{m.path!r} is not a Hugging Face model folder "
                                         f"(no config.json)")

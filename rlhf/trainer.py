@@ -81,17 +81,39 @@ class Trainer:
         return metrics, samples
 
     def compute_advantages(self, batch: Batch) -> Batch:
+        """Reward shaping (DAPO overlong penalty, KL penalty), advantages, the truncation mask
+        and the off-policy correction weights; their metrics go to `self.advantage_metrics`."""
+        a, mask, m = self.algo, batch.action_mask, {}
         rewards = batch.token_rewards
-        if self.algo.kl_in_reward and batch.ref_logprobs is not None:
+        if a.overlong_buffer > 0 and batch.truncated is not None:
+            penalty = algos.overlong_penalty(mask.sum(-1), a.overlong_max_len, a.overlong_buffer,
+                                             a.overlong_penalty)
+            rewards = algos.add_sequence_reward(rewards, mask, penalty)
+            m["algo/overlong_penalty_mean"] = float(penalty.mean())
+        if a.kl_in_reward and batch.ref_logprobs is not None:
             kl = self.kl_estimator(batch.old_logprobs, batch.ref_logprobs)
-            rewards = algos.kl_penalty_rewards(rewards, kl, self.algo.kl_coef, batch.action_mask)
+            coef = a.kl_coef if a.kl_target is None else self.kl_ctrl.value
+            rewards = algos.kl_penalty_rewards(rewards, kl, coef, mask)
+            if a.kl_target is not None:
+                self.kl_ctrl.update(float(algos.masked_mean(kl, mask)), n_steps=len(batch))
+            m["algo/kl_coef"] = coef
         advantages, returns = self.advantage_fn(algos.AdvantageInputs(
-            token_rewards=rewards, mask=batch.action_mask, group_ids=batch.group_ids,
-            values=batch.values, dones=batch.dones, last_values=batch.last_values),
-            self.advantage_params)
-        if self.algo.normalize_advantages:
-            advantages = algos.masked_whiten(advantages, batch.action_mask)
-        return replace(batch, advantages=advantages, returns=returns)
+            token_rewards=rewards, mask=mask, group_ids=batch.group_ids,
+            values=batch.values, dones=batch.dones, last_values=batch.last_values,
+            seq_rewards=batch.seq_rewards), self.advantage_params)
+        if a.normalize_advantages:
+            advantages = algos.masked_whiten(advantages, mask)
+        if a.mask_truncated and batch.truncated is not None:
+            # Truncated responses still count in their group's baseline above; they are only
+            # left out of the loss (DAPO's overlong filtering).
+            mask = mask * (1 - batch.truncated).unsqueeze(-1).to(mask.dtype)
+            m["algo/truncated_masked_frac"] = float(batch.truncated.mean())
+        weights, is_metrics = algos.ROLLOUT_CORRECTIONS.get(a.rollout_is)(
+            batch.old_logprobs, batch.rollout_logprobs, mask, a.rollout_is_level, a.rollout_is_cap)
+        m.update(is_metrics)
+        self.advantage_metrics = m
+        return replace(batch, advantages=advantages, returns=returns, action_mask=mask,
+                       is_weights=None if a.rollout_is == "none" else weights)
 
     def sync_weights(self, version: Optional[int] = None) -> None:
         """Learner rank 0 broadcasts; every rollout worker loads in place. The engines then
@@ -102,7 +124,10 @@ class Trainer:
     @staticmethod
     def batch_metrics(batch: Batch) -> dict[str, float]:
         mask = batch.action_mask
-        out = {"algo/advantage_mean": float(algos.masked_mean(batch.advantages, mask)),
+        adv_mean = algos.masked_mean(batch.advantages, mask)
+        out = {"algo/advantage_mean": float(adv_mean),
+               "algo/advantage_std": float(algos.masked_mean((batch.advantages - adv_mean) ** 2,
+                                                             mask).sqrt()),
                # vLLM's logprobs vs the learner's for the same tokens and weights: should be
                # ~0 in float32; a drift means the engines serve other weights or numerics.
                "rollout/logprob_diff": float(algos.masked_mean(
@@ -110,6 +135,10 @@ class Trainer:
         if batch.ref_logprobs is not None:
             out["algo/kl_ref"] = float(algos.masked_mean(
                 algos.KL_ESTIMATORS.get("k3")(batch.old_logprobs, batch.ref_logprobs), mask))
+        if batch.values is not None and batch.returns is not None:
+            # How much of the return variance the critic (before this update) explains.
+            out["algo/value_explained_var"] = float(algos.explained_variance(
+                batch.values, batch.returns, mask))
         return out
 
     # ------------------------------------------------------------------ the run

@@ -9,6 +9,7 @@ at construction; the update loop calls them without branching on names.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 from typing import Optional
@@ -17,17 +18,20 @@ import torch
 
 from rlhf import algos
 from rlhf.batch import Batch
-from rlhf.config import AlgoConfig, LearnerConfig, ModelConfig
+from rlhf.config import AlgoConfig, LearnerConfig, ModelConfig, resolve_function
 from rlhf.rollout.weight_sync import ParamMeta, WeightSyncGroup, describe, plan_buckets
 
 
-def build_policy(model_cfg: ModelConfig, model_path: str, temperature: float, env_spec=None):
-    """The trainable module: a causal LM (scored per token) or an MLP actor-critic (gym)."""
+def build_policy(model_cfg: ModelConfig, model_path: str, temperature: float, env_spec=None,
+                 with_critic: bool = False):
+    """The trainable module: a causal LM (scored per token; with a critic for GAE) or an MLP
+    actor-critic (gym)."""
     if model_cfg.kind == "causal_lm":
         from rlhf.models.causal_lm import CausalLMPolicy
 
+        critic_path = (model_cfg.critic_path or model_path) if with_critic else None
         return CausalLMPolicy.from_pretrained(model_path, model_cfg.dtype, temperature,
-                                              model_cfg.gradient_checkpointing)
+                                              model_cfg.gradient_checkpointing, critic_path)
     from rlhf.models.mlp import ActorCritic
 
     return ActorCritic(env_spec, model_cfg.mlp)
@@ -70,12 +74,17 @@ class LearnerWorker:
         random.seed(seed + self.rank)
         self.shuffle_gen = torch.Generator().manual_seed(seed + self.rank)
 
-        policy = build_policy(model_cfg, model_path, temperature, env_spec)
+        # GAE needs V(s): the LLM policy then carries a critic (the gym MLP always has one).
+        policy = build_policy(model_cfg, model_path, temperature, env_spec,
+                              with_critic=algo.advantage == "gae")
         self.has_critic = policy.has_critic
         self.ds_config = self._deepspeed_config()
         optimizer_steps = total_steps * algo.epochs * algo.minibatches
+        params = (policy.param_groups(algo.lr, algo.critic_lr or algo.lr)
+                  if hasattr(policy, "param_groups") else
+                  [p for p in policy.parameters() if p.requires_grad])
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=policy, model_parameters=[p for p in policy.parameters() if p.requires_grad],
+            model=policy, model_parameters=params,
             config=self.ds_config,
             lr_scheduler=(lambda opt: torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: max(0.0, 1.0 - s / optimizer_steps))) if algo.lr_schedule == "linear" else None,
@@ -86,11 +95,16 @@ class LearnerWorker:
             self.ref = build_policy(model_cfg, model_path, temperature, env_spec).to(self.device).eval()
             self.ref.requires_grad_(False)
 
-        self.policy_loss = algos.POLICY_LOSSES.get(algo.policy_loss)
+        # A registered name, or 'package.module:function' with the same signature.
+        self.policy_loss = (resolve_function(algo.policy_loss, key="algo.policy_loss")
+                            if ":" in algo.policy_loss else algos.POLICY_LOSSES.get(algo.policy_loss))
         self.aggregate = algos.LOSS_AGGREGATIONS.get(algo.loss_agg)
         self.kl_estimator = algos.KL_ESTIMATORS.get(algo.kl_estimator)
-        self.loss_params = algos.PolicyLossParams(clip_low=algo.clip_low, clip_high=algo.clip_high,
-                                                  dual_clip=algo.dual_clip)
+        self.loss_params = algos.PolicyLossParams(
+            clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
+            cov_ratio=algo.cov_ratio, clip_cov_lb=algo.clip_cov_lb, clip_cov_ub=algo.clip_cov_ub,
+            kl_cov_coef=algo.kl_cov_coef,
+            generator=torch.Generator().manual_seed(seed + 7919 * self.rank))  # clip_cov's choice
         self.kl_loss_coef = 0.0 if algo.kl_in_reward else algo.kl_coef
 
     # ---------------------------------------------------------------- set-up
@@ -170,6 +184,7 @@ class LearnerWorker:
         norm_length = batch.action_mask.shape[1]
         metrics: list[dict[str, float]] = []
         grad_norms: list[float] = []
+        skipped = 0
         for _ in range(a.epochs):
             order = torch.randperm(len(batch), generator=self.shuffle_gen).to(self.device)
             for minibatch in batch.index(order).split(a.minibatches):
@@ -177,20 +192,47 @@ class LearnerWorker:
                 # up to the minibatch loss exactly (see algos.LOSS_AGGREGATIONS).
                 totals = dict(total_tokens=float(minibatch.action_mask.sum()),
                               total_seqs=len(minibatch), norm_length=norm_length)
-                for micro in minibatch.split(micro_per_minibatch):
+                step_metrics, dropped = [], False
+                for i, micro in enumerate(minibatch.split(micro_per_minibatch)):
                     loss, m = self._loss(micro, totals)
                     self.engine.backward(loss, scale_wrt_gas=False)
+                    if i == micro_per_minibatch - 1 and self.cfg.zero_stage == 0:
+                        dropped = self._drop_nonfinite_grads()
                     self.engine.step()
-                    metrics.append(m)
+                    step_metrics.append(m)
                 norm = self.engine.get_global_grad_norm()
+                norm = None if norm is None else float(norm)
+                # A non-finite loss makes non-finite gradients on every rank (they are
+                # all-reduced). Such a step is not applied -- ZeRO 1-3 skip it themselves on an
+                # invalid norm, stage 0 via _drop_nonfinite_grads -- so weights and optimizer
+                # state are unchanged. Count it and keep its NaNs out of the metric means.
+                if dropped or (norm is not None and not math.isfinite(norm)):
+                    skipped += 1
+                    continue
+                metrics.extend(step_metrics)
                 if norm is not None:
-                    grad_norms.append(float(norm))
-        out = {k: sum(d[k] for d in metrics) / len(metrics) for k in metrics[0]}
+                    grad_norms.append(norm)
+        out = ({k: sum(d[k] for d in metrics) / len(metrics) for k in metrics[0]}
+               if metrics else {})
         out["algo/update_kl"] = self._update_kl(batch)
         if grad_norms:
             out["learner/grad_norm"] = sum(grad_norms) / len(grad_norms)
+        out["learner/skipped_updates"] = float(skipped)
         out["learner/lr"] = float(self.engine.get_lr()[0])
+        if self.has_critic and len(self.engine.get_lr()) > 1:
+            out["learner/critic_lr"] = float(self.engine.get_lr()[1])
         return out
+
+    def _drop_nonfinite_grads(self) -> bool:
+        """ZeRO stage 0 has no overflow check in float32: if any gradient is non-finite, drop
+        them all (grad None), so AdamW skips every parameter and leaves it and its state as
+        they were. All ranks see the same (all-reduced) gradients, so all drop together."""
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        if grads and not all(torch.isfinite(g).all() for g in grads):
+            for p in self.engine.module.parameters():
+                p.grad = None
+            return True
+        return False
 
     @torch.no_grad()
     def _update_kl(self, batch: Batch) -> float:
@@ -210,6 +252,8 @@ class LearnerWorker:
         logprobs, entropy, values = self.engine(micro)
         per_token, pg_metrics = self.policy_loss(logprobs, micro.old_logprobs, micro.advantages,
                                                  mask, self.loss_params)
+        if micro.is_weights is not None:  # off-policy correction (algos.ROLLOUT_CORRECTIONS)
+            per_token = per_token * micro.is_weights
         pg_loss = self.aggregate(per_token, mask, **totals)
         entropy_mean = self.aggregate(entropy, mask, **totals)
         loss = pg_loss - a.entropy_coef * entropy_mean
@@ -223,7 +267,10 @@ class LearnerWorker:
                                                      a.value_clip), mask, **totals)
             loss = loss + a.value_coef * v_loss
             m["algo/value_loss"] = v_loss.item()
+            m["algo/value_clip_frac"] = float(algos.value_clip_fraction(
+                values, micro.values, micro.returns, mask, a.value_clip))
         m.update({f"algo/{k}": float(v) for k, v in pg_metrics.items()})
+        m["algo/loss"] = loss.item()
         # Each micro-batch's share is already folded into `totals`; scale_wrt_gas=False.
         return loss, m
 
@@ -251,6 +298,20 @@ class LearnerWorker:
         ctx = deepspeed.zero.GatheredParameters(params) if self.cfg.zero_stage == 3 else contextlib.nullcontext()
         with ctx:
             return float(sum(p.detach().double().abs().sum() for p in params))
+
+    def optimizer_checksum(self) -> float:
+        """Sum of |x| over this rank's optimizer state tensors (Adam moments, step counts):
+        what a skipped update must leave unchanged."""
+        opt = self.engine.optimizer
+        inner = getattr(opt, "optimizer", opt)  # ZeRO wraps the torch optimizer
+        total = 0.0
+        for state in inner.state.values():
+            for v in state.values():
+                if torch.is_tensor(v):
+                    total += float(v.detach().double().abs().sum())
+                else:
+                    total += abs(float(v))
+        return total
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, folder: str, tag: str) -> None:
