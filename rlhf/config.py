@@ -9,6 +9,7 @@ cannot (ranges, names of registered functions, batch divisibility, resources, fi
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,17 +203,150 @@ class RolloutConfig:
     gym: GymConfig = field(default_factory=GymConfig)
 
 
+REWARD_KINDS = ("fn", "math", "model", "remote", "sandbox")  # rlhf/reward/actor.py SCORERS
+
+
+@dataclass
+class RewardComponent:
+    """One weighted term of a composed reward (`reward.components`); each is logged as
+    `reward/<name>`. Kinds other than fn read their settings from reward.model/remote/sandbox."""
+
+    name: str = ""  # metric name reward/<name>; empty = the kind (fn: the function's name)
+    kind: str = "fn"  # fn | math | model | remote | sandbox
+    fn: str = "task"  # kind=fn only: 'task' or 'package.module:function'
+    weight: float = 1.0  # the reward is sum(weight * component value)
+
+
+@dataclass
+class RewardModelConfig:
+    """reward.kind=model: a Hugging Face sequence-classification model scores prompt+response."""
+
+    path: str = ""  # local model folder (config.json, one output label); nothing is downloaded
+    batch_size: int = 32  # sequences per forward pass
+    max_length: int = 512  # tokens of prompt + response; longer inputs keep their end
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    normalize: bool = False  # standardise scores with a running mean/std over all scored samples
+
+
+@dataclass
+class RemoteRewardConfig:
+    """reward.kind=remote: POST {prompt, response, answer, fields} as JSON, read a float back."""
+
+    url: str = ""  # http(s) endpoint
+    batch_size: int = 1  # samples per POST: 1 sends one object, > 1 a JSON list (reply: a list)
+    max_concurrency: int = 8  # requests in flight per reward actor
+    timeout_s: float = 10.0  # per request (connect + read)
+    max_retries: int = 3  # retries on 5xx, timeouts and connection errors; 4xx is never retried
+    backoff_s: float = 0.5  # delay before the first retry; doubles each retry
+    api_key_env: str = ""  # name of an env var with a bearer token (the token stays out of configs)
+
+
+@dataclass
+class SandboxConfig:
+    """reward.kind=sandbox: run the completion's Python against `fields["tests"]` in an isolated,
+    resource-limited process (rlhf/reward/sandbox.py). Reward 1.0 when every test passes."""
+
+    timeout_s: float = 5.0  # wall clock per program; then its whole process tree is killed
+    cpu_s: int = 2  # RLIMIT_CPU seconds
+    memory_mb: int = 512  # RLIMIT_AS
+    file_size_mb: int = 8  # RLIMIT_FSIZE
+    max_processes: int = 32  # RLIMIT_NPROC of the sandbox user (shared by concurrent programs)
+    max_output_kb: int = 64  # stdout/stderr kept per program; the rest is discarded
+    concurrency: int = 2  # programs run at once per reward actor
+    python: str = ""  # interpreter; empty = /usr/bin/python3 when present, else this one
+    tests_key: str = "tests"  # the dataset column holding the test code (asserts)
+
+
 @dataclass
 class RewardConfig:
-    """Reward actors. `fn` is 'task' (the built-in task's rule reward) or a dotted path
-    `package.module:function` / `package.module.function` to `fn(prompt, completion, **fields)`."""
+    """Reward actors. `kind` picks the scorer once, at construction (rlhf/reward/actor.py);
+    `components` (non-empty) composes several weighted scorers instead. kind=fn calls
+    `fn`: 'task' (the built-in task's rule reward) or a dotted path `package.module:function` /
+    `package.module.function` to `fn(prompt, completion, **fields)`, in killable worker processes."""
 
-    fn: str = "task"
+    kind: str = "fn"  # fn | math | model | remote | sandbox
+    fn: str = "task"  # kind=fn: the function
+    components: list[RewardComponent] = field(default_factory=list)  # weighted sum of scorers
     num_actors: int = 1
     cpus_per_actor: float = 0.25
-    timeout_s: float = 5.0  # per sample; past it the sample gets `fallback`
-    fallback: float = 0.0  # reward for a sample whose function raised, hung or returned NaN
-    threads: int = 8  # concurrent reward calls per actor
+    gpus_per_actor: float = 0.0  # e.g. for kind=model on GPUs
+    timeout_s: float = 5.0  # per sample for fn/math calls; past it the worker is killed
+    fallback: float = 0.0  # reward for a sample whose scorer raised, hung, crashed or gave NaN
+    workers: int = 2  # worker processes per actor running fn/math calls
+    model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    remote: RemoteRewardConfig = field(default_factory=RemoteRewardConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+
+
+def _check_reward(cfg: "RootConfig") -> None:
+    """The reward lines of validate(): kinds, functions, model folder, URL, components."""
+    w = cfg.reward
+    _positive("reward.num_actors", w.num_actors)
+    _positive("reward.timeout_s", w.timeout_s)
+    _positive("reward.workers", w.workers)
+    _positive("reward.cpus_per_actor", w.cpus_per_actor, allow_zero=True)
+    _positive("reward.gpus_per_actor", w.gpus_per_actor, allow_zero=True)
+    if cfg.rollout.backend != "vllm":
+        return
+    _one_of("reward.kind", w.kind, REWARD_KINDS)
+    terms = [(f"reward.components[{i}]", c.kind, c.fn) for i, c in enumerate(w.components)]
+    names = [c.name or (c.kind if c.kind != "fn" else c.fn.replace(":", ".").rsplit(".", 1)[-1])
+             for c in w.components]
+    reserved = {"mean", "std", "all_equal_group_frac", "errors", "timeouts", "nans", "crashes",
+                "retries"}
+    for i, (key, c) in enumerate(zip([t[0] for t in terms], w.components)):
+        _one_of(f"{key}.kind", c.kind, REWARD_KINDS)
+        if not math.isfinite(c.weight):
+            raise ConfigError(f"{key}.weight", f"must be a finite number, got {c.weight!r}")
+        if names[i] in reserved or names[i] in names[:i]:
+            raise ConfigError(f"{key}.name", f"{names[i]!r} is reserved or used twice (metric "
+                                             f"reward/{names[i]}); give each component its own name")
+    if not terms:
+        terms = [("reward", w.kind, w.fn)]
+    kinds = {k for _, k, _ in terms}
+    for key, kind, fn in terms:
+        if kind != "fn":
+            continue
+        if fn == "task" and cfg.data.path:
+            raise ConfigError(f"{key}.fn", "'task' scores the built-in task; with data.path set, "
+                                           "name a function 'package.module:function'")
+        if fn != "task":
+            resolve_function(fn, key=f"{key}.fn")
+    if "model" in kinds:
+        mc = w.model
+        if not mc.path or not (Path(mc.path) / "config.json").is_file():
+            raise ConfigError("reward.model.path", f"{mc.path!r} is not a Hugging Face model "
+                                                   f"folder (no config.json)")
+        _positive("reward.model.batch_size", mc.batch_size)
+        _positive("reward.model.max_length", mc.max_length)
+        _one_of("reward.model.dtype", mc.dtype, ["float32", "bfloat16", "float16"])
+    if "remote" in kinds:
+        rc = w.remote
+        if not rc.url.startswith(("http://", "https://")):
+            raise ConfigError("reward.remote.url", f"must be an http(s):// URL, got {rc.url!r}")
+        _positive("reward.remote.batch_size", rc.batch_size)
+        _positive("reward.remote.max_concurrency", rc.max_concurrency)
+        _positive("reward.remote.timeout_s", rc.timeout_s)
+        _positive("reward.remote.max_retries", rc.max_retries, allow_zero=True)
+        _positive("reward.remote.backoff_s", rc.backoff_s, allow_zero=True)
+        if rc.api_key_env and not os.environ.get(rc.api_key_env):
+            raise ConfigError("reward.remote.api_key_env",
+                              f"environment variable {rc.api_key_env!r} is not set")
+    if "sandbox" in kinds:
+        sc = w.sandbox
+        for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "max_processes",
+                     "max_output_kb", "concurrency"):
+            _positive(f"reward.sandbox.{name}", getattr(sc, name))
+        if sc.python and not os.access(sc.python, os.X_OK):
+            raise ConfigError("reward.sandbox.python", f"{sc.python!r} is not an executable")
+    if w.gpus_per_actor and not cfg.ray.address:
+        import torch
+
+        have = torch.cuda.device_count()
+        if w.num_actors * w.gpus_per_actor > have:
+            raise ConfigError("reward.gpus_per_actor", f"the reward actors need "
+                                                       f"{w.num_actors * w.gpus_per_actor:g} GPUs, "
+                                                       f"this machine has {have}")
 
 
 @dataclass
@@ -414,9 +548,6 @@ def validate(cfg: RootConfig) -> RootConfig:
     _in_range("rollout.vllm.gpu_memory_utilization", r.vllm.gpu_memory_utilization, 0.01, 0.99)
     _positive("rollout.gym.envs_per_worker", r.gym.envs_per_worker)
     _positive("rollout.gym.steps_per_env", r.gym.steps_per_env)
-    _positive("reward.num_actors", cfg.reward.num_actors)
-    _positive("reward.timeout_s", cfg.reward.timeout_s)
-    _positive("reward.threads", cfg.reward.threads)
     _positive("learner.num_ranks", lrn.num_ranks)
     _positive("learner.micro_batch_size", lrn.micro_batch_size)
     _positive("learner.cpus_per_rank", lrn.cpus_per_rank, allow_zero=True)
@@ -487,12 +618,7 @@ def validate(cfg: RootConfig) -> RootConfig:
         from rlhf.tasks import TASKS
 
         _one_of("data.task", cfg.data.task, sorted(TASKS))
-    if r.backend == "vllm":
-        if cfg.reward.fn == "task" and cfg.data.path:
-            raise ConfigError("reward.fn", "'task' scores the built-in task; with data.path set, "
-                                           "name a function 'package.module:function'")
-        if cfg.reward.fn != "task":
-            resolve_function(cfg.reward.fn, key="reward.fn")
+    _check_reward(cfg)
 
     if r.backend == "vllm":
         _check_data(cfg)

@@ -14,6 +14,9 @@ Built-ins:
 - ``addition9``: the same for ``a, b`` in 0..9 (100 problems, answers 0..18). Learnable but slower:
   a rise of 0.29-0.53 in 250 steps over 8 seeds, so it is not the default.
 - ``reverse``: ``"abc="`` -> ``"cba"`` for 3-5 letters from ``a..h`` (37,376 problems).
+- ``fractions``: ``"a/b="`` -> ``\\boxed{a/b}`` for ``a`` in 0..9, ``b`` in 1, 2, 4, written
+  as a reduced fraction or a decimal (``3/2`` or ``1.5``, both in the warm-up data);
+  scored by math-verify (rlhf/reward/math.py), so any equivalent form (``6/4``) counts.
 """
 
 from __future__ import annotations
@@ -124,10 +127,76 @@ def _make_reverse() -> Task:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# fractions (the math-checker task)
+
+_FRACTION_DENOMINATORS = (1, 2, 4)
+
+
+def _fraction_forms(a: int, b: int) -> list[str]:
+    """Equivalent written forms of a/b: the reduced fraction and the decimal (one if integral)."""
+    from fractions import Fraction
+
+    v = Fraction(a, b)
+    if v.denominator == 1:
+        return [str(v.numerator)]
+    return [f"{v.numerator}/{v.denominator}", f"{a / b:g}"]
+
+
+def _whole_box(text: str) -> str | None:
+    """The content when `text` is exactly one ``\\boxed{...}``, else None."""
+    if not (text.startswith("\\boxed{") and text.endswith("}")):
+        return None
+    inner = text[len("\\boxed{"):-1]
+    depth = 0
+    for ch in inner:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            return None
+    return inner if depth == 0 and inner else None
+
+
+def _boxed_math(completion: str, answer: str) -> float:
+    """Exact match, or a completion that is exactly one \\boxed{} whose content math-verify finds
+    equal to the answer's (``\\boxed{6/4}`` for ``\\boxed{1.5}``); anything else around the box
+    scores 0, as in the other tasks."""
+    completion, answer = completion.strip(), answer.strip()
+    if completion == answer:
+        return 1.0
+    got, want = _whole_box(completion), _whole_box(answer)
+    if got is None or want is None:
+        return 0.0
+    from rlhf.reward.math import equivalent  # math-verify loads only when scoring
+
+    return float(equivalent(got, want))
+
+
+def _make_fractions() -> Task:
+    def make(rng: random.Random) -> Problem:
+        a, b = rng.randint(0, 9), rng.choice(_FRACTION_DENOMINATORS)
+        return Problem(prompt=f"{a}/{b}=", answer=f"\\boxed{{{rng.choice(_fraction_forms(a, b))}}}")
+
+    def enumerate_all() -> Iterable[Problem]:
+        for a in range(10):
+            for b in _FRACTION_DENOMINATORS:
+                for form in _fraction_forms(a, b):
+                    yield Problem(prompt=f"{a}/{b}=", answer=f"\\boxed{{{form}}}")
+
+    return Task(
+        name="fractions",
+        alphabet="0123456789/.=\\boxed{}",
+        make_problem=make,
+        reward=_boxed_math,
+        max_answer_chars=len("\\boxed{2.25}"),
+        enumerate_problems=enumerate_all,
+    )
+
+
 TASKS: dict[str, Task] = {
     "addition": _make_addition(6),
     "addition9": _make_addition(9, "addition9"),
     "reverse": _make_reverse(),
+    "fractions": _make_fractions(),
 }
 
 DEFAULT_TASK = "addition"

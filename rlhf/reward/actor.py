@@ -1,135 +1,175 @@
-"""Reward actors: score Samples in batches with the configured function.
+"""Reward actors: score Samples in batches with the configured scorer, or a weighted sum of them.
 
-A reward function is `fn(prompt, completion, **fields) -> float` (fields: `answer` plus any
-other dataset columns), or 'task' for the built-in task's rule reward. A call that raises, runs
-past `timeout_s`, or returns NaN/a non-number gives `fallback` for that sample, is recorded in
-`sample.info["reward_error"]`, and never stops the run. Calls run on daemon threads so that a
-hung call can be abandoned; code that must not be trusted belongs in a sandboxed process, not
-here.
+`reward.kind` picks one scorer, once, at construction (`SCORERS`): fn and math calls run in
+killable worker processes (pool.py), a reward model scores batches in the actor (model.py), a
+remote endpoint is called over HTTP (remote.py), code runs in a sandbox (sandbox.py). With
+`reward.components` the reward is `sum(weight * value)` over several scorers, each logged as
+`reward/<name>`.
+
+Every kind goes through the same accounting: a scorer that raised, hung past its timeout,
+crashed its worker, or gave NaN / a non-number gives `fallback` for that sample (for that
+component, when composed), is recorded in `sample.info["reward_error"]` ("exception: ...",
+"timeout", "crash: ...", "nan", "bad type ..."), and never stops the run.
 """
 
 from __future__ import annotations
 
 import math
-import queue
-import threading
-import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 from rlhf.batch import Sample
-from rlhf.config import RewardConfig, resolve_function
+from rlhf.config import REWARD_KINDS, RewardComponent, RewardConfig
 from rlhf.placement import Slot, shard, spawn
 
-RewardFn = Callable[..., float]
+
+class Scorer(Protocol):
+    def score(self, samples: list[Sample]) -> list[tuple[Any, str | None]]:
+        """(value, None) or (None, error) per sample, in order."""
 
 
-def load_reward_fn(cfg: RewardConfig, task_name: str) -> RewardFn:
-    if cfg.fn == "task":
-        from rlhf.tasks import task_reward
+def _fn_scorer(cfg: RewardConfig, fn: str, task_name: str) -> Scorer:
+    from rlhf.reward.pool import FunctionScorer
 
-        score = task_reward(task_name)
-        return lambda prompt, completion, answer="", **_: score(prompt, completion, answer)
-    return resolve_function(cfg.fn, key="reward.fn")
+    return FunctionScorer(fn, task_name, cfg.timeout_s, cfg.workers)
+
+
+def _math_scorer(cfg: RewardConfig, fn: str, task_name: str) -> Scorer:
+    return _fn_scorer(cfg, "rlhf.reward.math:math_reward", task_name)
+
+
+def _model_scorer(cfg: RewardConfig, fn: str, task_name: str) -> Scorer:
+    from rlhf.reward.model import RewardModelScorer
+
+    return RewardModelScorer(cfg.model, use_gpu=cfg.gpus_per_actor > 0)
+
+
+def _remote_scorer(cfg: RewardConfig, fn: str, task_name: str) -> Scorer:
+    from rlhf.reward.remote import RemoteScorer
+
+    return RemoteScorer(cfg.remote)
+
+
+def _sandbox_scorer(cfg: RewardConfig, fn: str, task_name: str) -> Scorer:
+    from rlhf.reward.sandbox import SandboxScorer
+
+    return SandboxScorer(cfg.sandbox)
+
+
+# reward.kind -> factory(cfg, fn, task_name); the names match rlhf.config.REWARD_KINDS.
+SCORERS: dict[str, Callable[[RewardConfig, str, str], Scorer]] = {
+    "fn": _fn_scorer,
+    "math": _math_scorer,
+    "model": _model_scorer,
+    "remote": _remote_scorer,
+    "sandbox": _sandbox_scorer,
+}
+assert tuple(SCORERS) == REWARD_KINDS
+
+
+def component_name(c: RewardComponent) -> str:
+    if c.name:
+        return c.name
+    return c.kind if c.kind != "fn" else c.fn.replace(":", ".").rsplit(".", 1)[-1]
+
+
+@dataclass
+class _Term:
+    name: str
+    weight: float
+    scorer: Scorer
 
 
 class RewardActor:
     def __init__(self, cfg: RewardConfig, task_name: str):
         self.cfg = cfg
-        self.fn = load_reward_fn(cfg, task_name)
+        comps = cfg.components or [RewardComponent(name="", kind=cfg.kind, fn=cfg.fn, weight=1.0)]
+        self.composed = bool(cfg.components)
+        self.terms = [_Term(component_name(c), c.weight, SCORERS[c.kind](cfg, c.fn, task_name))
+                      for c in comps]
 
     def score(self, samples: list[Sample]) -> list[Sample]:
-        calls = [lambda s=s: self.fn(s.prompt, s.response, answer=s.answer, **s.fields)
-                 for s in samples]
-        for s, (value, error) in zip(samples, call_with_timeouts(calls, self.cfg.timeout_s,
-                                                                 self.cfg.threads)):
-            if error is None and not _is_number(value):
-                error = "nan" if isinstance(value, float) else f"bad type {type(value).__name__}"
-            if error is None:
-                s.reward = float(value)
-            else:
-                s.reward = self.cfg.fallback
+        if not samples:
+            return samples
+        per_term = [t.scorer.score(samples) for t in self.terms]
+        for i, s in enumerate(samples):
+            total, parts, error = 0.0, {}, None
+            for term, outcomes in zip(self.terms, per_term):
+                value, err = outcomes[i]
+                if err is None and not _is_number(value):
+                    err = "nan" if isinstance(value, float) else f"bad type {type(value).__name__}"
+                v = float(value) if err is None else self.cfg.fallback
+                if err is not None and error is None:
+                    error = err
+                    if self.composed:
+                        s.info["reward_error_component"] = term.name
+                parts[term.name] = v
+                total += term.weight * v
+            s.reward = total if self.composed else parts[self.terms[0].name]
+            if self.composed:
+                s.info["reward_components"] = parts
+            if error is not None:
                 s.info["reward_error"] = error
         return samples
+
+    def close(self) -> None:
+        """Stop worker processes now (they also die with the actor)."""
+        for t in self.terms:
+            close = getattr(t.scorer, "close", None)
+            if close is not None:
+                close()
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def call_with_timeouts(calls: list[Callable[[], Any]], timeout_s: float, threads: int
-                       ) -> list[tuple[Any, str | None]]:
-    """Run calls on up to `threads` daemon threads. Each result is (value, None) or
-    (None, 'timeout' | 'exception: ...'). A call past its timeout is abandoned (Python cannot
-    kill a thread) and a fresh thread takes its place, so one hang never starves the rest."""
-    n = len(calls)
-    results: list[tuple[Any, str | None] | None] = [None] * n
-    started: dict[int, float] = {}
-    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for i in range(n):
-        todo.put(i)
-    lock = threading.Lock()
-
-    def work():
-        while True:
-            try:
-                i = todo.get_nowait()
-            except queue.Empty:
-                return
-            with lock:
-                started[i] = time.monotonic()
-            try:
-                out = (calls[i](), None)
-            except Exception as e:  # the user's function failed: counted, not fatal
-                out = (None, f"exception: {type(e).__name__}: {e}"[:200])
-            with lock:
-                if results[i] is None:
-                    results[i] = out
-
-    def start_thread():
-        threading.Thread(target=work, daemon=True).start()
-
-    for _ in range(min(threads, n)):
-        start_thread()
-    while True:
-        with lock:
-            now = time.monotonic()
-            expired = [i for i, t0 in started.items() if results[i] is None and now - t0 > timeout_s]
-            for i in expired:
-                results[i] = (None, "timeout")
-            done = all(r is not None for r in results)
-        for _ in expired:
-            start_thread()  # replaces the thread stuck in the abandoned call
-        if done:
-            return results  # type: ignore[return-value]
-        time.sleep(0.002)
-
-
 class RewardGroup:
-    """The reward actors; `score` spreads samples over them and returns ObjectRefs."""
+    """The reward actors. `score` spreads samples over all of them; `submit` sends one chunk
+    to the next actor round-robin (the pipeline calls it per finished generation chunk, so
+    scoring overlaps generation). Both return ObjectRefs of `list[Sample]`."""
 
     def __init__(self, cfg: RewardConfig, task_name: str, slots: list[Slot],
                  runtime_env: dict | None = None):
         self.actors = spawn(RewardActor, slots, lambda i: ((cfg, task_name), {}), runtime_env)
+        self._next = 0
 
     def score(self, samples: list[Sample]) -> list[Any]:
         return [a.score.remote(part) for a, part in zip(self.actors, shard(samples, len(self.actors)))
                 if part]
 
+    def submit(self, samples: list[Sample]) -> Any:
+        actor = self.actors[self._next % len(self.actors)]
+        self._next += 1
+        return actor.score.remote(samples)
+
 
 def reward_metrics(samples: list[Sample]) -> dict[str, float]:
     """reward/mean, std, error counts, and the share of groups whose rewards are all equal
-    (such groups carry no learning signal under group-relative advantages)."""
+    (such groups carry no learning signal under group-relative advantages); for a composed
+    reward also reward/<component> means; reward/retries counts remote retries."""
     rewards = [s.reward for s in samples]
     mean = sum(rewards) / len(rewards)
     groups: dict[int, set[float]] = {}
     for s in samples:
         groups.setdefault(s.group_id, set()).add(s.reward)
     errors = [s.info.get("reward_error", "") for s in samples]
-    return {
+    out = {
         "reward/mean": mean,
         "reward/std": (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5,
         "reward/all_equal_group_frac": sum(len(v) == 1 for v in groups.values()) / len(groups),
         "reward/errors": float(sum(e.startswith("exception") or e.startswith("bad") for e in errors)),
         "reward/timeouts": float(sum(e == "timeout" for e in errors)),
         "reward/nans": float(sum(e == "nan" for e in errors)),
+        "reward/crashes": float(sum(e.startswith("crash") for e in errors)),
     }
+    retries = sum(s.info.get("reward_retries", 0) for s in samples)
+    if retries or any("reward_retries" in s.info for s in samples):
+        out["reward/retries"] = float(retries)
+    parts: dict[str, list[float]] = {}
+    for s in samples:
+        for name, v in s.info.get("reward_components", {}).items():
+            parts.setdefault(name, []).append(v)
+    for name, vs in parts.items():
+        out[f"reward/{name}"] = sum(vs) / len(vs)
+    return out
