@@ -332,6 +332,10 @@ def keep_short(ds, cfg: DataConfig, renderer: PromptRenderer, key: str = "data.m
 # The training stream
 
 
+def _has_messages(ds) -> bool:
+    return any(any(ds[start: start + _BATCH]["messages"]) for start in range(0, len(ds), _BATCH))
+
+
 class PromptSource:
     """The training prompts. `tokenizer_path` (the model folder) renders chat messages and
     measures prompt lengths; it may be empty for the built-in task."""
@@ -345,6 +349,9 @@ class PromptSource:
             self.rows, self.bad_rows = load_prompts(cfg)
             if tokenizer_path:
                 self._index, self.long_prompts = keep_short(self.rows, cfg, self.renderer)
+            elif _has_messages(self.rows):
+                raise ConfigError("data.prompt_key", f"{cfg.path} holds chat messages, which need "
+                                                     f"a tokenizer (PromptSource(tokenizer_path=...))")
             else:
                 self._index = list(range(len(self.rows)))
         else:

@@ -56,6 +56,10 @@ class LearnerGroup:
     def load(self, folder: str, tag: str) -> list[Any]:
         return [a.load.remote(folder, tag) for a in self.actors]
 
+    def export_hf(self, folder: str) -> list[Any]:
+        """The policy as a Hugging Face folder, consolidated from any ZeRO stage (rank 0 writes)."""
+        return [a.export_hf.remote(folder) for a in self.actors]
+
     def weight_meta(self) -> Any:
         return self.actors[0].weight_meta.remote()
 
