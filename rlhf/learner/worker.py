@@ -214,7 +214,7 @@ class LearnerWorker:
                     grad_norms.append(norm)
         out = ({k: sum(d[k] for d in metrics) / len(metrics) for k in metrics[0]}
                if metrics else {})
-        out["algo/update_kl"], out["algo/update_gain"] = self._update_kl(batch)
+        out["algo/update_kl"] = self._update_kl(batch)
         if grad_norms:
             out["learner/grad_norm"] = sum(grad_norms) / len(grad_norms)
         out["learner/skipped_updates"] = float(skipped)
@@ -235,20 +235,17 @@ class LearnerWorker:
         return False
 
     @torch.no_grad()
-    def _update_kl(self, batch: Batch) -> tuple[float, float]:
-        """Over this rank's rows, after the update: KL(old || new), how far the update moved
-        the policy (k3 estimate from the behaviour samples; the console's KL when there is no
-        reference), and the gain mean_t A_t (log pi_new - log pi_old), > 0 when the update made
-        above-baseline actions likelier: the policy objective improved on its own batch."""
+    def _update_kl(self, batch: Batch) -> float:
+        """KL(old || new) over this rank's rows: how far this step's update moved the policy
+        (k3 estimate from the behaviour samples). The console's KL when there is no reference."""
         self.engine.eval()
-        total, gain, tokens = 0.0, 0.0, 0.0
+        total, tokens = 0.0, 0.0
         for micro in self._micro_batches(batch):
             log_ratio = self.engine(micro, with_entropy=False)[0] - micro.old_logprobs
             kl = torch.exp(log_ratio) - 1 - log_ratio
             total += float((kl * micro.action_mask).sum())
-            gain += float((micro.advantages * log_ratio * micro.action_mask).sum())
             tokens += float(micro.action_mask.sum())
-        return total / max(tokens, 1.0), gain / max(tokens, 1.0)
+        return total / max(tokens, 1.0)
 
     def _loss(self, micro: Batch, totals: dict) -> tuple[torch.Tensor, dict[str, float]]:
         a, mask = self.algo, micro.action_mask
@@ -348,6 +345,7 @@ class LearnerWorker:
                     state[name] = p.detach().to("cpu", copy=True)
         if self.rank == 0:
             write_hf_folder(folder, state, self._build["model_path"], self._build["model_cfg"].dtype)
+
 
 
 def _load_weights_only(path: str, map_location=None):
