@@ -122,5 +122,5 @@ def test_bad_jsonl_row_is_named(tmp_path):
     bad.write_text('{"prompt": "a", "answer": "1"}\n{"question": "b"}\n')
     cfg = load("+experiment=grpo", f"data.path={bad}", "reward.fn=rlhf.reward.rules:exact_match")
     validate(cfg)
-    with pytest.raises(ConfigError, match=r"row 2 has no string field 'prompt'"):
+    with pytest.raises(ConfigError, match=r"prompts.jsonl:line 2: no field 'prompt'"):
         PromptSource(cfg.data, seed=0)
