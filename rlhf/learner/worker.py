@@ -197,14 +197,15 @@ class LearnerWorker:
                     loss, m = self._loss(micro, totals)
                     self.engine.backward(loss, scale_wrt_gas=False)
                     if i == micro_per_minibatch - 1 and self.cfg.zero_stage == 0:
-                        dropped = self._drop_nonfinite_grads()
-                    self.engine.step()
+                        dropped = not self._grads_finite()
+                    with self._optimizer_step_disabled() if dropped else contextlib.nullcontext():
+                        self.engine.step()
                     step_metrics.append(m)
                 norm = self.engine.get_global_grad_norm()
                 norm = None if norm is None else float(norm)
                 # A non-finite loss makes non-finite gradients on every rank (they are
                 # all-reduced). Such a step is not applied -- ZeRO 1-3 skip it themselves on an
-                # invalid norm, stage 0 via _drop_nonfinite_grads -- so weights and optimizer
+                # invalid norm, stage 0 via _optimizer_step_disabled -- so weights and optimizer
                 # state are unchanged. Count it and keep its NaNs out of the metric means.
                 if dropped or (norm is not None and not math.isfinite(norm)):
                     skipped += 1
@@ -214,7 +215,7 @@ class LearnerWorker:
                     grad_norms.append(norm)
         out = ({k: sum(d[k] for d in metrics) / len(metrics) for k in metrics[0]}
                if metrics else {})
-        out["algo/update_kl"] = self._update_kl(batch)
+        out["algo/update_kl"], out["algo/update_gain"] = self._update_kl(batch)
         if grad_norms:
             out["learner/grad_norm"] = sum(grad_norms) / len(grad_norms)
         out["learner/skipped_updates"] = float(skipped)
@@ -223,29 +224,40 @@ class LearnerWorker:
             out["learner/critic_lr"] = float(self.engine.get_lr()[1])
         return out
 
-    def _drop_nonfinite_grads(self) -> bool:
-        """ZeRO stage 0 has no overflow check in float32: if any gradient is non-finite, drop
-        them all (grad None), so AdamW skips every parameter and leaves it and its state as
-        they were. All ranks see the same (all-reduced) gradients, so all drop together."""
-        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        if grads and not all(torch.isfinite(g).all() for g in grads):
-            for p in self.engine.module.parameters():
-                p.grad = None
-            return True
-        return False
+    def _grads_finite(self) -> bool:
+        """Stage 0 only (ZeRO partitions the gradients): all ranks hold the same all-reduced
+        gradients, so all ranks reach the same answer."""
+        return all(bool(torch.isfinite(p.grad).all())
+                   for p in self.engine.module.parameters() if p.grad is not None)
+
+    @contextlib.contextmanager
+    def _optimizer_step_disabled(self):
+        """ZeRO stage 0 has no overflow check in float32: around engine.step(), make the
+        optimizer's step a no-op, so weights and Adam state stay as they were while DeepSpeed
+        still zeroes the gradients and advances its micro-step counters (the LR scheduler
+        advances one step too)."""
+        opt = self.engine.optimizer
+        opt.step = lambda *args, **kwargs: None  # instance attribute shadows the method
+        try:
+            yield
+        finally:
+            del opt.step
 
     @torch.no_grad()
-    def _update_kl(self, batch: Batch) -> float:
-        """KL(old || new) over this rank's rows: how far this step's update moved the policy
-        (k3 estimate from the behaviour samples). The console's KL when there is no reference."""
+    def _update_kl(self, batch: Batch) -> tuple[float, float]:
+        """Over this rank's rows, after the update: KL(old || new), how far the update moved
+        the policy (k3 estimate from the behaviour samples; the console's KL when there is no
+        reference), and the gain mean_t A_t (log pi_new - log pi_old), > 0 when the update made
+        above-baseline actions likelier: the policy objective improved on its own batch."""
         self.engine.eval()
-        total, tokens = 0.0, 0.0
+        total, gain, tokens = 0.0, 0.0, 0.0
         for micro in self._micro_batches(batch):
             log_ratio = self.engine(micro, with_entropy=False)[0] - micro.old_logprobs
             kl = torch.exp(log_ratio) - 1 - log_ratio
             total += float((kl * micro.action_mask).sum())
+            gain += float((micro.advantages * log_ratio * micro.action_mask).sum())
             tokens += float(micro.action_mask.sum())
-        return total / max(tokens, 1.0)
+        return total / max(tokens, 1.0), gain / max(tokens, 1.0)
 
     def _loss(self, micro: Batch, totals: dict) -> tuple[torch.Tensor, dict[str, float]]:
         a, mask = self.algo, micro.action_mask
