@@ -5,7 +5,9 @@
   rewarded answers are equivalent to the reference without being the same string.
 - A composed reward with a tiny sequence-classification reward model (built offline here) runs
   end to end: reward/rm and reward/math are logged, reward/mean is their weighted sum, and the
-  logged samples' rm scores equal transformers' scores computed directly.
+  logged samples' rm scores equal transformers' scores computed directly. A third component runs
+  each response in the code sandbox inside the Ray reward actor (isolation available there, no
+  errors), and a canary secret in the run's environment appears nowhere in the run folder.
 """
 
 import json
@@ -53,14 +55,30 @@ def test_composed_reward_with_a_tiny_reward_model_runs_end_to_end(tmp_path):
 
     from rlhf.reward.model import build_tiny_reward_model
 
+    from rlhf.tasks import get_task
+
     rm = build_tiny_reward_model(tmp_path / "rm", task="fractions")
-    rows = _run(tmp_path / "run", "trainer.total_steps=3", "logger.samples_every=1",
-                f"reward.model.path={rm}",
-                "reward.components=[{kind: model, name: rm, weight: 0.5}, {kind: math, weight: 1.0}]")
+    data = tmp_path / "fractions.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p.prompt, "answer": p.answer,
+                                        "tests": "assert solve(2) == 4"}) + "\n"
+                            for p in get_task("fractions").all_problems()))
+    canary = "rlhf-canary-run-5d2a"
+    os.environ["RLHF_REWARD_CANARY"] = canary  # the run (driver, Ray, actors) inherits it
+    try:
+        rows = _run(tmp_path / "run", "trainer.total_steps=3", "logger.samples_every=1",
+                    f"data.path={data}", f"reward.model.path={rm}", "logger.wandb.mode=offline",
+                    "reward.components=[{kind: model, name: rm, weight: 0.5}, "
+                    "{kind: math, weight: 1.0}, {kind: sandbox, name: code, weight: 0.0}]")
+    finally:
+        del os.environ["RLHF_REWARD_CANARY"]
     assert [m["step"] for m in rows] == [1, 2, 3]
     for m in rows:
         assert m["reward/mean"] == pytest.approx(0.5 * m["reward/rm"] + m["reward/math"], abs=1e-5)
         assert m["reward/errors"] == m["reward/timeouts"] == m["reward/crashes"] == 0
+        assert m["reward/code"] == 0.0  # the tiny model's answers are not Python that passes
+    for f in (tmp_path / "run").rglob("*"):
+        if f.is_file():
+            assert canary.encode() not in f.read_bytes(), f
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").open()]
     model = AutoModelForSequenceClassification.from_pretrained(rm).eval()
     tok = AutoTokenizer.from_pretrained(rm)
