@@ -288,3 +288,78 @@ def test_value_clip_fraction():
     frac = algos.value_clip_fraction(v, old, ret, mask, 0.2)
     assert frac.item() == pytest.approx(1 / 3)
     assert algos.value_clip_fraction(v, old, ret, mask, None).item() == 0.0
+
+
+# --------------------------------------------------------------------------- constructed samples
+
+
+def _samples():
+    """Two prompts x 3 answers: (response length, finish_reason, reward). max_new_tokens = 6."""
+    from rlhf.batch import Sample
+
+    spec = [(2, "stop", 1.0), (5, "stop", 1.0), (6, "length", 0.0),  # group 0
+            (0, "stop", -1.0), (3, "stop", 0.0), (6, "length", 1.0)]  # group 1: an empty response
+    return [Sample(group_id=i // 3, prompt_ids=[1, 5, 6], response_ids=list(range(7, 7 + n)),
+                   rollout_logprobs=[-1.0] * n, finish_reason=fr, reward=r)
+            for i, (n, fr, r) in enumerate(spec)]
+
+
+def _driver(**algo):
+    """What Trainer.compute_advantages reads from the trainer, without Ray or roles."""
+    from types import SimpleNamespace
+
+    from rlhf.config import AlgoConfig
+
+    a = AlgoConfig(overlong_max_len=6, **algo)
+    return SimpleNamespace(algo=a, advantage_fn=ADVANTAGE_ESTIMATORS.get(a.advantage),
+                           advantage_params=AdvantageParams(), kl_estimator=algos.KL_ESTIMATORS.get("k3"),
+                           kl_ctrl=algos.KLController(a.kl_coef, a.kl_target, a.kl_horizon))
+
+
+def test_collate_marks_truncation_and_keeps_sequence_rewards():
+    from rlhf.batch import collate
+
+    b = collate(_samples())
+    assert b.truncated.tolist() == [0, 0, 1, 0, 0, 1]
+    assert b.seq_rewards.tolist() == [1.0, 1.0, 0.0, -1.0, 0.0, 1.0]
+    assert b.action_mask.sum(-1).tolist() == [2, 5, 6, 0, 3, 6]
+    assert b.is_weights is None
+
+
+def test_driver_overlong_shaping_and_truncation_mask_on_constructed_samples():
+    from rlhf.batch import collate
+    from rlhf.trainer import Trainer
+
+    b = collate(_samples())
+    b.old_logprobs = b.rollout_logprobs.clone()
+    drv = _driver(advantage="grpo_no_std", overlong_buffer=2, overlong_penalty=1.0, mask_truncated=True)
+    out = Trainer.compute_advantages(drv, b)
+    # penalties: L=5 -> -0.5 (inside the 2-token buffer), L=6 -> -1, others 0; the empty
+    # response keeps its -1 through seq_rewards
+    scores = [1.0, 0.5, -1.0, -1.0, 0.0, 0.0]
+    per_row = [s - sum(scores[g * 3:g * 3 + 3]) / 3 for g in (0, 1) for s in scores[g * 3:g * 3 + 3]]
+    lengths = [2, 5, 6, 0, 3, 6]
+    for i, (a, n) in enumerate(zip(per_row, lengths)):
+        row = out.advantages[i][b.action_mask[i] == 1]
+        assert row.numel() == n and torch.allclose(row, torch.full_like(row, a)), i
+    # truncated rows leave the loss mask; their rewards still shaped the baselines above
+    assert out.action_mask.sum(-1).tolist() == [2, 5, 0, 0, 3, 0]
+    assert drv.advantage_metrics["algo/overlong_penalty_mean"] == pytest.approx(-2.5 / 6)
+    assert drv.advantage_metrics["algo/truncated_masked_frac"] == pytest.approx(2 / 6)
+    assert out.is_weights is None  # rollout_is=none
+
+
+def test_driver_rollout_is_and_adaptive_kl():
+    from rlhf.batch import collate
+    from rlhf.trainer import Trainer
+
+    b = collate(_samples())
+    b.old_logprobs = b.rollout_logprobs + 1.0 * b.action_mask  # learner thinks e^1 likelier
+    b.ref_logprobs = b.old_logprobs - 0.5 * b.action_mask
+    drv = _driver(rollout_is="tis", rollout_is_cap=2.0, kl_coef=0.1, kl_in_reward=True,
+                  kl_target=0.01, kl_horizon=6)
+    out = Trainer.compute_advantages(drv, b)
+    assert torch.equal(out.is_weights, 2.0 * b.action_mask)  # e^1 > cap 2 -> truncated
+    assert drv.advantage_metrics["algo/rollout_is_clipped_frac"] == 1.0
+    assert drv.advantage_metrics["algo/kl_coef"] == 0.1  # the coefficient used this step
+    assert drv.kl_ctrl.value == pytest.approx(0.1 * (1 + 0.2 * 6 / 6))  # KL above target: raised
