@@ -100,15 +100,24 @@ def create_placement(cfg: RootConfig, timeout_s: float = 120.0) -> Placement:
 
 
 def spawn(cls: type, slots: list[Slot], make_args: Callable[[int], tuple[tuple, dict]],
-          runtime_env: dict | None = None) -> list[Any]:
-    """One Ray actor of `cls` per slot; `make_args(i)` gives actor i's (args, kwargs)."""
+          runtime_env: dict | None = None, *, max_restarts: int = 0,
+          max_task_retries: int = 0) -> list[Any]:
+    """One Ray actor of `cls` per slot; `make_args(i)` gives actor i's (args, kwargs).
+
+    `max_restarts`: Ray restarts an actor whose process died (same slot, same constructor
+    arguments) up to this many times. `max_task_retries`: calls that were in flight when it died
+    are re-run on the restarted actor (only for actors whose methods are safe to repeat, like
+    reward scoring; engines are re-issued their prompts by the pipeline instead, once their
+    weights are current)."""
     import ray
 
     remote_cls = ray.remote(cls)
     actors = []
     for i, slot in enumerate(slots):
         args, kwargs = make_args(i)
-        actors.append(remote_cls.options(**slot.options(runtime_env)).remote(*args, **kwargs))
+        actors.append(remote_cls.options(**slot.options(runtime_env), max_restarts=max_restarts,
+                                         max_task_retries=max_task_retries
+                                         ).remote(*args, **kwargs))
     return actors
 
 

@@ -73,21 +73,25 @@ def build_and_fit(cfg: RootConfig, run_dir: Path, resolved: dict, prompts=None) 
         placement = create_placement(cfg)
         r = cfg.rollout
         if r.backend == "vllm":
+            from rlhf.pipeline import RolloutPipeline
             from rlhf.reward.actor import RewardGroup
             from rlhf.rollout.vllm_engine import VllmRollout
 
-            rollout = VllmRollout(r, prompts, model_path, cfg.model.dtype, cfg.seed,
-                                  placement.rollout, runtime_env)
+            rollout = VllmRollout(r, model_path, cfg.model.dtype, cfg.seed, placement.rollout,
+                                  runtime_env)
             rewards = RewardGroup(cfg.reward, cfg.data.task, placement.reward, runtime_env)
+            pipeline = RolloutPipeline(r, prompts, rollout.workers, rewards, seed=cfg.seed,
+                                       ledger_path=run_dir / "ledger.jsonl")
             rows, env_spec, primary = r.prompts_per_step * r.samples_per_prompt, None, "reward/mean"
         else:
+            from rlhf.pipeline import LockstepPipeline
             from rlhf.rollout.gym_runner import GymRollout, env_spec_of
 
             env_spec = env_spec_of(r.gym)
             # gamma: the runners bootstrap time-limit truncations with gamma * V(final obs)
             rollout = GymRollout(r, cfg.model.mlp, env_spec, cfg.seed, placement.rollout,
                                  runtime_env, gamma=cfg.algo.gamma)
-            rewards = None
+            pipeline = LockstepPipeline(rollout)
             rows = r.num_workers * r.gym.envs_per_worker * r.gym.steps_per_env
             primary = "env/episode_return_mean"
         learners = LearnerGroup(cfg.learner, cfg.algo, cfg.model, model_path, placement.learner,
@@ -98,7 +102,7 @@ def build_and_fit(cfg: RootConfig, run_dir: Path, resolved: dict, prompts=None) 
         name, group, tags = run_identity(cfg)
         logger = RunLogger(cfg.logger, run_dir, config=resolved, total_steps=cfg.trainer.total_steps,
                            name=name, group=group, tags=tags, primary_metric=primary)
-        trainer = Trainer(cfg.trainer, cfg.algo, rollout=rollout, rewards=rewards,
+        trainer = Trainer(cfg.trainer, cfg.algo, pipeline=pipeline, rollout=rollout,
                           learners=learners, logger=logger, run_dir=run_dir)
         return trainer.fit(resume_from=resume_point(cfg, trainer))
     finally:

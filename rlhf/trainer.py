@@ -1,10 +1,11 @@
 """The driver loop: one call per phase, the same for LLMs and gymnasium.
 
-    rollout -> reward -> logprobs (old, ref, values) -> advantages -> update -> weight sync -> log
+    next batch -> logprobs (old, ref, values) -> advantages -> update -> weight sync -> log
 
-The roles are composed in, not subclassed: `rollout` is a VllmRollout or a GymRollout (both
-return Samples and receive weights the same way), `rewards` is a RewardGroup or None (gym
-rewards come from the env), `learners` is the DeepSpeed LearnerGroup.
+The roles are composed in, not subclassed: `pipeline` hands over each step's scored samples (a
+RolloutPipeline for LLMs — prompt ledger, streaming rewards, bounded staleness, rlhf/pipeline.py
+— or the lock-step GymRollout), `rollout` is the role the weights are sent to (VllmRollout or
+GymRollout), `learners` is the DeepSpeed LearnerGroup.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from rlhf.checkpoint import Checkpoints
 from rlhf.config import AlgoConfig, TrainerConfig
 from rlhf.learner.group import LearnerGroup
 from rlhf.metrics import PhaseTimer, RunLogger
-from rlhf.reward.actor import reward_metrics
+
+LEARNER_PHASES = ("timing/logprobs_s", "timing/update_s", "timing/sync_s")
 
 
 class Trainer:
-    def __init__(self, cfg: TrainerConfig, algo: AlgoConfig, *, rollout, rewards,
+    def __init__(self, cfg: TrainerConfig, algo: AlgoConfig, *, pipeline, rollout,
                  learners: LearnerGroup, logger: RunLogger, run_dir: Path):
         self.cfg, self.algo = cfg, algo
-        self.rollout, self.rewards, self.learners, self.logger = rollout, rewards, learners, logger
+        self.pipeline, self.rollout, self.learners, self.logger = pipeline, rollout, learners, logger
+        self.run_dir = run_dir
         self.checkpoints = Checkpoints(run_dir / "checkpoints", cfg.keep_last)
         self.timer = PhaseTimer()
         self.step_index, self.version = 0, 0
@@ -55,11 +58,8 @@ class Trainer:
     # ------------------------------------------------------------------ the algorithm
     def step(self) -> tuple[dict[str, float], list[Sample]]:
         t = self.timer
-        with t.phase("rollout"):
-            samples = [s for part in ray.get(self.rollout.collect()) for s in part]
-        if self.rewards is not None:
-            with t.phase("reward"):
-                samples = [s for part in ray.get(self.rewards.score(samples)) for s in part]
+        with t.phase("rollout"):  # the learner waits here for a full batch of scored groups
+            samples, pipeline_metrics = self.pipeline.next_batch(self.step_index + 1, self.version)
         batch = collate(samples)
         with t.phase("logprobs"):
             batch = LearnerGroup.attach(batch, ray.get(self.learners.compute_logprobs(batch)))
@@ -70,13 +70,13 @@ class Trainer:
         with t.phase("sync"):
             self.sync_weights()
 
-        metrics = {**self.rollout.metrics(samples), **update, **self.batch_metrics(batch)}
-        if self.rewards is not None:
-            metrics.update(reward_metrics(samples))
-        metrics.update(t.pop())
-        metrics["perf/samples_per_s"] = len(samples) / metrics["timing/step_s"]
+        metrics = {**self.rollout.metrics(samples), **pipeline_metrics, **update,
+                   **self.batch_metrics(batch), **t.pop()}
+        step_s = metrics["timing/step_s"]
+        metrics["perf/samples_per_s"] = len(samples) / step_s
         if "rollout/tokens" in metrics:
-            metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / metrics["timing/rollout_s"]
+            metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / step_s
+        metrics["perf/learner_idle_frac"] = max(0.0, 1.0 - sum(metrics[k] for k in LEARNER_PHASES) / step_s)
         metrics["trainer/weight_version"] = float(self.version)
         return metrics, samples
 
@@ -146,26 +146,33 @@ class Trainer:
         if resume_from is not None:
             self.resume(resume_from)
         total = self.cfg.total_steps
-        with _StopOnInterrupt() as interrupt:
-            while self.step_index < total:
-                metrics, samples = self.step()
-                self.step_index += 1
-                self.logger.log(self.step_index, metrics)
-                self.logger.log_samples(self.step_index, self.rollout.sample_rows(samples))
-                if self.cfg.save_every and self.step_index % self.cfg.save_every == 0:
-                    self.save()
-                if interrupt.requested:
-                    # The step finished; keep it, then stop. Resume continues from here.
-                    print(f"interrupted: saved {self.save()}", flush=True)
-                    self.logger.finish(make_report=self.cfg.report)
-                    raise KeyboardInterrupt
-        if self.cfg.save_final and not (self.cfg.save_every and total % self.cfg.save_every == 0):
-            self.save()
+        try:
+            with _StopOnInterrupt() as interrupt:
+                while self.step_index < total:
+                    metrics, samples = self.step()
+                    self.step_index += 1
+                    self.logger.log(self.step_index, metrics)
+                    self.logger.log_samples(self.step_index, self.rollout.sample_rows(samples))
+                    if self.cfg.save_every and self.step_index % self.cfg.save_every == 0:
+                        self.save()
+                    if interrupt.requested:
+                        # The step finished; keep it, then stop. Resume continues from here.
+                        print(f"interrupted: saved {self.save()}", flush=True)
+                        self.logger.finish(make_report=self.cfg.report)
+                        raise KeyboardInterrupt
+            if self.cfg.save_final and not (self.cfg.save_every and total % self.cfg.save_every == 0):
+                self.save()
+        finally:
+            if self.cfg.timeline:
+                ray.timeline(filename=str(self.run_dir / "timeline.json"))
         return self.logger.finish(make_report=self.cfg.report)
 
     def save(self) -> Path:
+        # In-flight generation is finished first and its samples go into the checkpoint: they
+        # were generated by older weights, so a resume could not regenerate them.
+        self.pipeline.drain()
         state = {"step": self.step_index, "version": self.version, "time": time.time(),
-                 "rollout": self.rollout.state()}
+                 "rollout": self.rollout.state(), "pipeline": self.pipeline.state()}
         return self.checkpoints.save(
             self.step_index, lambda folder: ray.get(self.learners.save(folder, "state")), state)
 
@@ -174,6 +181,7 @@ class Trainer:
         ray.get(self.learners.load(str(Path(folder) / "learner"), "state"))
         self.step_index = state["step"]
         self.rollout.load_state(state["rollout"])
+        self.pipeline.load_state(state["pipeline"], self.step_index)
         # The engines start from the base weights; give them the resumed ones.
         self.sync_weights(version=state["version"])
         print(f"resumed from {folder} at step {self.step_index}", flush=True)

@@ -8,9 +8,10 @@ weight-sync group (rlhf/rollout/weight_sync.py) and are loaded in place.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
-from rlhf.batch import Sample
+from rlhf.batch import GenerationRequest, Sample
 from rlhf.config import RolloutConfig
 
 
@@ -45,31 +46,41 @@ class VllmEngine:
 
         return ray.get_runtime_context().get_node_id()
 
-    def generate(self, prompts: list[dict[str, Any]], n: int) -> list[Sample]:
-        """prompts: dicts with 'prompt' (text), 'group_id', 'answer' and optional 'fields'.
-        Returns len(prompts) * n Samples, grouped by prompt."""
-        from vllm import SamplingParams
+    def generate(self, requests: list[GenerationRequest]) -> list[Sample]:
+        """One Sample per request, in request order. Each request samples with its own seed,
+        so its tokens depend only on (weights, prompt, seed), not on which engine serves it,
+        what else is batched with it, or how often the engine restarted."""
+        from vllm import SamplingParams, TokensPrompt
 
+        start = time.perf_counter()
         c = self.cfg
-        params = SamplingParams(n=n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
-                                max_tokens=c.max_new_tokens, logprobs=0)
-        outputs = self.llm.generate([p["prompt"] for p in prompts], params, use_tqdm=False)
+        params = [SamplingParams(
+            n=1, seed=r.seed, logprobs=0, top_p=c.top_p, top_k=c.top_k,
+            temperature=c.temperature if r.temperature is None else r.temperature,
+            max_tokens=c.max_new_tokens if r.max_new_tokens is None else r.max_new_tokens)
+            for r in requests]
+        prompts = [TokensPrompt(prompt_token_ids=r.prompt_token_ids)
+                   if r.prompt_token_ids is not None else r.prompt for r in requests]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        elapsed = time.perf_counter() - start
         samples = []
-        for p, out in zip(prompts, outputs):
-            for o in out.outputs:
-                token_ids = list(o.token_ids)
-                samples.append(Sample(
-                    group_id=p["group_id"],
-                    prompt_ids=list(out.prompt_token_ids),
-                    response_ids=token_ids,
-                    rollout_logprobs=[lp[t].logprob for t, lp in zip(token_ids, o.logprobs)],
-                    prompt=p["prompt"],
-                    response=o.text,
-                    answer=p.get("answer", ""),
-                    fields=p.get("fields", {}),
-                    finish_reason=o.finish_reason or "",
-                    weight_version=self.version,
-                ))
+        for r, out in zip(requests, outputs):
+            o = out.outputs[0]
+            token_ids = list(o.token_ids)
+            samples.append(Sample(
+                group_id=r.prompt_id,
+                prompt_ids=list(out.prompt_token_ids),
+                response_ids=token_ids,
+                rollout_logprobs=[lp[t].logprob for t, lp in zip(token_ids, o.logprobs)],
+                prompt=r.prompt if r.prompt else (out.prompt or ""),
+                response=o.text,
+                answer=r.answer,
+                fields=r.fields,
+                finish_reason=o.finish_reason or "",
+                weight_version=self.version,
+                info={"sample_index": r.sample_index, "engine": self.index,
+                      "engine_call_s": elapsed},
+            ))
         return samples
 
     def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int,
@@ -91,25 +102,20 @@ class VllmEngine:
 
 
 class VllmRollout:
-    """The rollout role for LLMs: draws prompts and spreads them over the engines.
+    """The rollout role for LLMs: the vLLM engines and their side of the weight sync. Which
+    prompts they generate, and when, is the rollout pipeline's business (rlhf/pipeline.py).
     Methods return ObjectRefs; the driver calls ray.get."""
 
-    def __init__(self, cfg: RolloutConfig, prompts, model_path: str, dtype: str, seed: int,
-                 slots, runtime_env: dict | None = None):
+    def __init__(self, cfg: RolloutConfig, model_path: str, dtype: str, seed: int,
+                 slots, runtime_env: dict | None = None, max_restarts: int = 0):
         from rlhf.placement import spawn
 
-        self.cfg, self.prompts = cfg, prompts
+        self.cfg = cfg
         self.workers = spawn(VllmEngine, slots,
-                             lambda i: ((cfg, model_path, dtype, seed, i), {}), runtime_env)
+                             lambda i: ((cfg, model_path, dtype, seed, i), {}), runtime_env,
+                             max_restarts=max_restarts)
         # Every tensor-parallel worker of every engine is a receiver in the weight-sync group.
         self.sync_ranks = len(self.workers) * cfg.vllm.tensor_parallel_size
-
-    def collect(self) -> list[Any]:
-        from rlhf.placement import shard
-
-        prompts = self.prompts.next(self.cfg.prompts_per_step)
-        return [e.generate.remote(part, self.cfg.samples_per_prompt)
-                for e, part in zip(self.workers, shard(prompts, len(self.workers))) if part]
 
     def init_weight_sync(self, host: str, port: int, world_size: int, meta, bucket_bytes: int
                          ) -> list[Any]:
@@ -130,10 +136,10 @@ class VllmRollout:
         }
 
     def state(self) -> dict[str, Any]:
-        return {"prompts": self.prompts.state()}
+        return {}  # the engines keep nothing across steps; prompts are the pipeline's
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.prompts.load_state(state["prompts"])
+        pass
 
     def sample_rows(self, samples: list[Sample], k: int = 8) -> list[dict[str, Any]]:
         """A few samples for the W&B table / samples.jsonl."""

@@ -12,7 +12,7 @@ import ray
 import torch
 
 from rlhf import algos
-from rlhf.batch import collate
+from rlhf.batch import GenerationRequest, collate
 from rlhf.config import RootConfig
 from rlhf.learner.group import LearnerGroup
 from rlhf.placement import Slot
@@ -63,9 +63,10 @@ def test_engine_serves_learner_weights_after_sync(ray_local, tiny_model_path, ze
     trainer.learners, trainer.rollout, trainer.version = learners, rollout, 0
     trainer._init_weight_sync()
 
-    prompts = [{"prompt": f"{a}+{b}=", "group_id": i, "answer": str(a + b)}
-               for i, (a, b) in enumerate([(1, 2), (3, 4), (5, 6), (7, 8)] * 2)]
-    batch = collate([s for s in ray.get(engine.generate.remote(prompts, 8))])
+    prompts = [GenerationRequest(prompt_id=i, sample_index=j, seed=100 * i + j,
+                                 prompt=f"{a}+{b}=", answer=str(a + b))
+               for i, (a, b) in enumerate([(1, 2), (3, 4), (5, 6), (7, 8)] * 2) for j in range(8)]
+    batch = collate([s for s in ray.get(engine.generate.remote(prompts))])
     assert _diff(batch, learners) < SYNCED_TOL, "same weights on both sides should agree"
 
     # One update with random advantages changes the learner's weights.
@@ -76,12 +77,12 @@ def test_engine_serves_learner_weights_after_sync(ray_local, tiny_model_path, ze
     ranks = ray.get([a.state_checksum.remote() for a in learners.actors])
     assert ranks[0] == pytest.approx(ranks[1], rel=1e-9), "data-parallel ranks disagree"
 
-    stale = collate(ray.get(engine.generate.remote(prompts, 8)))
+    stale = collate(ray.get(engine.generate.remote(prompts)))
     assert _diff(stale, learners) > STALE_MIN, "the update did not move the learner's logprobs"
 
     trainer.sync_weights()
     assert ray.get(engine.weight_version.remote()) == 1
-    fresh = collate(ray.get(engine.generate.remote(prompts, 8)))
-    assert all(v == 1 for v in [s.weight_version for s in ray.get(engine.generate.remote(prompts[:1], 2))])
+    fresh = collate(ray.get(engine.generate.remote(prompts)))
+    assert all(v == 1 for v in [s.weight_version for s in ray.get(engine.generate.remote(prompts[:2]))])
     assert _diff(fresh, learners) < SYNCED_TOL
     ray.util.remove_placement_group(pg)
