@@ -117,3 +117,29 @@ def test_rules():
     assert rules.boxed_format("", r"x = \boxed{7}") == 1.0 and rules.boxed_format("", "7") == 0.0
     assert rules.length_penalty("", "abcdef", max_chars=4) == -0.5
     assert rules.length_penalty("", "abc", max_chars=4) == 0.0
+
+
+def test_workers_die_when_the_actor_process_is_killed(pid_log):
+    """SIGKILL of the process that owns the pool (no cleanup runs): its hung workers die too."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("from rlhf.batch import Sample\nfrom rlhf.config import RewardConfig\n"
+              "from rlhf.reward.actor import RewardActor\n"
+              "a = RewardActor(RewardConfig(fn='reward_fns:misbehave', timeout_s=600, workers=2), 'addition')\n"
+              "a.score([Sample(group_id=0, prompt='hang')] * 2)\n")
+    env = {**os.environ, "PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    owner = subprocess.Popen([sys.executable, "-c", script], env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not pid_log.exists() or len(pid_log.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    workers = [int(line.split()[0]) for line in pid_log.read_text().splitlines()]
+    assert len(workers) == 2 and all(_alive(p) for p in workers)
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.05)
+    assert not [p for p in workers if _alive(p)]
