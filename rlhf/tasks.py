@@ -14,9 +14,11 @@ Built-ins:
 - ``addition9``: the same for ``a, b`` in 0..9 (100 problems, answers 0..18). Learnable but slower:
   a rise of 0.29-0.53 in 250 steps over 8 seeds, so it is not the default.
 - ``reverse``: ``"abc="`` -> ``"cba"`` for 3-5 letters from ``a..h`` (37,376 problems).
-- ``fractions``: ``"a/b="`` -> ``\\boxed{a/b}`` for ``a`` in 0..9, ``b`` in 1, 2, 4, written
-  as a reduced fraction or a decimal (``3/2`` or ``1.5``, both in the warm-up data);
-  scored by math-verify (rlhf/reward/math.py), so any equivalent form (``6/4``) counts.
+- ``fractions``: ``"a/b="`` -> ``\\boxed{a/b}`` for ``a`` in 0..9, ``b`` in 1, 2, 4 (30 prompts),
+  written as a reduced fraction or a decimal (``3/2`` or ``1.5``, both in the warm-up data). The
+  completion must be exactly one ``\\boxed{}`` whose content math-verify finds equal to the
+  answer (rlhf/reward/math.py), so any equivalent form (``6/4``) counts. GRPO raises its reward
+  by about 0.4 in 80 steps (tests/integration/test_rewards_runs.py).
 """
 
 from __future__ import annotations
