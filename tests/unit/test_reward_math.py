@@ -80,6 +80,9 @@ def test_fractions_task_accepts_equivalent_forms():
     assert task.score(r"\boxed{1.5}", r"\boxed{3/2}") == 1.0
     assert task.score(r"\boxed{1.25}", r"\boxed{3/2}") == 0.0
     assert task.score("1.5", r"\boxed{3/2}") == 0.0  # the box is part of the format
+    assert task.score(r"\boxed{1.5}x", r"\boxed{3/2}") == 0.0  # nothing around it
+    assert task.score(r"\boxed{1}\boxed{1.5}", r"\boxed{3/2}") == 0.0
+    assert task.score(r"\boxed{1.5}}", r"\boxed{3/2}") == 0.0
     for p in problems:
         assert set(p.prompt + p.answer) <= set(task.alphabet)
         assert len(p.answer) <= task.max_answer_chars
