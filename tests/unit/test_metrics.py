@@ -1,4 +1,5 @@
-"""rlhf.metrics: timers, reductions, the run's sinks (metrics.jsonl, W&B offline files, console),
+"""rlhf.metrics and the modules it composes (progress, sinks, report, sweep, wandb_offline):
+timers, reductions, the run's sinks (metrics.jsonl, W&B offline files, console), the step clock,
 the report and the sweep table. W&B runs are real (offline) and are read back from their files."""
 
 import json
@@ -13,18 +14,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from rlhf.config import LoggerConfig, RootConfig, WandbConfig
-from rlhf.metrics import (
-    PhaseTimer,
-    RunLogger,
-    SweepSummary,
-    plot_run,
-    read_metrics,
-    read_offline_run,
-    reduce_mean,
-    run_identity,
-    scrub_secrets,
-    summarize,
-)
+from rlhf import metrics
+from rlhf.metrics import PhaseTimer, RunLogger, reduce_mean, run_identity, scrub_secrets
+from rlhf.progress import StartupLog, StepClock
+from rlhf.report import plot_run, read_metrics, summarize
+from rlhf.sweep import SweepSummary
+from rlhf.wandb_offline import read_offline_run
 
 
 @pytest.fixture(autouse=True)
@@ -177,7 +172,7 @@ def test_offline_run_logs_config_history_and_samples(tmp_path, capsys):
     assert [s["step"] for s in samples] == [2, 2, 4, 4] and samples[1]["reward"] == 0.0
 
     out = capsys.readouterr().out
-    assert re.search(r"step 5/5 \| reward/mean 0\.5 \| kl 0\.005 \| 0\.50 s/step \| ETA 0s", out)
+    assert re.search(r"step 5/5 \| reward/mean 0\.5 \| kl 0\.005 \| [\d.]+ s/step \| ETA 0s", out)
     assert "rollout 60%" in out and "update 20%" in out and "wandb sync" in out
 
     # A transaction log cut mid-record (a killed run) reads up to the cut.
@@ -247,14 +242,51 @@ def test_resume_rewrites_steps_after_the_checkpoint(tmp_path):
     assert samples == [1, 2, 3, 4]
 
 
-def test_console_line_every_n_steps_with_eta(tmp_path, capsys):
+def test_console_line_every_n_steps_with_eta(tmp_path, capsys, monkeypatch):
+    # Wall clock: the first step takes 30 s (warm-ups), then 0.5 s per step.
+    times = iter([0.0] + [30.0 + 0.5 * i for i in range(10)])
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(times, 100.0))
     logger = make_logger(tmp_path, mode="disabled", total_steps=200, console_every=5)
-    for step in range(1, 11):
+    logger.log(1, {"reward/mean": 0.41, "timing/step_s": 30.0})
+    for step in range(2, 11):
         logger.log(step, {"reward/mean": 0.41, "timing/step_s": 0.5})
     lines = capsys.readouterr().out.splitlines()
+    # The warm-up step does not set the pace: 0.5 s/step, not (30 + 9 * 0.5) / 10.
     assert lines == [f"step {s:>3}/200 | reward/mean 0.41 | 0.50 s/step | ETA {eta}"
                      for s, eta in ((5, "1m38s"), (10, "1m35s"))]
     logger.finish(make_report=False)
+
+
+def test_step_clock_first_step_is_warm_up_and_median_resists_a_slow_step():
+    clock = StepClock(total_steps=100)
+    assert clock.describe(0) == [] and clock.eta(0) is None
+    clock.tick(8.0, now=8.0)  # step 1: 8 s of first-call warm-ups
+    assert clock.warming_up and clock.eta(1) is None
+    assert clock.describe(1) == ["8.00 s first step (warm-up; ETA from step 2)"]
+    now = 8.0
+    for step_s in (0.2, 0.2, 5.0, 0.2, 0.2):  # step 4 saved a checkpoint
+        now += step_s
+        clock.tick(0.2, now=now)
+    assert clock.seconds_per_step() == pytest.approx(0.2)
+    assert clock.eta(6) == pytest.approx(0.2 * 94)
+    assert clock.describe(6) == ["0.20 s/step", "ETA 19s"]
+
+
+def test_startup_log_prints_elapsed_seconds_and_keeps_marks(capsys):
+    log = StartupLog(t0=time.perf_counter() - 2.0)
+    log.say("starting Ray")
+    out = capsys.readouterr().out
+    assert re.fullmatch(r"\[startup +2\.\ds\] starting Ray\n", out)
+    assert log.marks[0][0] == "starting Ray" and 2.0 <= log.marks[0][1] < 3.0
+    StartupLog(enabled=False).say("quiet")
+    assert capsys.readouterr().out == ""
+
+
+def test_public_names_stay_importable_from_metrics():
+    # scripts/plot_run.py, tests/e2e and conf/config.yaml (rlhf.metrics.SweepSummary) use these.
+    for name in ("plot_run", "read_metrics", "summarize", "SweepSummary", "read_offline_run",
+                 "_wandb_records", "RunLogger", "PhaseTimer", "run_identity", "console"):
+        assert hasattr(metrics, name), name
 
 
 def test_summarize_fifths():
