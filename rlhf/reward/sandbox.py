@@ -21,7 +21,8 @@ warning is logged, and nothing ever runs unsandboxed):
   user), no core files.
 - A wall-clock timeout, after which the whole process group is SIGKILLed (unshare's
   --kill-child then takes the namespace down with it).
-- A scrubbed environment (PATH, HOME, LANG only: no secrets), stdin closed, output capped.
+- A scrubbed environment (PATH, HOME, LANG and a non-secret RLHF_SANDBOX_TAG only), stdin
+  closed, output capped.
 - `python -I -S`: no site-packages, no PYTHON* variables, no user site.
 """
 
@@ -70,7 +71,7 @@ if uid is not None:
     if os.getuid() != uid or os.geteuid() != uid:
         sys.exit("sandbox: could not drop privileges")
 os.environ.clear()
-os.environ.update(PATH="/usr/bin:/bin", HOME=work, LANG="C.UTF-8")
+os.environ.update(PATH="/usr/bin:/bin", HOME=work, LANG="C.UTF-8", RLHF_SANDBOX_TAG=spec["tag"])
 nonce, code, tests = spec["nonce"], spec["code"], spec["tests"]
 del spec
 scope = {"__name__": "__main__"}
@@ -104,6 +105,9 @@ class SandboxScorer:
         self.python = cfg.python or ("/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK)
                                      else sys.executable)
         self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency)  # threads only wait
+        # Not a secret: marks this scorer's sandbox processes (RLHF_SANDBOX_TAG in their
+        # environment) so that tests can find any left behind.
+        self.tag = secrets.token_hex(8)
         self.isolation, self.unavailable = self._probe()
         if self.unavailable:
             log.warning("sandbox rewards are OFF (every sample gets the fallback): %s",
@@ -146,8 +150,8 @@ class SandboxScorer:
                   "RLIMIT_FSIZE": c.file_size_mb << 20, "RLIMIT_NPROC": c.max_processes,
                   "RLIMIT_CORE": 0}
         spec = {"uid": None if self._rootless else SANDBOX_UID, "limits": limits,
-                "nonce": nonce, "code": code, "tests": tests}
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+                "nonce": nonce, "code": code, "tests": tests, "tag": self.tag}
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "RLHF_SANDBOX_TAG": self.tag}
         proc = subprocess.Popen(self._command(self._rootless), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/",
                                 start_new_session=True, close_fds=True)

@@ -15,7 +15,7 @@ import pytest
 from rlhf.batch import Sample
 from rlhf.config import RewardConfig, SandboxConfig
 from rlhf.reward.actor import RewardActor, reward_metrics
-from rlhf.reward.sandbox import SANDBOX_UID, SandboxScorer, extract_code
+from rlhf.reward.sandbox import SandboxScorer, extract_code
 
 CANARY = "rlhf-canary-7f3e9c1d"
 TIMEOUT_S = 2.0
@@ -23,23 +23,29 @@ MARGIN_S = 1.5
 TESTS = "assert solve(2) == 4\nassert solve(5) == 25\n"
 
 
-def _processes_of(uid: int) -> list[int]:
+def _sandbox_processes(tag: str) -> list[int]:
+    """Live processes started by the scorer with this tag (RLHF_SANDBOX_TAG in their
+    environment), wherever they were reparented to. Other test sessions' sandboxes have other
+    tags, so this is safe to run concurrently."""
+    marker = f"RLHF_SANDBOX_TAG={tag}".encode()
     pids = []
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                with open(f"/proc/{d}/status") as f:
-                    status = f.read()
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    env = f.read()
+                with open(f"/proc/{d}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
-            real_uid = int(status.split("\nUid:")[1].split()[0])
-            state = status.split("\nState:")[1].split()[0]
-            if real_uid == uid and state != "Z":
+            if marker in env.split(b"\0") and state != "Z":
                 pids.append(int(d))
     return pids
 
 
 def _children() -> list[int]:
+    """Our sandbox launchers (`unshare` children of this process) still running. Other children
+    (e.g. multiprocessing's resource tracker from earlier tests) are not the sandbox's."""
     me = str(os.getpid())
     out = []
     for d in os.listdir("/proc"):
@@ -47,9 +53,11 @@ def _children() -> list[int]:
             try:
                 with open(f"/proc/{d}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    argv0 = f.read().split(b"\0")[0]
             except OSError:
                 continue
-            if fields[1] == me and fields[0] != "Z":
+            if fields[1] == me and fields[0] != "Z" and argv0.endswith(b"unshare"):
                 out.append(int(d))
     return out
 
@@ -133,10 +141,11 @@ def test_hostile_program(actor, listener, name, tmp_path):
     with pytest.raises(BlockingIOError):  # nothing connected to the host's loopback
         listener.accept()
     # no process of the sandbox user, and no child of ours, is left behind
+    tag = actor.terms[0].scorer.tag
     deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and (_processes_of(SANDBOX_UID) or _children()):
+    while time.monotonic() < deadline and (_sandbox_processes(tag) or _children()):
         time.sleep(0.05)
-    assert _processes_of(SANDBOX_UID) == [] and _children() == []
+    assert _sandbox_processes(tag) == [] and _children() == []
 
 
 def test_canary_never_reaches_the_output():
