@@ -171,3 +171,31 @@ def test_builtin_task_stream_is_unchanged_by_a_state_round_trip():
     b = PromptSource(DataConfig(), seed=1)
     b.load_state(state)
     assert b.next(8) == expect
+
+
+def test_context_length_and_prompt_budget_are_checked_in_validate():
+    from rlhf.config import RootConfig, validate
+
+    cfg = RootConfig()
+    cfg.rollout.max_new_tokens, cfg.rollout.vllm.max_model_len = 100000, 128
+    with pytest.raises(ConfigError, match="max_model_len=128") as e:
+        validate(cfg)
+    assert e.value.key == "rollout.max_new_tokens"
+    cfg = RootConfig()
+    assert validate(cfg).data.max_prompt_tokens == 128 - cfg.rollout.max_new_tokens  # null: what fits
+    cfg = RootConfig()
+    cfg.data.max_prompt_tokens = 125
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert e.value.key == "data.max_prompt_tokens"
+
+
+@pytest.mark.parametrize("env,var", [({"WANDB_MODE": ""}, "WANDB_MODE"),
+                                     ({"WANDB_SILENT": "maybe"}, "WANDB_SILENT")])
+def test_wandb_environment_that_would_crash_later_is_a_config_error(env, var):
+    from rlhf.config import check_wandb_environment
+
+    with pytest.raises(ConfigError, match="would make wandb.init fail") as e:
+        check_wandb_environment(env)
+    assert e.value.key == f"env {var}"
+    check_wandb_environment({"WANDB_MODE": "offline", "WANDB_SILENT": "true"})  # fine
