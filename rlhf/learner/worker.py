@@ -215,7 +215,7 @@ class LearnerWorker:
                     grad_norms.append(norm)
         out = ({k: sum(d[k] for d in metrics) / len(metrics) for k in metrics[0]}
                if metrics else {})
-        out["algo/update_kl"], out["algo/update_gain"] = self._update_kl(batch)
+        out.update(self._update_kl(batch))
         if grad_norms:
             out["learner/grad_norm"] = sum(grad_norms) / len(grad_norms)
         out["learner/skipped_updates"] = float(skipped)
@@ -244,20 +244,31 @@ class LearnerWorker:
             del opt.step
 
     @torch.no_grad()
-    def _update_kl(self, batch: Batch) -> tuple[float, float]:
-        """Over this rank's rows, after the update: KL(old || new), how far the update moved
-        the policy (k3 estimate from the behaviour samples; the console's KL when there is no
-        reference), and the gain mean_t A_t (log pi_new - log pi_old), > 0 when the update made
-        above-baseline actions likelier: the policy objective improved on its own batch."""
+    def _update_kl(self, batch: Batch) -> dict[str, float]:
+        """Over this rank's rows, after the update: algo/update_kl = KL(old || new), how far
+        the update moved the policy (k3 estimate from the behaviour samples; the console's KL
+        when there is no reference); algo/update_gain = mean_t A_t (log pi_new - log pi_old),
+        > 0 when the update made above-baseline actions likelier (the policy objective
+        improved on its own batch); with a critic, algo/value_update_gain = the value loss
+        0.5 (V - R)^2 before minus after the update, > 0 when the critic fits its batch better."""
         self.engine.eval()
-        total, gain, tokens = 0.0, 0.0, 0.0
+        total, gain, v_gain, tokens = 0.0, 0.0, 0.0, 0.0
         for micro in self._micro_batches(batch):
-            log_ratio = self.engine(micro, with_entropy=False)[0] - micro.old_logprobs
+            logprobs, _, values = self.engine(micro, with_entropy=False)
+            log_ratio = logprobs - micro.old_logprobs
             kl = torch.exp(log_ratio) - 1 - log_ratio
-            total += float((kl * micro.action_mask).sum())
-            gain += float((micro.advantages * log_ratio * micro.action_mask).sum())
-            tokens += float(micro.action_mask.sum())
-        return total / max(tokens, 1.0), gain / max(tokens, 1.0)
+            mask = micro.action_mask
+            total += float((kl * mask).sum())
+            gain += float((micro.advantages * log_ratio * mask).sum())
+            if self.has_critic:
+                before = algos.value_loss(micro.values, micro.values, micro.returns, mask, None)
+                after = algos.value_loss(values, micro.values, micro.returns, mask, None)
+                v_gain += float((before - after).sum())
+            tokens += float(mask.sum())
+        out = {"algo/update_kl": total / max(tokens, 1.0), "algo/update_gain": gain / max(tokens, 1.0)}
+        if self.has_critic:
+            out["algo/value_update_gain"] = v_gain / max(tokens, 1.0)
+        return out
 
     def _loss(self, micro: Batch, totals: dict) -> tuple[torch.Tensor, dict[str, float]]:
         a, mask = self.algo, micro.action_mask
