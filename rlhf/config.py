@@ -203,7 +203,7 @@ class RolloutConfig:
     gym: GymConfig = field(default_factory=GymConfig)
 
 
-REWARD_KINDS = ("fn", "math", "model", "remote", "sandbox", "judge")  # rlhf/reward/actor.py SCORERS
+REWARD_KINDS = ("fn", "math", "model", "remote", "sandbox")  # rlhf/reward/actor.py SCORERS
 
 
 @dataclass
@@ -212,7 +212,7 @@ class RewardComponent:
     `reward/<name>`. Kinds other than fn read their settings from reward.model/remote/sandbox."""
 
     name: str = ""  # metric name reward/<name>; empty = the kind (fn: the function's name)
-    kind: str = "fn"  # fn | math | model | remote | sandbox | judge
+    kind: str = "fn"  # fn | math | model | remote | sandbox
     fn: str = "task"  # kind=fn only: 'task' or 'package.module:function'
     weight: float = 1.0  # the reward is sum(weight * component value)
 
@@ -258,28 +258,13 @@ class SandboxConfig:
 
 
 @dataclass
-class JudgeConfig:
-    """reward.kind=judge: a vLLM engine in the reward actor answers a judge prompt per sample;
-    the score is parsed from its greedy output (rlhf/reward/judge.py)."""
-
-    path: str = ""  # local HF causal-LM folder of the judge
-    template: str = "Rate the answer from 0 to 10.\nQuestion: {prompt}\nAnswer: {response}\nScore:"  # fields: prompt, response, answer
-    score_pattern: str = "(-?\\d+(?:\\.\\d+)?)"  # regex; its first group is the score
-    scale: float = 10.0  # reward = parsed score / scale
-    max_new_tokens: int = 8  # judge output tokens
-    max_model_len: int = 1024  # the judge engine's context (prompt + output)
-    dtype: str = "float32"  # float32 | bfloat16 | float16
-    gpu_memory_utilization: float = 0.1  # on CPU: share of host memory for the KV cache
-
-
-@dataclass
 class RewardConfig:
     """Reward actors. `kind` picks the scorer once, at construction (rlhf/reward/actor.py);
     `components` (non-empty) composes several weighted scorers instead. kind=fn calls
     `fn`: 'task' (the built-in task's rule reward) or a dotted path `package.module:function` /
     `package.module.function` to `fn(prompt, completion, **fields)`, in killable worker processes."""
 
-    kind: str = "fn"  # fn | math | model | remote | sandbox | judge
+    kind: str = "fn"  # fn | math | model | remote | sandbox
     fn: str = "task"  # kind=fn: the function
     components: list[RewardComponent] = field(default_factory=list)  # weighted sum of scorers
     num_actors: int = 1
@@ -291,13 +276,10 @@ class RewardConfig:
     model: RewardModelConfig = field(default_factory=RewardModelConfig)
     remote: RemoteRewardConfig = field(default_factory=RemoteRewardConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 def _check_reward(cfg: "RootConfig") -> None:
-    """The reward lines of validate(): kinds, functions, model folders, URL, components."""
-    import re
-
+    """The reward lines of validate(): kinds, functions, model folder, URL, components."""
     w = cfg.reward
     _positive("reward.num_actors", w.num_actors)
     _positive("reward.timeout_s", w.timeout_s)
@@ -357,29 +339,6 @@ def _check_reward(cfg: "RootConfig") -> None:
             _positive(f"reward.sandbox.{name}", getattr(sc, name))
         if sc.python and not os.access(sc.python, os.X_OK):
             raise ConfigError("reward.sandbox.python", f"{sc.python!r} is not an executable")
-    if "judge" in kinds:
-        jc = w.judge
-        if not jc.path or not (Path(jc.path) / "config.json").is_file():
-            raise ConfigError("reward.judge.path", f"{jc.path!r} is not a Hugging Face model "
-                                                   f"folder (no config.json)")
-        try:
-            jc.template.format(prompt="", response="", answer="")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError("reward.judge.template", f"fields are {{prompt}}, {{response}}, "
-                                                       f"{{answer}}: {e!r}") from e
-        if "{response}" not in jc.template:
-            raise ConfigError("reward.judge.template", "must contain {response}")
-        try:
-            groups = re.compile(jc.score_pattern).groups
-        except re.error as e:
-            raise ConfigError("reward.judge.score_pattern", f"not a regex: {e}") from e
-        if groups < 1:
-            raise ConfigError("reward.judge.score_pattern", "needs a capture group for the score")
-        _positive("reward.judge.scale", jc.scale)
-        _positive("reward.judge.max_new_tokens", jc.max_new_tokens)
-        _positive("reward.judge.max_model_len", jc.max_model_len)
-        _one_of("reward.judge.dtype", jc.dtype, ["float32", "bfloat16", "float16"])
-        _in_range("reward.judge.gpu_memory_utilization", jc.gpu_memory_utilization, 0.01, 0.99)
     if w.gpus_per_actor and not cfg.ray.address:
         import torch
 
