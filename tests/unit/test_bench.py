@@ -1,0 +1,70 @@
+"""scripts/bench.py and scripts/bench_gpu.py: the table arithmetic, the hooks that must say
+"not run" rather than print a number, and the GPU benchmark's clear failure without CUDA.
+The benchmarks themselves are not tests (they run with `make bench`)."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = load("bench")
+bench_gpu = load("bench_gpu")
+
+
+def test_row_ratio_is_median_over_median_with_spread():
+    r = bench.Row("weight_sync", "tiny", "s", ours=[3.0, 1.0, 2.0], baseline=[1.0, 0.5, 100.0])
+    assert r.ratio == pytest.approx(2.0 / 1.0)
+    assert bench.spread(r.ours) == "2 (1-3)"
+    d = r.as_dict()
+    assert d["ratio"] == pytest.approx(2.0) and d["ours_median"] == 2.0
+    assert bench.Row("x", "y", "s").ratio is None
+
+
+def test_table_prints_every_row_and_marks_hooks_not_run(capsys):
+    rows = bench.bench_overhead(None) + bench.bench_time_to_reward(None)
+    assert all(r.ratio is None and r.note.startswith("not run") for r in rows)
+    bench.print_table(rows + [bench.Row("learner", "17M", "tokens/s", [90.0], [100.0])])
+    out = capsys.readouterr().out
+    assert "overhead" in out and "time_to_reward" in out and "not run" in out
+    assert "0.90x" in out
+
+
+def test_unknown_benchmark_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "nope"])
+    assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_sizes_match_the_issue():
+    assert "model.tiny.hidden_size=1024" in bench.SIZES["134M"]
+    assert "model.tiny.num_layers=8" in bench.SIZES["134M"]
+
+
+def test_gpu_model_sizes_and_mfu():
+    assert 0.45e9 < bench_gpu.count_params("0.5B") < 0.55e9
+    assert 1.4e9 < bench_gpu.count_params("1.5B") < 1.7e9
+    # 1e9 params at 1e5 tokens/s: 6e14 FLOP/s of a 1000 TFLOP/s peak = 60%
+    assert bench_gpu.mfu(10**9, 1e5, 1000.0) == pytest.approx(0.6)
+    assert bench_gpu.peak_for("NVIDIA H200") == 989.0 and bench_gpu.peak_for("mystery") is None
+
+
+def test_gpu_benchmark_fails_clearly_without_cuda():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu.py"), "--sizes", "0.5B"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2
+    assert "needs a CUDA GPU" in out.stderr and "Traceback" not in out.stderr
