@@ -9,7 +9,8 @@ engine's prompts and to restore in-flight prompts after a resume.
 Final outcomes are appended to `ledger.jsonl` in the run folder, one row per prompt group:
 
     {"step": 12, "prompt_id": 190, "status": "trained", "issued_for": 12, "round": 0,
-     "weight_version": 11, "staleness": 1, "engine": 0, "attempts": 1}
+     "weight_version": 11, "staleness": 1, "engine": 0, "attempts": 1,
+     "rewards": [1.0, 0.0, ...], "responses": "<digest of the group's response token ids>"}
 
 `staleness` is the trained step's weight version minus the generating one. Open records (not yet
 final) are part of every checkpoint (`state()`); rows past a resumed step are dropped, so a
@@ -18,6 +19,7 @@ resumed run's ledger reads as if it had never stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,9 +62,12 @@ class Ledger:
     def scored(self, prompt_id: int) -> None:
         self.open[prompt_id].status = "scored"
 
-    def close(self, prompt_id: int, status: str, step: int, version: int) -> dict[str, Any]:
+    def close(self, prompt_id: int, status: str, step: int, version: int,
+              group: Optional[list] = None) -> dict[str, Any]:
         """Final status for a prompt: `trained`, `filtered` or `expired` in `step` (the learner
-        then holding weight `version`). Appends its row to ledger.jsonl and returns it."""
+        then holding weight `version`). Appends its row to ledger.jsonl and returns it. With the
+        group's samples, the row also holds their rewards and a digest of their response
+        tokens, so two runs (or a run and its resume) can be compared sample for sample."""
         if status not in FINAL:
             raise ValueError(f"{status!r} is not a final status {FINAL}")
         e = self.open.pop(prompt_id)
@@ -71,6 +76,10 @@ class Ledger:
                "issued_for": e.issued_for, "round": e.round, "weight_version": e.weight_version,
                "staleness": version - e.weight_version if e.weight_version is not None else None,
                "engine": e.engine, "attempts": e.attempts}
+        if group is not None:
+            row["rewards"] = [s.reward for s in group]
+            row["responses"] = hashlib.blake2b(json.dumps(
+                [s.response_ids for s in group]).encode(), digest_size=8).hexdigest()
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")

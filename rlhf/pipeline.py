@@ -38,6 +38,7 @@ from typing import Any, Optional
 
 from rlhf.batch import GenerationRequest, Sample
 from rlhf.config import RolloutConfig
+from rlhf.faults import WorkerLost, rollout_errors
 from rlhf.ledger import Ledger
 from rlhf.reward.actor import reward_metrics
 
@@ -84,8 +85,7 @@ class RolloutPipeline:
             kept = sorted(pid for pid in self.kept if self.ledger[pid].issued_for <= step)
             expired = [pid for pid in kept if self.ledger[pid].weight_version < version - c.max_staleness]
             for pid in expired:
-                del self.kept[pid]
-                self.ledger.close(pid, "expired", step, version)
+                self.ledger.close(pid, "expired", step, version, self.kept.pop(pid))
             kept = [pid for pid in kept if pid not in expired]
             missing = c.prompts_per_step - len(kept)
             if missing <= 0 or not c.filter_groups or self.rounds.get(step, 0) >= c.max_filter_rounds:
@@ -96,14 +96,15 @@ class RolloutPipeline:
         chosen = kept[: c.prompts_per_step]
         aside = sorted(pid for pid in self.set_aside if self.ledger[pid].issued_for <= step)
         fill = aside[: c.prompts_per_step - len(chosen)]
-        groups = [self.kept.pop(pid) for pid in chosen] + [self.set_aside.pop(pid) for pid in fill]
-        rows = [self.ledger.close(pid, "trained", step, version) for pid in chosen + fill]
+        groups = [sorted(g, key=lambda s: s.info["sample_index"]) for g in
+                  [self.kept.pop(pid) for pid in chosen] + [self.set_aside.pop(pid) for pid in fill]]
+        rows = [self.ledger.close(pid, "trained", step, version, g)
+                for pid, g in zip(chosen + fill, groups)]
         filtered = [pid for pid in aside if pid not in fill]
         for pid in filtered:
-            del self.set_aside[pid]
-            self.ledger.close(pid, "filtered", step, version)
+            self.ledger.close(pid, "filtered", step, version, self.set_aside.pop(pid))
 
-        samples = [s for g in groups for s in sorted(g, key=lambda s: s.info["sample_index"])]
+        samples = [s for g in groups for s in g]
         staleness = [r["staleness"] for r in rows]
         now = time.perf_counter()
         window, self._window_start = now - self._window_start, now
@@ -179,10 +180,16 @@ class RolloutPipeline:
                 raise RuntimeError("rollout pipeline: prompts are pending but nothing is in flight")
             [ref], _ = ray.wait(list(self.in_flight), num_returns=1)
             kind, what = self.in_flight.pop(ref)
-            if kind == "generate":
-                self._on_generated(ray.get(ref))
-            else:
+            if kind == "reward":  # reward actors re-run a call lost to a crash themselves
                 self._on_scored(ray.get(ref))
+                continue
+            try:
+                samples = ray.get(ref)
+            except rollout_errors() as e:
+                engine, _ = what
+                self._lose(engine)
+                raise WorkerLost(engine, f"{type(e).__name__}: {str(e)[:200]}") from e
+            self._on_generated(samples)
 
     def _on_generated(self, samples: list[Sample]) -> None:
         for s in samples:
@@ -204,6 +211,22 @@ class RolloutPipeline:
                 self.ledger.scored(s.group_id)
                 pool = self.set_aside if self.cfg.filter_groups and all_equal(group) else self.kept
                 pool[s.group_id] = group
+
+    # ------------------------------------------------------------------ faults
+    def _lose(self, engine: int) -> None:
+        """Forget every call in flight on a dead engine; its prompts stay open in the ledger,
+        held by it, until `reissue`."""
+        for ref, (kind, what) in list(self.in_flight.items()):
+            if kind == "generate" and what[0] == engine:
+                del self.in_flight[ref]
+
+    def reissue(self, engine: int) -> int:
+        """Send the prompts a lost engine held to the engines again, with the same seeds (once
+        the trainer has restarted and re-synced it). Returns how many."""
+        self._lose(engine)  # also when the loss was noticed elsewhere (in a weight sync)
+        ids = sorted(self.ledger.held_by(engine))
+        self._send(ids)
+        return len(ids)
 
     # ------------------------------------------------------------------ checkpoints
     def drain(self) -> None:
@@ -241,7 +264,16 @@ class LockstepPipeline:
         import ray
 
         del step, version
-        return [s for part in ray.get(self.rollout.collect()) for s in part], {}
+        refs = self.rollout.collect()
+        try:
+            return [s for part in ray.get(refs) for s in part], {}
+        except rollout_errors() as e:
+            ray.wait(refs, num_returns=len(refs))  # let the other runners finish their segment
+            raise WorkerLost(self.rollout.index_of(e), f"{type(e).__name__}: {str(e)[:200]}") from e
+
+    def reissue(self, worker: int) -> int:
+        """Nothing to re-issue: the lost segment is collected again by the next call."""
+        return 0
 
     def drain(self) -> None:
         pass

@@ -19,6 +19,9 @@ Built-ins:
   completion must be exactly one ``\\boxed{}`` whose content math-verify finds equal to the
   answer (rlhf/reward/math.py), so any equivalent form (``6/4``) counts. GRPO raises its reward
   by about 0.4 in 80 steps (tests/integration/test_rewards_runs.py).
+- ``spell``: ``"21="`` -> ``"twenty-one"`` for 0..29 (30 problems). The answers are 3 to 12
+  characters long, so response lengths vary four-fold between prompts: the task the rollout
+  pipeline's overlap and dynamic sampling are measured on (``scripts/bench_pipeline.py``).
 """
 
 from __future__ import annotations
@@ -130,6 +133,37 @@ def _make_reverse() -> Task:
 
 
 # --------------------------------------------------------------------------------------------
+# spell
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+         "fifteen sixteen seventeen eighteen nineteen").split()
+_TENS = {2: "twenty", 3: "thirty"}
+SPELL_MAX = 29
+
+
+def number_words(n: int) -> str:
+    """English words for 0 <= n <= 39: 7 -> 'seven', 21 -> 'twenty-one'."""
+    if n < 20:
+        return _ONES[n]
+    tens, ones = divmod(n, 10)
+    return _TENS[tens] + (f"-{_ONES[ones]}" if ones else "")
+
+
+def _make_spell() -> Task:
+    def problem(n: int) -> Problem:
+        return Problem(prompt=f"{n}=", answer=number_words(n))
+
+    return Task(
+        name="spell",
+        alphabet="0123456789=-abcdefghijklmnopqrstuvwxyz",
+        make_problem=lambda rng: problem(rng.randint(0, SPELL_MAX)),
+        reward=exact_match,
+        max_answer_chars=max(len(number_words(n)) for n in range(SPELL_MAX + 1)),
+        enumerate_problems=lambda: (problem(n) for n in range(SPELL_MAX + 1)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # fractions (the math-checker task)
 
 _FRACTION_DENOMINATORS = (1, 2, 4)
@@ -199,6 +233,7 @@ TASKS: dict[str, Task] = {
     "addition9": _make_addition(9, "addition9"),
     "reverse": _make_reverse(),
     "fractions": _make_fractions(),
+    "spell": _make_spell(),
 }
 
 DEFAULT_TASK = "addition"

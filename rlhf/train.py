@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlhf.config import ConfigError, RootConfig, ray_env_vars, register_configs, required_cpus, to_schema, validate
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+_T0 = time.perf_counter()  # launch, near enough: start-up messages count from here
 register_configs()
 
 
@@ -43,14 +46,20 @@ def init_ray(cfg: RootConfig) -> dict:
     import ray
 
     env = ray_env_vars()
+    # DeepSpeed's CPU comm op, built by `make install` into the venv (not the per-user cache
+    # that every venv on the machine shares and overwrites); actors inherit the variable.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
     if cfg.logger.quiet:
         env.update(VLLM_LOGGING_LEVEL="WARNING", VLLM_CONFIGURE_LOGGING="1", DS_LOG_LEVEL="warning",
                    RAY_DEDUP_LOGS="1")
     kwargs = dict(logging_level=logging.WARNING, log_to_driver=not cfg.logger.quiet,
                   include_dashboard=cfg.ray.include_dashboard)
     if cfg.ray.address:
+        startup().say(f"joining Ray at {cfg.ray.address}")
         ray.init(address=cfg.ray.address, **kwargs)
     else:
+        startup().say("starting Ray (local cluster)")
         # address="local": always a new cluster; without it ray.init joins any cluster another
         # process on this machine started (and then rejects num_cpus).
         ray.init(address="local",
@@ -59,54 +68,88 @@ def init_ray(cfg: RootConfig) -> dict:
     return {"env_vars": env}
 
 
-def build_and_fit(cfg: RootConfig, run_dir: Path, resolved: dict, prompts=None) -> dict:
+def build_and_fit(cfg: RootConfig, run_dir: Path, resolved: dict, prompts=None,
+                  model_path: str = "") -> dict:
     import ray
 
+    if not model_path and cfg.model.kind == "causal_lm" and not cfg.model.path:
+        startup().say("building the tiny model (cached after the first run)")
+    model_path = model_path or resolve_model_path(cfg)
+    runtime_env = init_ray(cfg)
+    try:
+        trainer = build_trainer(cfg, run_dir, resolved, prompts, model_path, runtime_env)
+        startup().say("ready: first step")
+        return trainer.fit(resume_from=resume_point(cfg, trainer))
+    finally:
+        ray.shutdown()
+
+
+def build_trainer(cfg: RootConfig, run_dir: Path, resolved: dict, prompts, model_path: str,
+                  runtime_env: dict):
+    """Every role on the running Ray cluster, composed into a Trainer."""
     from rlhf.learner.group import LearnerGroup
     from rlhf.metrics import RunLogger, run_identity
     from rlhf.placement import create_placement
     from rlhf.trainer import Trainer
 
-    model_path = resolve_model_path(cfg)
-    runtime_env = init_ray(cfg)
-    try:
-        placement = create_placement(cfg)
-        r = cfg.rollout
-        if r.backend == "vllm":
-            from rlhf.pipeline import RolloutPipeline
-            from rlhf.reward.actor import RewardGroup
-            from rlhf.rollout.vllm_engine import VllmRollout
+    placement = create_placement(cfg)
+    r, restarts = cfg.rollout, cfg.trainer.max_restarts
+    startup().say(f"building {len(placement.rollout)} {r.backend} rollout worker(s), "
+                  f"{len(placement.reward)} reward actor(s), {len(placement.learner)} learner "
+                  f"rank(s) in parallel")
+    if r.backend == "vllm":
+        from rlhf.evaluation import Evaluator
+        from rlhf.pipeline import RolloutPipeline
+        from rlhf.reward.actor import RewardGroup
+        from rlhf.rollout.vllm_engine import VllmRollout
 
-            rollout = VllmRollout(r, model_path, cfg.model.dtype, cfg.seed, placement.rollout,
-                                  runtime_env)
-            rewards = RewardGroup(cfg.reward, cfg.data.task, placement.reward, runtime_env)
-            pipeline = RolloutPipeline(r, prompts, rollout.workers, rewards, seed=cfg.seed,
-                                       ledger_path=run_dir / "ledger.jsonl")
-            rows, env_spec, primary = r.prompts_per_step * r.samples_per_prompt, None, "reward/mean"
-        else:
-            from rlhf.pipeline import LockstepPipeline
-            from rlhf.rollout.gym_runner import GymRollout, env_spec_of
+        rollout = VllmRollout(r, model_path, cfg.model.dtype, cfg.seed, placement.rollout,
+                              runtime_env, max_restarts=restarts)
+        rewards = RewardGroup(cfg.reward, cfg.data.task, placement.reward, runtime_env,
+                              max_restarts=restarts)
+        pipeline = RolloutPipeline(r, prompts, rollout.workers, rewards, seed=cfg.seed,
+                                   ledger_path=run_dir / "ledger.jsonl")
+        evaluator = Evaluator.from_config(cfg.eval, cfg.data, seed=cfg.seed,
+                                          total_steps=cfg.trainer.total_steps,
+                                          tokenizer_path=model_path) if cfg.eval.every else None
+        rows, env_spec, primary = r.prompts_per_step * r.samples_per_prompt, None, "reward/mean"
+    else:
+        from rlhf.pipeline import LockstepPipeline
+        from rlhf.rollout.gym_runner import GymRollout, env_spec_of
 
-            env_spec = env_spec_of(r.gym)
-            # gamma: the runners bootstrap time-limit truncations with gamma * V(final obs)
-            rollout = GymRollout(r, cfg.model.mlp, env_spec, cfg.seed, placement.rollout,
-                                 runtime_env, gamma=cfg.algo.gamma)
-            pipeline = LockstepPipeline(rollout)
-            rows = r.num_workers * r.gym.envs_per_worker * r.gym.steps_per_env
-            primary = "env/episode_return_mean"
-        learners = LearnerGroup(cfg.learner, cfg.algo, cfg.model, model_path, placement.learner,
-                                rows_per_step=rows, temperature=r.temperature,
-                                total_steps=cfg.trainer.total_steps, seed=cfg.seed,
-                                env_spec=env_spec, runtime_env=runtime_env)
-        record_placement(run_dir, learners.actors, rollout.workers)
-        name, group, tags = run_identity(cfg)
-        logger = RunLogger(cfg.logger, run_dir, config=resolved, total_steps=cfg.trainer.total_steps,
-                           name=name, group=group, tags=tags, primary_metric=primary)
-        trainer = Trainer(cfg.trainer, cfg.algo, pipeline=pipeline, rollout=rollout,
-                          learners=learners, logger=logger, run_dir=run_dir)
-        return trainer.fit(resume_from=resume_point(cfg, trainer))
-    finally:
-        ray.shutdown()
+        env_spec = env_spec_of(r.gym)
+        # gamma: the runners bootstrap time-limit truncations with gamma * V(final obs)
+        rollout = GymRollout(r, cfg.model.mlp, env_spec, cfg.seed, placement.rollout,
+                             runtime_env, gamma=cfg.algo.gamma, max_restarts=restarts)
+        pipeline, evaluator, rewards = LockstepPipeline(rollout), None, None
+        rows = r.num_workers * r.gym.envs_per_worker * r.gym.steps_per_env
+        primary = "env/episode_return_mean"
+    learners = LearnerGroup(cfg.learner, cfg.algo, cfg.model, model_path, placement.learner,
+                            rows_per_step=rows, temperature=r.temperature,
+                            total_steps=cfg.trainer.total_steps, seed=cfg.seed,
+                            env_spec=env_spec, runtime_env=runtime_env)
+    startup().say("learner ranks ready (DeepSpeed); waiting for the rollout workers")
+    record_placement(run_dir, learners.actors, rollout.workers)
+    startup().say("rollout workers ready; setting up weight sync, sending the initial weights")
+    name, group, tags = run_identity(cfg)
+    logger = RunLogger(cfg.logger, run_dir, config=resolved, total_steps=cfg.trainer.total_steps,
+                       name=name, group=group, tags=tags, primary_metric=primary)
+    return Trainer(cfg.trainer, cfg.algo, pipeline=pipeline, rollout=rollout,
+                   learners=learners, logger=logger, run_dir=run_dir, evaluator=evaluator,
+                   evaluator_rewards=rewards)
+
+
+def startup():
+    """The start-up log of this process (messages with seconds since launch)."""
+    global _STARTUP
+    if _STARTUP is None:
+        from rlhf.progress import StartupLog
+
+        _STARTUP = StartupLog(_T0)
+    return _STARTUP
+
+
+_STARTUP = None
 
 
 def record_placement(run_dir: Path, learners: list, rollout_workers: list) -> None:
@@ -134,22 +177,35 @@ def main(dcfg: DictConfig) -> float:
     try:
         cfg = validate(to_schema(dcfg))
         prompts = None
+        model_path = resolve_model_path(cfg)
         if cfg.rollout.backend == "vllm":
             from rlhf.data import PromptSource
 
-            prompts = PromptSource(cfg.data, cfg.seed)  # reads and checks data files now
+            # Reads and checks data files now; the model's tokenizer renders chat prompts and
+            # measures their length.
+            prompts = PromptSource(cfg.data, cfg.seed, tokenizer_path=model_path)
     except ConfigError as e:
         print(f"rlhf: {e}\n(no Ray process was started; fix the override or the config file)",
               file=sys.stderr)
         sys.exit(2)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     resolved = OmegaConf.to_container(dcfg, resolve=True)
+    from rlhf.faults import RunFailed, Stopped
+
     try:
-        summary = build_and_fit(cfg, run_dir, resolved, prompts)
+        summary = build_and_fit(cfg, run_dir, resolved, prompts, model_path)
+    except Stopped as stop:
+        print(f"rlhf: stopped by {signal.Signals(stop.signum).name} after saving a checkpoint; "
+              f"rerun with the same hydra.run.dir={run_dir} to resume (trainer.resume=auto)",
+              file=sys.stderr)
+        sys.exit(128 + stop.signum)
     except KeyboardInterrupt:
         print(f"rlhf: interrupted; resume with the same hydra.run.dir={run_dir} "
               f"(trainer.resume=auto)", file=sys.stderr)
         sys.exit(130)
+    except RunFailed as e:
+        print(f"rlhf: the run failed: {e}", file=sys.stderr)
+        sys.exit(1)
     return float(summary.get("last_fifth", float("nan")))
 
 

@@ -10,6 +10,7 @@ GymRollout), `learners` is the DeepSpeed LearnerGroup.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -21,17 +22,22 @@ import ray
 
 from rlhf import algos
 from rlhf.batch import Batch, Sample, collate
-from rlhf.checkpoint import Checkpoints
+from rlhf.checkpoint import Checkpoints, SavePolicy, export_due
 from rlhf.config import AlgoConfig, TrainerConfig
+from rlhf.faults import RunFailed, Stopped, WorkerLost, actor_index, rollout_errors
 from rlhf.learner.group import LearnerGroup
-from rlhf.metrics import PhaseTimer, RunLogger
+from rlhf.metrics import PhaseTimer, RunLogger, console
 
 LEARNER_PHASES = ("timing/logprobs_s", "timing/update_s", "timing/sync_s")
+HEALTH_WINDOW = 20  # steps in a row of collapsed entropy / all-equal groups before a warning
+ENTROPY_FLOOR = 0.01  # nats per token
 
 
 class Trainer:
     def __init__(self, cfg: TrainerConfig, algo: AlgoConfig, *, pipeline, rollout,
-                 learners: LearnerGroup, logger: RunLogger, run_dir: Path):
+                 learners: LearnerGroup, logger: RunLogger, run_dir: Path,
+                 evaluator=None, evaluator_rewards=None):
+        """evaluator: an rlhf.evaluation.Evaluator (LLM runs), scoring with `evaluator_rewards`."""
         self.cfg, self.algo = cfg, algo
         self.pipeline, self.rollout, self.learners, self.logger = pipeline, rollout, learners, logger
         self.run_dir = run_dir
@@ -42,24 +48,33 @@ class Trainer:
         self.advantage_fn = algos.ADVANTAGE_ESTIMATORS.get(algo.advantage)
         self.advantage_params = algos.AdvantageParams(gamma=algo.gamma, lam=algo.lam)
         self.kl_estimator = algos.KL_ESTIMATORS.get(algo.kl_estimator)
+        self.save_policy = SavePolicy(cfg.save_every, cfg.save_every_min)
+        self.evaluator, self.evaluator_rewards = evaluator, evaluator_rewards
+        self._skipped_in_a_row = 0
+        self._bad_streak: dict[str, int] = {}
+        self._warned: set[str] = set()
+        self.restarts = 0  # rollout workers restarted after a crash, over the whole run
+        self._fault_metrics: dict[str, float] = {}
         self._init_weight_sync()
+        # The first rollout must come from the learner's initial weights (a gym runner builds
+        # its own randomly initialised policy): send them once, as version 0.
+        self.sync_weights(version=0)
 
     def _init_weight_sync(self) -> None:
+        """A weight-sync group of learner rank 0 and every rollout worker (again after a
+        worker restarted: a process group cannot replace a member)."""
         host, port = ray.get(self.learners.sync_address())
         meta = ray.get(self.learners.weight_meta())
         world_size = 1 + self.rollout.sync_ranks
         ray.get(self.learners.init_weight_sync(host, port, world_size)
                 + self.rollout.init_weight_sync(host, port, world_size, meta,
                                                 self.learners.cfg.sync_bucket_mb << 20))
-        # The first rollout must come from the learner's initial weights (a gym runner builds
-        # its own randomly initialised policy): send them once, as version 0.
-        self.sync_weights(version=0)
 
     # ------------------------------------------------------------------ the algorithm
     def step(self) -> tuple[dict[str, float], list[Sample]]:
         t = self.timer
         with t.phase("rollout"):  # the learner waits here for a full batch of scored groups
-            samples, pipeline_metrics = self.pipeline.next_batch(self.step_index + 1, self.version)
+            samples, pipeline_metrics = self.next_batch()
         batch = collate(samples)
         with t.phase("logprobs"):
             batch = LearnerGroup.attach(batch, ray.get(self.learners.compute_logprobs(batch)))
@@ -78,7 +93,40 @@ class Trainer:
             metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / step_s
         metrics["perf/learner_idle_frac"] = max(0.0, 1.0 - sum(metrics[k] for k in LEARNER_PHASES) / step_s)
         metrics["trainer/weight_version"] = float(self.version)
+        metrics["fault/restarts"] = float(self.restarts)
+        metrics.update(self._fault_metrics)
+        self._fault_metrics = {}
         return metrics, samples
+
+    # ------------------------------------------------------------------ faults
+    def next_batch(self) -> tuple[list[Sample], dict[str, float]]:
+        """The pipeline's next batch, recovering from rollout workers that die meanwhile."""
+        while True:
+            try:
+                return self.pipeline.next_batch(self.step_index + 1, self.version)
+            except WorkerLost as lost:
+                self.recover(lost.index, lost.reason)
+
+    def recover(self, worker: int, reason: str = "") -> None:
+        """A rollout worker died: wait for Ray to restart it, rebuild the weight-sync group with
+        the new process, send it the current weights, re-issue the prompts it held."""
+        self.restarts += 1
+        if self.restarts > self.cfg.max_restarts:
+            raise RunFailed(f"rollout worker {worker} died, and the run already restarted "
+                            f"{self.restarts - 1} workers (trainer.max_restarts="
+                            f"{self.cfg.max_restarts}); resume from {self.checkpoints.latest()}")
+        start = time.perf_counter()
+        console(f"fault: rollout worker {worker} died ({reason.splitlines()[0] if reason else '?'}); "
+                f"waiting for its restart ({self.restarts}/{self.cfg.max_restarts})")
+        self._wait_until_up(worker)
+        self._init_weight_sync()
+        self._broadcast(self.version)
+        reissued = self.pipeline.reissue(worker)
+        seconds = time.perf_counter() - start
+        console(f"fault: rollout worker {worker} is back after {seconds:.1f}s with weight version "
+                f"{self.version}; re-issued the {reissued} prompts it held")
+        self._fault_metrics = {"fault/recovery_s": self._fault_metrics.get("fault/recovery_s", 0.0) + seconds,
+                               "fault/reissued_prompts": self._fault_metrics.get("fault/reissued_prompts", 0.0) + reissued}
 
     def compute_advantages(self, batch: Batch) -> Batch:
         """Reward shaping (DAPO overlong penalty, KL penalty), advantages, the truncation mask
@@ -115,11 +163,40 @@ class Trainer:
         return replace(batch, advantages=advantages, returns=returns, action_mask=mask,
                        is_weights=None if a.rollout_is == "none" else weights)
 
+    def _wait_until_up(self, worker: int, timeout_s: float = 600.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                ray.get(self.rollout.workers[worker].node_id.remote())
+                return
+            except ray.exceptions.ActorUnavailableError:  # Ray is still restarting it
+                if time.monotonic() > deadline:
+                    raise RunFailed(f"rollout worker {worker} did not come back within "
+                                    f"{timeout_s:.0f}s; resume from {self.checkpoints.latest()}")
+                time.sleep(0.5)
+            except ray.exceptions.ActorDiedError as e:
+                raise RunFailed(f"rollout worker {worker} died and Ray could not restart it "
+                                f"({e}); resume from {self.checkpoints.latest()}") from e
+
     def sync_weights(self, version: Optional[int] = None) -> None:
         """Learner rank 0 broadcasts; every rollout worker loads in place. The engines then
         serve `version` (default: one more than before)."""
         self.version = self.version + 1 if version is None else version
-        ray.get(self.learners.broadcast_weights() + self.rollout.receive_weights(self.version))
+        try:
+            self._broadcast(self.version)
+        except rollout_errors() as e:  # a worker died during the sync, or before it
+            self.recover(self.rollout.index_of(e), f"during weight sync: {type(e).__name__}: {e}")
+
+    def _broadcast(self, version: int) -> None:
+        sending = self.learners.broadcast_weights()
+        receiving = self.rollout.receive_weights(version)
+        try:
+            ray.get(receiving)
+        finally:
+            # The learner side fails too when a receiver is gone; wait for it either way, so
+            # that the next sync starts from an idle learner.
+            ray.wait(sending, num_returns=len(sending), timeout=60)
+        ray.get(sending)
 
     @staticmethod
     def batch_metrics(batch: Batch) -> dict[str, float]:
@@ -147,34 +224,94 @@ class Trainer:
             self.resume(resume_from)
         total = self.cfg.total_steps
         try:
-            with _StopOnInterrupt() as interrupt:
+            if self.step_index == 0:
+                self.evaluate()  # the untrained policy, the curve's first point
+            with _StopOnSignal() as stop:
                 while self.step_index < total:
                     metrics, samples = self.step()
                     self.step_index += 1
+                    metrics.update(self.evaluate())
                     self.logger.log(self.step_index, metrics)
                     self.logger.log_samples(self.step_index, self.rollout.sample_rows(samples))
-                    if self.cfg.save_every and self.step_index % self.cfg.save_every == 0:
+                    self._check_health(metrics)
+                    if self.save_policy.due(self.step_index) and self.step_index < total:
                         self.save()
-                    if interrupt.requested:
+                    if stop.requested is not None:
                         # The step finished; keep it, then stop. Resume continues from here.
-                        print(f"interrupted: saved {self.save()}", flush=True)
+                        console(f"stopping: saved {self.save()}")
                         self.logger.finish(make_report=self.cfg.report)
-                        raise KeyboardInterrupt
-            if self.cfg.save_final and not (self.cfg.save_every and total % self.cfg.save_every == 0):
-                self.save()
+                        raise Stopped(stop.requested)
+            if self.cfg.save_final or self.save_policy.due(total):
+                self.save(final=True)
+        except ray.exceptions.RayActorError as e:
+            rank = actor_index(self.learners.actors, e)
+            if rank is None:
+                raise
+            raise RunFailed(f"learner rank {rank} died at step {self.step_index + 1} ({e}); a "
+                            f"learner's state cannot be rebuilt mid-run: rerun the same command "
+                            f"to resume from {self.checkpoints.latest() or 'the start (no checkpoint yet)'}"
+                            ) from e
         finally:
             if self.cfg.timeline:
                 ray.timeline(filename=str(self.run_dir / "timeline.json"))
         return self.logger.finish(make_report=self.cfg.report)
 
-    def save(self) -> Path:
+    def evaluate(self) -> dict[str, float]:
+        """Held-out eval/* metrics when one is due (also appended to eval.jsonl, which holds
+        step 0 too), else nothing."""
+        if self.evaluator is None or not self.evaluator.due(self.step_index):
+            return {}
+        metrics = self.evaluator.run(self.rollout.workers, self.evaluator_rewards, self.step_index)
+        with open(self.run_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step_index, **metrics}) + "\n")
+        return metrics
+
+    def _check_health(self, metrics: dict[str, float]) -> None:
+        """Warn once when the policy stopped exploring (entropy collapsed) or no group carries
+        a learning signal (all rewards equal) for HEALTH_WINDOW steps in a row; stop the run
+        after trainer.max_skipped_updates non-finite updates in a row."""
+        for key, bad, message in (
+                ("algo/entropy", lambda v: v < ENTROPY_FLOOR,
+                 f"policy entropy below {ENTROPY_FLOOR}: the policy has collapsed onto fixed "
+                 f"answers and explores no more (raise algo.entropy_coef or rollout.temperature)"),
+                ("reward/all_equal_group_frac", lambda v: v >= 1.0,
+                 "every group's rewards are all equal: group-relative advantages are 0 and "
+                 "nothing is learned (check the reward function, or use rollout.filter_groups)")):
+            if key in metrics and key not in self._warned:
+                self._bad_streak[key] = self._bad_streak.get(key, 0) + 1 if bad(metrics[key]) else 0
+                if self._bad_streak[key] >= HEALTH_WINDOW:
+                    console(f"warning: {HEALTH_WINDOW} steps in a row: {message}")
+                    self._warned.add(key)
+        self._check_numerics(metrics)
+
+    def _check_numerics(self, metrics: dict[str, float]) -> None:
+        """Updates the learners skipped for a non-finite loss or gradient: N in a row end the
+        run (its last checkpoint holds finite weights: skipped updates never reach them)."""
+        skipped = metrics.get("learner/skipped_updates", 0.0)
+        self._skipped_in_a_row = self._skipped_in_a_row + 1 if skipped else 0
+        if skipped and self._skipped_in_a_row == 1:
+            console(f"warning: step {self.step_index}: a non-finite loss or gradient norm; the "
+                    f"update was skipped (weights unchanged)")
+        if self._skipped_in_a_row >= self.cfg.max_skipped_updates:
+            raise RunFailed(f"{self._skipped_in_a_row} steps in a row ended in a non-finite loss "
+                            f"or gradient norm (last: step {self.step_index}); the weights are "
+                            f"those of the last finite update. Lower algo.lr or check the reward "
+                            f"scale; resume from {self.checkpoints.latest()}")
+
+    def save(self, final: bool = False) -> Path:
         # In-flight generation is finished first and its samples go into the checkpoint: they
         # were generated by older weights, so a resume could not regenerate them.
         self.pipeline.drain()
         state = {"step": self.step_index, "version": self.version, "time": time.time(),
                  "rollout": self.rollout.state(), "pipeline": self.pipeline.state()}
-        return self.checkpoints.save(
-            self.step_index, lambda folder: ray.get(self.learners.save(folder, "state")), state)
+        export = None
+        if export_due(self.cfg.export_hf, final) and self.rollout.exports_hf:
+            export = lambda folder: ray.get(self.learners.export_hf(folder))  # noqa: E731
+        path = self.checkpoints.save(
+            self.step_index, lambda folder: ray.get(self.learners.save(folder, "state")), state,
+            export_hf=export)
+        self.save_policy.saved()
+        return path
 
     def resume(self, folder: Path) -> None:
         state = Checkpoints.read_state(folder)
@@ -187,24 +324,27 @@ class Trainer:
         print(f"resumed from {folder} at step {self.step_index}", flush=True)
 
 
-class _StopOnInterrupt:
-    """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: stop at once."""
+class _StopOnSignal:
+    """First Ctrl-C or SIGTERM (a scheduler's preemption notice): finish the current step,
+    save, stop. A second signal: stop at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
-        self.requested = False
-        self._previous = None
+        self.requested: Optional[int] = None  # the signal number once one arrived
+        self._previous = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.requested is not None:
             raise KeyboardInterrupt
-        self.requested = True
-        print("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)",
-              flush=True)
+        self.requested = signum
+        print(f"{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
+              f"(send it again to stop at once)", flush=True)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
         return False

@@ -338,16 +338,30 @@ class LearnerWorker:
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, folder: str, tag: str) -> None:
-        self.engine.save_checkpoint(folder, tag=tag, save_latest=False)
+        # The random streams go with the weights, so that a resumed run shuffles and samples
+        # exactly as the uninterrupted one would have.
+        self.engine.save_checkpoint(folder, tag=tag, save_latest=False,
+                                    client_state={"rng": self._rng_state()})
+
+    def _rng_state(self) -> dict:
+        return {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "shuffle": self.shuffle_gen.get_state(),
+                "loss": self.loss_params.generator.get_state()}
 
     def load(self, folder: str, tag: str) -> None:
         # DeepSpeed unpickles its checkpoint files with weights_only=False: arbitrary code from
         # a tampered file. Load them with weights_only=True, allowing only the few DeepSpeed
         # value types its checkpoints hold.
         self.engine.checkpoint_engine.load = _load_weights_only
-        path, _ = self.engine.load_checkpoint(folder, tag=tag)
+        path, client_state = self.engine.load_checkpoint(folder, tag=tag)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} in {folder}")
+        rng = (client_state or {}).get("rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            self.shuffle_gen.set_state(rng["shuffle"])
+            self.loss_params.generator.set_state(rng["loss"])
 
     def export_hf(self, folder: str) -> None:
         """All ranks call this (ZeRO-3 gathers are collective); rank 0 writes the policy as a
@@ -368,7 +382,6 @@ class LearnerWorker:
                     state[name] = p.detach().to("cpu", copy=True)
         if self.rank == 0:
             write_hf_folder(folder, state, self._build["model_path"], self._build["model_cfg"].dtype)
-
 
 
 def _load_weights_only(path: str, map_location=None):

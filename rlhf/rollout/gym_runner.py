@@ -28,6 +28,7 @@ import torch
 
 from rlhf.batch import Sample
 from rlhf.config import GymConfig, MlpConfig, RolloutConfig
+from rlhf.faults import NotSynced, restarted_actor, worker_index
 
 RETURN_WINDOW = 20  # env/episode_return_mean is the mean over this many last episodes
 
@@ -107,6 +108,8 @@ class GymRunner:
         self.ep_len = np.zeros(n, dtype=np.int64)
         self.version = 0
         self.sync = None
+        # Restarted by Ray after a crash: refuse to collect until re-synced (rlhf/faults.py).
+        self.synced = not restarted_actor()
         if not env_spec.discrete:
             self.low = np.asarray(env_spec.low, dtype=np.float32)
             self.high = np.asarray(env_spec.high, dtype=np.float32)
@@ -120,6 +123,8 @@ class GymRunner:
     def collect(self) -> list[Sample]:
         """`steps_per_env` steps of every env -> one Sample per env (group_id: the global env
         index). Finished episodes' returns and lengths are in sample.info."""
+        if not self.synced:
+            raise NotSynced(self.index)
         start = time.perf_counter()
         T, N = self.cfg.steps_per_env, self.cfg.envs_per_worker
         spec = self.spec
@@ -198,10 +203,12 @@ class GymRunner:
 
     @torch.no_grad()
     def receive_weights(self, version: int) -> int:
+        if self.sync is None:
+            raise NotSynced(self.index)
         own = dict(self.policy.rollout_state())
         for name, tensor in self.sync.receive():
             own[name].copy_(tensor)
-        self.version = version
+        self.version, self.synced = version, True
         return version
 
     def weight_version(self) -> int:
@@ -218,13 +225,16 @@ class GymRollout:
     """The rollout role for gymnasium: `workers`, one GymRunner actor per rollout worker.
     Methods that touch the actors return ObjectRefs; the driver calls ray.get."""
 
+    exports_hf = False  # checkpoints can carry a Hugging Face export of the policy
+
     def __init__(self, cfg: RolloutConfig, mlp_cfg: MlpConfig, env_spec: EnvSpec, seed: int,
-                 slots, runtime_env: dict | None = None, *, gamma: float):
+                 slots, runtime_env: dict | None = None, *, gamma: float, max_restarts: int = 0):
         from rlhf.placement import spawn
 
         self.cfg = cfg
         self.workers = spawn(GymRunner, slots, lambda i: (
-            (cfg.gym, mlp_cfg, env_spec, seed, i, gamma), {}), runtime_env)
+            (cfg.gym, mlp_cfg, env_spec, seed, i, gamma), {}), runtime_env,
+            max_restarts=max_restarts)
         self.sync_ranks = len(self.workers)
         self.env_steps = 0
         self.episodes = 0
@@ -244,6 +254,9 @@ class GymRollout:
 
     def receive_weights(self, version: int) -> list[Any]:
         return [r.receive_weights.remote(version) for r in self.workers]
+
+    def index_of(self, error: Exception) -> int:
+        return worker_index(self.workers, error)
 
     def metrics(self, samples: list[Sample]) -> dict[str, float]:
         """env/episode_return_mean: mean return of the last RETURN_WINDOW finished episodes

@@ -13,6 +13,7 @@ from typing import Any
 
 from rlhf.batch import GenerationRequest, Sample
 from rlhf.config import RolloutConfig
+from rlhf.faults import NotSynced, restarted_actor, worker_index
 
 
 class VllmEngine:
@@ -40,6 +41,10 @@ class VllmEngine:
             worker_extension_cls="rlhf.rollout.weight_sync.VllmWeightReceiver",
         )
         self.tokenizer = self.llm.get_tokenizer()
+        # After Ray restarted this actor it serves the base weights and belongs to no weight-sync
+        # group: refuse work until the trainer has re-synced it (rlhf/faults.py).
+        self.synced = not restarted_actor()
+        self.sync_ready = False  # joined the current weight-sync group
 
     def node_id(self) -> str:
         import ray
@@ -52,6 +57,8 @@ class VllmEngine:
         what else is batched with it, or how often the engine restarted."""
         from vllm import SamplingParams, TokensPrompt
 
+        if not self.synced:
+            raise NotSynced(self.index)
         start = time.perf_counter()
         c = self.cfg
         params = [SamplingParams(
@@ -87,9 +94,13 @@ class VllmEngine:
                          meta: list[tuple[str, tuple[int, ...], str]], bucket_bytes: int) -> None:
         self.llm.collective_rpc("init_weight_sync",
                                 args=(host, port, rank_offset, world_size, meta, bucket_bytes))
+        self.sync_ready = True
 
     def receive_weights(self, version: int) -> int:
+        if not self.sync_ready:
+            raise NotSynced(self.index)  # restarted: not in the group the learner sends to
         self.llm.collective_rpc("receive_weights")
+        self.synced = True
         self.llm.reset_prefix_cache()  # cached KV was computed by the old weights
         self.version = version
         return version
@@ -105,6 +116,8 @@ class VllmRollout:
     """The rollout role for LLMs: the vLLM engines and their side of the weight sync. Which
     prompts they generate, and when, is the rollout pipeline's business (rlhf/pipeline.py).
     Methods return ObjectRefs; the driver calls ray.get."""
+
+    exports_hf = True  # checkpoints can carry a Hugging Face export of the policy
 
     def __init__(self, cfg: RolloutConfig, model_path: str, dtype: str, seed: int,
                  slots, runtime_env: dict | None = None, max_restarts: int = 0):
@@ -125,6 +138,9 @@ class VllmRollout:
 
     def receive_weights(self, version: int) -> list[Any]:
         return [e.receive_weights.remote(version) for e in self.workers]
+
+    def index_of(self, error: Exception) -> int:
+        return worker_index(self.workers, error)
 
     def metrics(self, samples: list[Sample]) -> dict[str, float]:
         lengths = [len(s.response_ids) for s in samples]
