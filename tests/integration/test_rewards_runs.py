@@ -26,7 +26,8 @@ def _run(run_dir: Path, *overrides: str) -> list[dict]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "rlhf.train", "+experiment=grpo", "data.task=fractions",
-         "rollout.max_new_tokens=16", "logger.wandb.mode=disabled", f"hydra.run.dir={run_dir}",
+         "rollout.max_new_tokens=16", "eval=off", "logger.wandb.mode=disabled",
+         f"hydra.run.dir={run_dir}",
          *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
