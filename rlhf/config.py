@@ -199,11 +199,18 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = -1  # -1 disables
     max_new_tokens: int = 8
+    # The rollout pipeline (rlhf/pipeline.py). max_staleness k: engines generate up to k steps
+    # ahead of the learner, and no trained sample is more than k weight versions old
+    # (0 = on-policy lock-step). LLM rollouts only.
+    max_staleness: int = 0
+    prompts_per_call: int = 0  # prompts per engine generate call (0 = an engine's whole share of a step)
+    filter_groups: bool = False  # DAPO dynamic sampling: drop all-equal groups, draw more prompts
+    max_filter_rounds: int = 3  # extra draws per step before all-equal groups fill the batch
     vllm: VllmConfig = field(default_factory=VllmConfig)
     gym: GymConfig = field(default_factory=GymConfig)
 
 
-REWARD_KINDS = ("fn", "math", "model", "remote", "sandbox")  # rlhf/reward/actor.py SCORERS
+REWARD_KINDS = ("fn", "math", "model", "remote", "sandbox", "judge")  # rlhf/reward/actor.py SCORERS
 
 
 @dataclass
@@ -212,7 +219,7 @@ class RewardComponent:
     `reward/<name>`. Kinds other than fn read their settings from reward.model/remote/sandbox."""
 
     name: str = ""  # metric name reward/<name>; empty = the kind (fn: the function's name)
-    kind: str = "fn"  # fn | math | model | remote | sandbox
+    kind: str = "fn"  # fn | math | model | remote | sandbox | judge
     fn: str = "task"  # kind=fn only: 'task' or 'package.module:function'
     weight: float = 1.0  # the reward is sum(weight * component value)
 
@@ -258,13 +265,28 @@ class SandboxConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """reward.kind=judge: a vLLM engine in the reward actor answers a judge prompt per sample;
+    the score is parsed from its greedy output (rlhf/reward/judge.py)."""
+
+    path: str = ""  # local HF causal-LM folder of the judge
+    template: str = "Rate the answer from 0 to 10.\nQuestion: {prompt}\nAnswer: {response}\nScore:"  # fields: prompt, response, answer
+    score_pattern: str = "(-?\\d+(?:\\.\\d+)?)"  # regex; its first group is the score
+    scale: float = 10.0  # reward = parsed score / scale
+    max_new_tokens: int = 8  # judge output tokens
+    max_model_len: int = 1024  # the judge engine's context (prompt + output)
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    gpu_memory_utilization: float = 0.1  # on CPU: share of host memory for the KV cache
+
+
+@dataclass
 class RewardConfig:
     """Reward actors. `kind` picks the scorer once, at construction (rlhf/reward/actor.py);
     `components` (non-empty) composes several weighted scorers instead. kind=fn calls
     `fn`: 'task' (the built-in task's rule reward) or a dotted path `package.module:function` /
     `package.module.function` to `fn(prompt, completion, **fields)`, in killable worker processes."""
 
-    kind: str = "fn"  # fn | math | model | remote | sandbox
+    kind: str = "fn"  # fn | math | model | remote | sandbox | judge
     fn: str = "task"  # kind=fn: the function
     components: list[RewardComponent] = field(default_factory=list)  # weighted sum of scorers
     num_actors: int = 1
@@ -276,10 +298,13 @@ class RewardConfig:
     model: RewardModelConfig = field(default_factory=RewardModelConfig)
     remote: RemoteRewardConfig = field(default_factory=RemoteRewardConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 def _check_reward(cfg: "RootConfig") -> None:
-    """The reward lines of validate(): kinds, functions, model folder, URL, components."""
+    """The reward lines of validate(): kinds, functions, model folders, URL, components."""
+    import re
+
     w = cfg.reward
     _positive("reward.num_actors", w.num_actors)
     _positive("reward.timeout_s", w.timeout_s)
@@ -339,6 +364,29 @@ def _check_reward(cfg: "RootConfig") -> None:
             _positive(f"reward.sandbox.{name}", getattr(sc, name))
         if sc.python and not os.access(sc.python, os.X_OK):
             raise ConfigError("reward.sandbox.python", f"{sc.python!r} is not an executable")
+    if "judge" in kinds:
+        jc = w.judge
+        if not jc.path or not (Path(jc.path) / "config.json").is_file():
+            raise ConfigError("reward.judge.path", f"{jc.path!r} is not a Hugging Face model "
+                                                   f"folder (no config.json)")
+        try:
+            jc.template.format(prompt="", response="", answer="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError("reward.judge.template", f"fields are {{prompt}}, {{response}}, "
+                                                       f"{{answer}}: {e!r}") from e
+        if "{response}" not in jc.template:
+            raise ConfigError("reward.judge.template", "must contain {response}")
+        try:
+            groups = re.compile(jc.score_pattern).groups
+        except re.error as e:
+            raise ConfigError("reward.judge.score_pattern", f"not a regex: {e}") from e
+        if groups < 1:
+            raise ConfigError("reward.judge.score_pattern", "needs a capture group for the score")
+        _positive("reward.judge.scale", jc.scale)
+        _positive("reward.judge.max_new_tokens", jc.max_new_tokens)
+        _positive("reward.judge.max_model_len", jc.max_model_len)
+        _one_of("reward.judge.dtype", jc.dtype, ["float32", "bfloat16", "float16"])
+        _in_range("reward.judge.gpu_memory_utilization", jc.gpu_memory_utilization, 0.01, 0.99)
     if w.gpus_per_actor and not cfg.ray.address:
         import torch
 
@@ -402,6 +450,13 @@ class TrainerConfig:
     keep_last: int = 2  # checkpoints kept on disk
     resume: str = "auto"  # auto (latest in the run folder) | never | a checkpoint path
     report: bool = True  # write report.png at the end
+    timeline: bool = False  # write timeline.json: a Chrome trace of every actor call (ray.timeline)
+    # Rollout workers (vLLM engines, env runners) and reward actors that crash are restarted,
+    # their weights re-synced and their prompts re-issued; more than this many restarts over
+    # the run end it (a learner rank that dies always does: resume from the last checkpoint).
+    max_restarts: int = 3
+    # Updates skipped for a non-finite loss or gradient norm, in a row, that end the run.
+    max_skipped_updates: int = 3
 
 
 @dataclass
@@ -543,6 +598,9 @@ def validate(cfg: RootConfig) -> RootConfig:
     if r.top_k == 0 or r.top_k < -1:
         raise ConfigError("rollout.top_k", f"must be -1 (disabled) or >= 1, got {r.top_k}")
     _positive("rollout.max_new_tokens", r.max_new_tokens)
+    _positive("rollout.max_staleness", r.max_staleness, allow_zero=True)
+    _positive("rollout.prompts_per_call", r.prompts_per_call, allow_zero=True)
+    _positive("rollout.max_filter_rounds", r.max_filter_rounds, allow_zero=True)
     _positive("rollout.prompts_per_step", r.prompts_per_step)
     _positive("rollout.samples_per_prompt", r.samples_per_prompt)
     _in_range("rollout.vllm.gpu_memory_utilization", r.vllm.gpu_memory_utilization, 0.01, 0.99)
@@ -556,6 +614,8 @@ def validate(cfg: RootConfig) -> RootConfig:
     _positive("trainer.total_steps", cfg.trainer.total_steps)
     _positive("trainer.save_every", cfg.trainer.save_every, allow_zero=True)
     _positive("trainer.keep_last", cfg.trainer.keep_last)
+    _positive("trainer.max_restarts", cfg.trainer.max_restarts, allow_zero=True)
+    _positive("trainer.max_skipped_updates", cfg.trainer.max_skipped_updates)
     _positive("trainer.save_every_min", cfg.trainer.save_every_min, allow_zero=True)
     _one_of("trainer.export_hf", cfg.trainer.export_hf, ["final", "every", "never"])
     if m.tiny.hidden_size % m.tiny.head_dim or m.tiny.hidden_size // m.tiny.head_dim != m.tiny.num_heads:
@@ -576,6 +636,10 @@ def validate(cfg: RootConfig) -> RootConfig:
     else:
         if m.kind != "mlp":
             raise ConfigError("model.kind", "rollout.backend=gym needs model.kind=mlp")
+        if r.max_staleness or r.filter_groups:
+            raise ConfigError("rollout.max_staleness" if r.max_staleness else "rollout.filter_groups",
+                              "the gym loop is on-policy lock-step: staleness and group filtering "
+                              "are for LLM rollouts")
         if a.advantage in GROUP_ESTIMATORS:
             raise ConfigError("algo.advantage",
                               f"{a.advantage} needs groups of answers to one prompt; gym runs use "
@@ -772,7 +836,8 @@ def resolve_function(path: str, key: str):
 
 
 def ray_env_vars() -> dict[str, str]:
-    """Environment the actors need; secrets (W&B key and the like) are never forwarded."""
-    keep = ("RLHF_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPACE",
+    """Environment the actors need; secrets (W&B key and the like) are never forwarded. The
+    project's own RLHF_* variables (cache folder, test fault injection) go along."""
+    keep = ("HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPACE",
             "VLLM_CPU_OMP_THREADS_BIND", "PYTHONPATH")
-    return {k: os.environ[k] for k in keep if k in os.environ}
+    return {k: v for k, v in os.environ.items() if k in keep or k.startswith("RLHF_")}

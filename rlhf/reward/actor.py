@@ -2,7 +2,8 @@
 
 `reward.kind` picks one scorer, once, at construction (`SCORERS`): fn and math calls run in
 killable worker processes (pool.py), a reward model scores batches in the actor (model.py), a
-remote endpoint is called over HTTP (remote.py), code runs in a sandbox (sandbox.py). With
+remote endpoint is called over HTTP (remote.py), code runs in a sandbox (sandbox.py), a vLLM
+judge answers a judge prompt (judge.py). With
 `reward.components` the reward is `sum(weight * value)` over several scorers, each logged as
 `reward/<name>`.
 
@@ -56,6 +57,12 @@ def _sandbox_scorer(cfg: RewardConfig, fn: str, task_name: str) -> Scorer:
     return SandboxScorer(cfg.sandbox)
 
 
+def _judge_scorer(cfg: RewardConfig, fn: str, task_name: str) -> Scorer:
+    from rlhf.reward.judge import JudgeScorer
+
+    return JudgeScorer(cfg.judge, use_gpu=cfg.gpus_per_actor > 0)
+
+
 # reward.kind -> factory(cfg, fn, task_name); the names match rlhf.config.REWARD_KINDS.
 SCORERS: dict[str, Callable[[RewardConfig, str, str], Scorer]] = {
     "fn": _fn_scorer,
@@ -63,6 +70,7 @@ SCORERS: dict[str, Callable[[RewardConfig, str, str], Scorer]] = {
     "model": _model_scorer,
     "remote": _remote_scorer,
     "sandbox": _sandbox_scorer,
+    "judge": _judge_scorer,
 }
 assert tuple(SCORERS) == REWARD_KINDS
 
@@ -130,8 +138,11 @@ class RewardGroup:
     scoring overlaps generation). Both return ObjectRefs of `list[Sample]`."""
 
     def __init__(self, cfg: RewardConfig, task_name: str, slots: list[Slot],
-                 runtime_env: dict | None = None):
-        self.actors = spawn(RewardActor, slots, lambda i: ((cfg, task_name), {}), runtime_env)
+                 runtime_env: dict | None = None, max_restarts: int = 0):
+        # Scoring is safe to repeat: after a crash Ray restarts the actor and re-runs the calls
+        # that were in flight on it (max_task_retries=-1: as often as it restarts).
+        self.actors = spawn(RewardActor, slots, lambda i: ((cfg, task_name), {}), runtime_env,
+                            max_restarts=max_restarts, max_task_retries=-1 if max_restarts else 0)
         self._next = 0
 
     def score(self, samples: list[Sample]) -> list[Any]:

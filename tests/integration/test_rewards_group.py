@@ -65,3 +65,38 @@ def test_submit_round_robin_and_workers_die_with_their_actor(ray_local, slots, t
     while time.monotonic() < deadline and any(_alive(p) for p in workers):
         time.sleep(0.1)
     assert not [p for p in workers if _alive(p)]
+
+
+def test_generative_judge_in_a_reward_actor(ray_local, slots, tiny_model_path):
+    """reward.kind=judge: the tiny addition model, asked '{prompt}{response}' (the response
+    empty), judges; its greedy answer
+    parsed as the score equals transformers' greedy generation of the same model. An output
+    without a score is an error for that sample, not a silent 0."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf.config import JudgeConfig
+
+    judge = JudgeConfig(path=tiny_model_path, template="{prompt}{response}", score_pattern=r"^(\d+)",
+                        scale=1.0, max_new_tokens=4, max_model_len=64)
+    group = RewardGroup(RewardConfig(kind="judge", judge=judge, fallback=-1.0), "addition",
+                        slots[:1], {"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING"}})
+    prompts = ["1+2=", "3+3=", "6+5=", "0+0=", "4+2=", "5+6="]
+    out = ray_local.get(group.submit([Sample(group_id=i, prompt=p, response="")
+                                      for i, p in enumerate(prompts)]))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    with torch.no_grad():
+        for s in out:
+            ids = tok(s.prompt, return_tensors="pt", add_special_tokens=False).input_ids
+            gen = model.generate(ids, max_new_tokens=4, do_sample=False,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+            text = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
+            assert s.info["judge_output"] == text
+            lead = text[:len(text) - len(text.lstrip("0123456789"))]  # what ^(\d+) captures
+            if lead:
+                assert s.reward == float(lead) and "reward_error" not in s.info
+            else:
+                assert s.reward == -1.0 and "JudgeParseError" in s.info["reward_error"]
+    assert sum("reward_error" not in s.info for s in out) >= 3  # the warmed-up model mostly answers
+    ray_local.kill(group.actors[0])

@@ -25,6 +25,7 @@ def test_presets_validate(rm_path):
     validate(load("reward=model", f"reward.model.path={rm_path}"))
     validate(load("reward=sandbox"))
     validate(load("reward=remote", "reward.remote.url=http://127.0.0.1:8000/score"))
+    validate(load("reward=judge", f"reward.judge.path={rm_path}"))
 
 
 def test_components_from_the_command_line():
@@ -36,7 +37,7 @@ def test_components_from_the_command_line():
 
 
 BAD = [
-    (["reward.kind=judge"], "reward.kind"),
+    (["reward.kind=oracle"], "reward.kind"),
     (["reward.workers=0"], "reward.workers"),
     (["reward.gpus_per_actor=-1"], "reward.gpus_per_actor"),
     (["reward.gpus_per_actor=1"], "reward.gpus_per_actor"),  # no GPU here
@@ -50,17 +51,27 @@ BAD = [
       "reward.remote.api_key_env=RLHF_NO_SUCH_VARIABLE"], "reward.remote.api_key_env"),
     (["reward.kind=sandbox", "reward.sandbox.timeout_s=0"], "reward.sandbox.timeout_s"),
     (["reward.kind=sandbox", "reward.sandbox.python=/no/python"], "reward.sandbox.python"),
-    (["reward.components=[{kind: judge}]"], "reward.components[0].kind"),
+    (["reward.components=[{kind: oracle}]"], "reward.components[0].kind"),
     (["reward.components=[{fn: 'no_such_module:f'}]"], "reward.components[0].fn"),
     (["reward.components=[{kind: math}, {kind: math}]"], "reward.components[1].name"),
     (["reward.components=[{kind: math, name: mean}]"], "reward.components[0].name"),
     (["reward.components=[{kind: math, weight: nan}]"], "reward.components[0].weight"),
     (["reward.components=[{kind: model}]"], "reward.model.path"),
+    (["reward.kind=judge"], "reward.judge.path"),
+    (["reward.kind=judge", "reward.judge.path=RM", "reward.judge.template=no_response_field"],
+     "reward.judge.template"),
+    (["reward.kind=judge", "reward.judge.path=RM", "reward.judge.template='{response} {oops}'"],
+     "reward.judge.template"),
+    (["reward.kind=judge", "reward.judge.path=RM", r"reward.judge.score_pattern='\\d+'"],
+     "reward.judge.score_pattern"),
+    (["reward.kind=judge", "reward.judge.path=RM", "reward.judge.score_pattern='(['"],
+     "reward.judge.score_pattern"),
 ]
 
 
 @pytest.mark.parametrize("overrides, key", BAD)
-def test_bad_reward_config_names_the_key(overrides, key):
+def test_bad_reward_config_names_the_key(overrides, key, rm_path):
+    overrides = [o.replace("=RM", f"={rm_path}") for o in overrides]
     with pytest.raises(ConfigError) as e:
         validate(load(*overrides))
     assert e.value.key == key, str(e.value)
