@@ -94,7 +94,7 @@ def create_placement(cfg: RootConfig, timeout_s: float = 120.0) -> Placement:
     reward = []
     if n_reward:
         wpg = _reserve([_bundle(wc.cpus_per_actor, wc.gpus_per_actor)] * n_reward, strategy, "rlhf-reward", timeout_s)
-        reward = [Slot(wpg, i, wc.cpus_per_actor, 0) for i in range(n_reward)]
+        reward = [Slot(wpg, i, wc.cpus_per_actor, wc.gpus_per_actor) for i in range(n_reward)]
         groups.append(wpg)
     return Placement(learner, rollout, reward, groups)
 

@@ -76,9 +76,8 @@ def test_ppo_critic_learns(sweep):
     assert sum(g > 0 for g in gains) >= STEPS - 1, gains
 
 
-# ("dapo", "algo/overlong_penalty_mean") joins this list once the trainer logs
-# Trainer.advantage_metrics (the driver-side shaping / IS metrics).
-@pytest.mark.parametrize("preset,key", [("kl_cov", "algo/kl_cov_frac"),
+@pytest.mark.parametrize("preset,key", [("dapo", "algo/overlong_penalty_mean"),
+                                        ("kl_cov", "algo/kl_cov_frac"),
                                         ("clip_cov", "algo/cov_clip_frac"),
                                         ("cispo", "algo/clip_frac_high")])
 def test_preset_specific_metrics_are_logged(sweep, preset, key):
