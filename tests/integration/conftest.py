@@ -1,6 +1,8 @@
 """Shared fixtures for integration tests: a real local Ray cluster and the real tiny model."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +24,10 @@ def tiny_model_path() -> str:
 def ray_local():
     import ray
 
+    # DeepSpeed's CPU comm op, built into the venv by `make install` (as rlhf.train uses it).
+    ops = os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING"}})
+             log_to_driver=False, runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING",
+                                                            "TORCH_EXTENSIONS_DIR": ops}})
     yield ray
     ray.shutdown()

@@ -97,6 +97,7 @@ def hard_kill(proc: subprocess.Popen) -> None:
             pass
 
 
-def learned(run_rows: list[dict]) -> dict[str, float]:
-    """The comparable metrics of each step."""
-    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in run_rows]
+def learned(run_rows: list[dict]) -> list[dict]:
+    """The comparable metrics of each step (not times: keys under VOLATILE or ending in _s)."""
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE) and not k.endswith("_s")}
+            for r in run_rows]
