@@ -25,9 +25,13 @@ from rlhf.pipeline import RolloutPipeline, all_equal
 
 
 class FakeEngine:
-    def __init__(self, index: int, delay_seed: int):
+    def __init__(self, index: int):
         self.index, self.version = index, 0
-        self.rng = random.Random(delay_seed * 10 + index)
+        self.rng = random.Random(index)
+
+    def reset(self, delay_seed: int) -> None:
+        self.version = 0
+        self.rng = random.Random(delay_seed * 10 + self.index)
 
     def generate(self, requests):
         time.sleep(self.rng.uniform(0.0, 0.02))
@@ -46,7 +50,10 @@ class FakeRewardActor:
     """Reward = response digit parity, except prompts whose id is a multiple of `equal_every`
     (all samples get 1.0: an all-equal group)."""
 
-    def __init__(self, equal_every: int, delay_seed: int):
+    def __init__(self):
+        self.reset(0, 0)
+
+    def reset(self, equal_every: int, delay_seed: int) -> None:
         self.equal_every = equal_every
         self.rng = random.Random(delay_seed)
 
@@ -59,8 +66,9 @@ class FakeRewardActor:
 
 
 class FakeRewards:
-    def __init__(self, equal_every: int, delay_seed: int, n: int = 2):
-        self.actors = [ray.remote(FakeRewardActor).remote(equal_every, delay_seed + i) for i in range(n)]
+    def __init__(self, actors, equal_every: int, delay_seed: int):
+        self.actors = actors
+        ray.get([a.reset.remote(equal_every, delay_seed + i) for i, a in enumerate(actors)])
 
     def score(self, samples):
         half = len(samples) // 2
@@ -73,17 +81,31 @@ def ray_cluster():
     # The stand-in actors live in this file: let Ray's workers import it.
     ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
+    # One set of stand-in actors for the module (reset per pipeline): starting actor processes
+    # is what costs time here.
+    ACTORS["engines"] = [ray.remote(FakeEngine).remote(i) for i in range(6)]
+    ACTORS["rewards"] = [ray.remote(FakeRewardActor).remote() for _ in range(2)]
     yield
     ray.shutdown()
 
 
+ACTORS: dict[str, list] = {}
+_next_engine = [0]
+
+
 def make_pipeline(tmp_path, *, staleness=0, filter_groups=False, max_rounds=3, equal_every=0,
                   delay_seed=0, engines=2, seed=0, name="ledger.jsonl"):
+    """A pipeline on `engines` stand-in engines not used by the previous pipeline (two
+    pipelines of one test run side by side)."""
     cfg = RolloutConfig(prompts_per_step=6, samples_per_prompt=4, max_staleness=staleness,
                         filter_groups=filter_groups, max_filter_rounds=max_rounds, prompts_per_call=2)
-    workers = [ray.remote(FakeEngine).remote(i, delay_seed) for i in range(engines)]
+    pool = ACTORS["engines"]
+    start = _next_engine[0] if _next_engine[0] + engines <= len(pool) else 0
+    workers = pool[start: start + engines]
+    _next_engine[0] = start + engines
+    ray.get([w.reset.remote(delay_seed) for w in workers])
     pipeline = RolloutPipeline(cfg, PromptSource(DataConfig(), seed), workers,
-                               FakeRewards(equal_every, delay_seed), seed=seed,
+                               FakeRewards(ACTORS["rewards"], equal_every, delay_seed), seed=seed,
                                ledger_path=tmp_path / name)
     return pipeline, workers
 
