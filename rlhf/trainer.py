@@ -316,6 +316,18 @@ class Trainer:
         self.save_policy.saved()
         return path
 
+    def restart(self, pipeline, logger: RunLogger, learner_state: str) -> None:
+        """Begin a new run on the same actors: the learners reload `learner_state` (a folder
+        written by LearnerGroup.save with tag 'init'), the engines get those weights as version
+        0, and a fresh pipeline and logger take over. Lets benchmarks and tests compare runs
+        without paying start-up for each."""
+        self.pipeline.drain()  # nothing of the previous run may reach the next one
+        ray.get(self.learners.load(learner_state, "init"))
+        self.step_index = 0
+        self.sync_weights(version=0)
+        self.pipeline, self.logger = pipeline, logger
+        self.save_policy = SavePolicy(self.cfg.save_every, self.cfg.save_every_min)
+
     def resume(self, folder: Path) -> None:
         state = Checkpoints.read_state(folder)
         ray.get(self.learners.load(str(Path(folder) / "learner"), "state"))

@@ -106,17 +106,14 @@ def bench_task(task: str, args, out: Path) -> list[dict]:
             for seed in args.seeds:
                 run_dir = out / f"{task}-k{k}-s{seed}"
                 run_dir.mkdir(parents=True)
-                trainer.pipeline.drain()  # nothing of the previous run may reach this one
-                ray.get(trainer.learners.load(str(initial), "init"))
-                trainer.step_index = 0
-                trainer.sync_weights(version=0)
                 rcfg = dataclasses.replace(cfg.rollout, max_staleness=k)
-                trainer.pipeline = RolloutPipeline(rcfg, PromptSource(cfg.data, seed),
-                                                   trainer.pipeline.engines, trainer.pipeline.rewards,
-                                                   seed=seed, ledger_path=run_dir / "ledger.jsonl")
-                trainer.logger = RunLogger(cfg.logger, run_dir, config=resolved,
-                                           total_steps=args.steps, name=run_dir.name, group=None,
-                                           tags=[], primary_metric="reward/mean")
+                trainer.restart(
+                    RolloutPipeline(rcfg, PromptSource(cfg.data, seed), trainer.pipeline.engines,
+                                    trainer.pipeline.rewards, seed=seed,
+                                    ledger_path=run_dir / "ledger.jsonl"),
+                    RunLogger(cfg.logger, run_dir, config=resolved, total_steps=args.steps,
+                              name=run_dir.name, group=None, tags=[], primary_metric="reward/mean"),
+                    str(initial))
                 trainer.fit()
                 rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
                 summary = {"task": task, "staleness": k, "seed": seed,
