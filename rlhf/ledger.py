@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -107,15 +108,26 @@ class Ledger:
 
 
 def read_ledger(path: Path) -> list[dict[str, Any]]:
+    """The rows of ledger.jsonl; a torn last line (the writer was killed mid-write) is left out."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
 def drop_rows_after(path: Path, step: int) -> None:
     """Keep only rows decided in steps <= `step` (a resume replays the rest)."""
-    rows = read_ledger(path)
-    kept = [r for r in rows if r["step"] <= step]
-    if len(kept) != len(rows):
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_ledger(path) if r["step"] <= step]
+    if len(kept) != len(path.read_text().splitlines()):  # later rows, or a torn last line
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, path)

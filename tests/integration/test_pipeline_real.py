@@ -44,6 +44,8 @@ def _config() -> RootConfig:
 def runs(tmp_path_factory, tiny_model_path):
     cfg = _config()
     root = tmp_path_factory.mktemp("pipeline")
+    if ray.is_initialized():  # left by another module (a .remote call auto-initialises Ray)
+        ray.shutdown()
     env = init_ray(cfg)
     try:
         trainer = build_trainer(cfg, root / "startup", {}, PromptSource(cfg.data, 0),

@@ -31,10 +31,12 @@ def log_of(run_dir: Path) -> str:
 
 
 def rows(run_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
+    """Complete rows only: the run may be writing the last one right now."""
     path = run_dir / name
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines(keepends=True)
+            if line.endswith("\n") and line.strip()]
 
 
 def wait_until(proc: subprocess.Popen, condition, timeout_s: float = 300.0, what: str = "") -> None:

@@ -78,6 +78,8 @@ class FakeRewards:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
+    if ray.is_initialized():  # another test module's Ray (auto-initialised by a .remote call)
+        ray.shutdown()
     # The stand-in actors live in this file: let Ray's workers import it.
     ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
