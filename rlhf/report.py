@@ -74,8 +74,10 @@ def _finite(v: Any) -> bool:
 
 
 def plot_run(run_dir: Path) -> Path:
-    """run_dir/report.png from run_dir/metrics.jsonl: a 2x2 figure with the primary metric (raw
-    and smoothed), the KL, the response / episode length and the stacked time per phase."""
+    """run_dir/report.png from run_dir/metrics.jsonl: a 3x2 figure with the primary metric (raw
+    and smoothed), the KL, the response / episode length, the stacked time per phase, the
+    held-out evaluation (eval.jsonl, step 0 included) and the learner's and engines' idle
+    shares (the rollout pipeline's overlap)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
@@ -86,9 +88,9 @@ def plot_run(run_dir: Path) -> Path:
               else "env/episode_len_mean")
     steps = [r.get("step", i) for i, r in enumerate(rows)]
 
-    fig = Figure(figsize=(12, 8), dpi=100, layout="constrained")
+    fig = Figure(figsize=(12, 11), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    (ax_p, ax_kl), (ax_len, ax_t) = fig.subplots(2, 2)
+    (ax_p, ax_kl), (ax_len, ax_t), (ax_eval, ax_idle) = fig.subplots(3, 2)
     s = summarize(rows, primary)
     fig.suptitle(f"{run_dir.name}: {primary} {_fmt(s['first_fifth'])} -> {_fmt(s['last_fifth'])} "
                  f"(first -> last fifth of {s['steps']} steps)")
@@ -134,9 +136,45 @@ def plot_run(run_dir: Path) -> Path:
     else:
         _no_data(ax_t, "timing/*_s")
 
+    evals = _read_jsonl(run_dir / "eval.jsonl")
+    _lines(ax_eval, evals, [r.get("step", i) for i, r in enumerate(evals)],
+           sorted({k for r in evals for k in r if k.startswith("eval/") and
+                   (k.endswith("accuracy") or "pass@" in k)}), "held-out evaluation (eval.jsonl)")
+    _lines(ax_idle, rows, steps, ["perf/learner_idle_frac", "perf/rollout_idle_frac"],
+           "idle share of the step (rollout pipeline overlap)")
+
     out = run_dir / "report.png"
     fig.savefig(out)
     return out
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a torn last line
+            continue
+    return out
+
+
+def _lines(ax, rows: list[dict], steps: list, keys: list[str], title: str) -> None:
+    """One line per key (sparse keys are fine: only the steps that report them)."""
+    ax.set_title(title)
+    ax.set_xlabel("trainer step")
+    drawn = False
+    for key in keys:
+        xs, ys = _series(rows, steps, key)
+        if xs:
+            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, lw=1.2, label=key)
+            drawn = True
+    if not drawn:
+        _no_data(ax, ", ".join(keys) or "eval/*")
+        return
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
 
 
 def _series(rows, steps, key) -> tuple[list, list]:
