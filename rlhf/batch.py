@@ -119,6 +119,20 @@ class Batch:
         return replace(first, **{name: torch.cat([getattr(p, name) for p in parts])
                                  for name, _ in first._tensors()})
 
+    def trimmed(self) -> "Batch":
+        """LLM rows with the padding columns past the longest row cut off: `[B, T]` tensors
+        keep L = its real length (attention_mask, at least 2), `[B, A]` tensors keep L - 1,
+        `[B]` tensors are unchanged. Rows are right-padded, so the cut columns are padding in
+        every row, and a causal model's logprob at action j reads tokens <= j + 1 only:
+        what remains scores exactly as in the untrimmed batch."""
+        T = self.input_ids.shape[1]
+        keep = min(T, max(int(self.attention_mask.sum(1).max()), 2))
+        if keep == T:
+            return self
+        return replace(self, **{name: t[:, :keep] if name in ("input_ids", "attention_mask")
+                                else t[:, :keep - 1]
+                                for name, t in self._tensors() if t.dim() >= 2})
+
     def to(self, device: torch.device | str) -> "Batch":
         return replace(self, **{name: t.to(device) for name, t in self._tensors()})
 

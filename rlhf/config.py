@@ -406,6 +406,13 @@ class LearnerConfig:
     gpus_per_rank: float = 0.0
     zero_stage: int = 2  # 0 | 1 | 2 | 3
     micro_batch_size: int = 32  # samples per rank per forward/backward
+    # Token budget per forward/backward instead (0 = off: micro_batch_size rows each). Each
+    # minibatch's rows are sorted by length and packed so that rows x longest row <= this,
+    # each micro-batch cut to its longest row: long-tailed response lengths cost no padding.
+    # The loss and gradient are those of the fixed split (minibatch-wide aggregation totals).
+    # LLM rollouts only; must hold the longest possible row, data.max_prompt_tokens +
+    # rollout.max_new_tokens.
+    max_tokens_per_micro_batch: int = 0
     offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU (GPU runs)
     sync_bucket_mb: int = 64  # weight broadcast bucket size
 
@@ -608,6 +615,7 @@ def validate(cfg: RootConfig) -> RootConfig:
     _positive("rollout.gym.steps_per_env", r.gym.steps_per_env)
     _positive("learner.num_ranks", lrn.num_ranks)
     _positive("learner.micro_batch_size", lrn.micro_batch_size)
+    _positive("learner.max_tokens_per_micro_batch", lrn.max_tokens_per_micro_batch, allow_zero=True)
     _positive("learner.cpus_per_rank", lrn.cpus_per_rank, allow_zero=True)
     _positive("learner.gpus_per_rank", lrn.gpus_per_rank, allow_zero=True)
     _positive("learner.sync_bucket_mb", lrn.sync_bucket_mb)
@@ -687,6 +695,16 @@ def validate(cfg: RootConfig) -> RootConfig:
     if r.backend == "vllm":
         _check_data(cfg)
         _check_eval(cfg)
+        longest = cfg.data.max_prompt_tokens + r.max_new_tokens
+        if 0 < lrn.max_tokens_per_micro_batch < longest:
+            raise ConfigError("learner.max_tokens_per_micro_batch",
+                              f"{lrn.max_tokens_per_micro_batch} tokens cannot hold the longest "
+                              f"possible row: data.max_prompt_tokens ({cfg.data.max_prompt_tokens})"
+                              f" + rollout.max_new_tokens ({r.max_new_tokens}) = {longest}")
+    elif lrn.max_tokens_per_micro_batch:
+        raise ConfigError("learner.max_tokens_per_micro_batch",
+                          "packs token sequences by length: for LLM rollouts (gym rows are "
+                          "single env steps)")
     if cfg.logger.wandb.mode != "disabled":
         check_wandb_environment()
 

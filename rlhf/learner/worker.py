@@ -15,10 +15,12 @@ import random
 from typing import Optional
 
 import torch
+from torch import Tensor
 
 from rlhf import algos
 from rlhf.batch import Batch
 from rlhf.config import AlgoConfig, LearnerConfig, ModelConfig, resolve_function
+from rlhf.learner.micro_batches import agree_on_count, pack_by_tokens, split_to_count
 from rlhf.rollout.weight_sync import ParamMeta, WeightSyncGroup, describe, plan_buckets
 
 
@@ -148,8 +150,19 @@ class LearnerWorker:
             self.sync = WeightSyncGroup(host, port, 0, world_size, self.device, meta, bucket_bytes)
 
     # ---------------------------------------------------------------- scoring
-    def _micro_batches(self, batch: Batch) -> list[Batch]:
-        return batch.split(max(1, len(batch) // self.cfg.micro_batch_size))
+    def _micro_batches(self, batch: Batch) -> list[tuple[Tensor | slice, Batch]]:
+        """(rows, micro-batch) pairs covering `batch`: learner.micro_batch_size rows each, or
+        under learner.max_tokens_per_micro_batch rows packed by length within that budget and
+        trimmed to their longest row, as many micro-batches on every rank (collective then)."""
+        budget = self.cfg.max_tokens_per_micro_batch
+        if not budget or batch.attention_mask is None:
+            n = max(1, len(batch) // self.cfg.micro_batch_size)
+            size = len(batch) // n
+            return [(slice(i * size, (i + 1) * size), m) for i, m in enumerate(batch.split(n))]
+        lengths = batch.attention_mask.sum(1).cpu()
+        groups = pack_by_tokens(lengths, budget)
+        groups = split_to_count(groups, lengths, agree_on_count(len(groups), self.device))
+        return [(g, batch.index(g.to(batch.attention_mask.device)).trimmed()) for g in groups]
 
     @torch.no_grad()
     def compute_logprobs(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -160,14 +173,22 @@ class LearnerWorker:
             out["values"] = []
         if self.ref is not None:
             out["ref_logprobs"] = []
-        for micro in self._micro_batches(batch.to(self.device)):
+        for rows, micro in self._micro_batches(batch.to(self.device)):
             logprobs, _, values = self.engine(micro, with_entropy=False)
-            out["old_logprobs"].append(logprobs.cpu())
-            if self.has_critic:
-                out["values"].append(values.cpu())
+            scores = {"old_logprobs": logprobs, "values": values}
             if self.ref is not None:
-                out["ref_logprobs"].append(self.ref(micro, with_entropy=False)[0].cpu())
-        return {k: torch.cat(v) for k, v in out.items()}
+                scores["ref_logprobs"] = self.ref(micro, with_entropy=False)[0]
+            for k, v in scores.items():
+                if k in out:
+                    out[k].append((rows, v.cpu()))
+        # Back into the batch's row order and width; columns a trimmed micro-batch did not
+        # have are padding (0, masked).
+        shape = batch.action_mask.shape
+        full = {k: torch.zeros(shape, dtype=parts[0][1].dtype) for k, parts in out.items()}
+        for k, parts in out.items():
+            for rows, v in parts:
+                full[k][rows, :v.shape[1]] = v
+        return full
 
     # ---------------------------------------------------------------- update
     def update(self, batch: Batch) -> dict[str, float]:
@@ -192,15 +213,21 @@ class LearnerWorker:
                 # up to the minibatch loss exactly (see algos.LOSS_AGGREGATIONS).
                 totals = dict(total_tokens=float(minibatch.action_mask.sum()),
                               total_seqs=len(minibatch), norm_length=norm_length)
+                micros = [m for _, m in self._micro_batches(minibatch)]
                 step_metrics, dropped = [], False
-                for i, micro in enumerate(minibatch.split(micro_per_minibatch)):
+                for i, micro in enumerate(micros):
+                    last = i == len(micros) - 1
+                    # Under a token budget the count varies per minibatch: say where the
+                    # optimizer step is rather than rely on DeepSpeed's fixed
+                    # gradient_accumulation_steps counter (ZeRO reads it in backward).
+                    self.engine.set_gradient_accumulation_boundary(last)
                     loss, m = self._loss(micro, totals)
                     self.engine.backward(loss, scale_wrt_gas=False)
-                    if i == micro_per_minibatch - 1 and self.cfg.zero_stage == 0:
+                    if last and self.cfg.zero_stage == 0:
                         dropped = not self._grads_finite()
                     with self._optimizer_step_disabled() if dropped else contextlib.nullcontext():
                         self.engine.step()
-                    step_metrics.append(m)
+                    step_metrics.append((m, float(micro.action_mask.sum())))
                 norm = self.engine.get_global_grad_norm()
                 norm = None if norm is None else float(norm)
                 # A non-finite loss makes non-finite gradients on every rank (they are
@@ -210,7 +237,7 @@ class LearnerWorker:
                 if dropped or (norm is not None and not math.isfinite(norm)):
                     skipped += 1
                     continue
-                metrics.extend(step_metrics)
+                metrics.append(_minibatch_metrics(step_metrics))
                 if norm is not None:
                     grad_norms.append(norm)
         out = ({k: sum(d[k] for d in metrics) / len(metrics) for k in metrics[0]}
@@ -253,7 +280,7 @@ class LearnerWorker:
         0.5 (V - R)^2 before minus after the update, > 0 when the critic fits its batch better."""
         self.engine.eval()
         total, gain, v_gain, tokens = 0.0, 0.0, 0.0, 0.0
-        for micro in self._micro_batches(batch):
+        for _, micro in self._micro_batches(batch):
             logprobs, _, values = self.engine(micro, with_entropy=False)
             log_ratio = logprobs - micro.old_logprobs
             kl = torch.exp(log_ratio) - 1 - log_ratio
@@ -382,6 +409,19 @@ class LearnerWorker:
                     state[name] = p.detach().to("cpu", copy=True)
         if self.rank == 0:
             write_hf_folder(folder, state, self._build["model_path"], self._build["model_cfg"].dtype)
+
+
+# Metrics of _loss that are micro-batch shares of the minibatch's value (aggregated with the
+# minibatch's totals): they add up; the others are per-micro-batch means.
+ADDITIVE_METRICS = ("algo/loss", "algo/pg_loss", "algo/entropy", "algo/kl", "algo/value_loss")
+
+
+def _minibatch_metrics(parts: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """One minibatch's metrics from its micro-batches' (metrics, action tokens): the shares
+    summed, the means weighted by tokens, so neither depends on how the rows were cut."""
+    tokens = sum(n for _, n in parts) or 1.0
+    return {k: (sum(m[k] for m, _ in parts) if k in ADDITIVE_METRICS
+                else sum(m[k] * n for m, n in parts) / tokens) for k in parts[0][0]}
 
 
 def _load_weights_only(path: str, map_location=None):
