@@ -40,6 +40,9 @@ test-fast: install
 
 # Every figure a ratio against a baseline measured in the same run; under 15 minutes on 2 cores.
 bench: install
+	# TRL for the time_to_reward baseline (the `bench` extra; `make install` leaves it out).
+	$(PY) -m pip install --quiet -e '.[cpu,dev,bench]'
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(PY) scripts/bench.py
 
 # One GPU, no internet: learner tokens/s and MFU, NCCL broadcast, HF generate.
