@@ -352,7 +352,10 @@ def _numel(shape) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def synthetic_batch(cfg, path: str, rows: int, prompt_len: int, response_len: int, seed: int = 0):
+def synthetic_batch(cfg, path: str, rows: int, prompt_len: int, response_len: int, seed: int = 0,
+                    tail: float = 0.0):
+    """Random rows; response lengths uniform in [1, response_len], or with `tail` > 0 long-tailed:
+    that share response_len long, the rest about response_len / 8 (the long ones ~8x the median)."""
     import torch
 
     from rlhf.batch import Sample, collate
@@ -364,6 +367,9 @@ def synthetic_batch(cfg, path: str, rows: int, prompt_len: int, response_len: in
     samples = []
     for i in range(rows):
         n = int(torch.randint(1, response_len + 1, (1,), generator=g))
+        if tail:
+            n = response_len if float(torch.rand(1, generator=g)) < tail else \
+                int(torch.randint(response_len // 16, 3 * response_len // 16 + 1, (1,), generator=g))
         samples.append(Sample(group_id=i // 8,
                               prompt_ids=torch.randint(3, vocab, (prompt_len,), generator=g).tolist(),
                               response_ids=torch.randint(3, vocab, (n,), generator=g).tolist(),
@@ -454,6 +460,40 @@ def bench_learner(args) -> list[Row]:
         print(f"  learner: ours {spread(row.ours)} tok/s, bare {spread(row.baseline)} tok/s",
               flush=True)
         rows.append(row)
+
+        # Long-tailed lengths: the fixed row split pads every micro-batch to the batch's longest
+        # row; learner.max_tokens_per_micro_batch packs rows by length, at the same peak size.
+        tail = synthetic_batch(cfg, path, n_rows, prompt_len=8, response_len=128, tail=0.1)
+        budget = cfg.learner.micro_batch_size * tail.input_ids.shape[1]
+        pcfg = root_config(size, ["learner.num_ranks=1", "learner.micro_batch_size=32",
+                                  f"learner.max_tokens_per_micro_batch={budget}"])
+        packed = LearnerGroup(pcfg.learner, pcfg.algo, pcfg.model, path, slots(1),
+                              rows_per_step=n_rows, temperature=1.0, total_steps=100, seed=0,
+                              runtime_env=env)
+        tail = LearnerGroup.attach(tail, ray.get(learners.compute_logprobs(tail)))
+        tail.advantages = torch.randn_like(tail.old_logprobs) * tail.action_mask
+        case = f"{size}, {n_rows} rows x {tail.input_ids.shape[1]} tokens, long tail"
+        fixed = Row("learner", f"{case}, fixed rows", "tokens/s", target=">= 0.9x",
+                    higher_is_better=True, note="ours: micro_batch_size=32 rows; baseline: bare loop")
+        packing = Row("learner", f"{case}, token budget", "tokens/s", target="> 1x",
+                      higher_is_better=True,
+                      note=f"ours: max_tokens_per_micro_batch={budget}; baseline: ours, fixed rows")
+        tokens = float(tail.attention_mask.sum()) * cfg.algo.epochs
+        for i in range(args.reps + 1):
+            times = []
+            for fn in (learners.update, packed.update):
+                t = time.perf_counter()
+                ray.get(fn(tail.learning_rows()))
+                times.append(time.perf_counter() - t)
+            base = ray.get(bare.update.remote(tail.learning_rows()))
+            if i:
+                fixed.ours.append(tokens / times[0])
+                fixed.baseline.append(tokens / base)
+                packing.ours.append(tokens / times[1])
+                packing.baseline.append(tokens / times[0])
+        print(f"  learner long tail: packed {spread(packing.ours)}, fixed {spread(fixed.ours)}, "
+              f"bare {spread(fixed.baseline)} tok/s", flush=True)
+        rows += [fixed, packing]
     finally:
         ray.shutdown()
     return rows
