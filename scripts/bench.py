@@ -14,7 +14,7 @@ ratio of the medians. One table is printed; the rows and the machine go to a JSO
 | learner         | LearnerGroup.update tokens/s           | bare PyTorch loop, same model/optim   |
 | generation      | VllmEngine.generate tokens/s           | HF `generate`, same model and prompts |
 | cartpole        | seconds to return 475 from launch      | Stable-Baselines3 PPO                 |
-| overhead        | (hook) pipeline s/step                 | bare single-process loop              |
+| overhead        | Trainer s/step, default and matched    | bare 1-process loop, vLLM in-process  |
 | time_to_reward  | s to reward 0.8 from launch; s/step    | TRL GRPOTrainer (scripts/bench_trl.py)|
 
 The last two are hooks: they need the rollout pipeline (issue 8) and TRL; until they are run
@@ -627,11 +627,30 @@ def bench_cartpole(args) -> list[Row]:
 
 
 def bench_overhead(args) -> list[Row]:
-    """Framework overhead: seconds per step of the full Ray pipeline / a bare single-process
-    loop doing the same generation (vLLM in-process), reward, logprobs and update. To be written
-    against rlhf/pipeline.py once it lands (issue 8)."""
-    return [Row("overhead", "grpo default", "s/step", target="<= 1.15x",
-                note="not run: needs the rollout pipeline (issue 8); hook in scripts/bench.py")]
+    """Framework overhead: steady-state seconds per step of our Trainer (as rlhf.train builds
+    it) / a bare single-process loop doing the same generation (vLLM in-process), reward,
+    logprobs, advantages, update and weight load, on the same model and prompts. Two of our
+    configurations: the default experiment and the closest match to one process (colocated,
+    1 learner rank, 1 engine: the issue's ratio). The work is in scripts/bench_overhead.py."""
+    import bench_overhead as bo
+
+    steps = 10 if args.quick else 20
+    res = bo.measure(["default", "matched"], steps, args.reps, overrides=args.overrides,
+                     say=lambda m: print(m, flush=True))
+    cases = {"default": ("grpo default (2 ranks + 1 engine, disaggregated)", "report"),
+             "matched": ("matched (colocated, 1 rank + 1 engine)", "<= 1.15x")}
+    rows = []
+    for name, r in res["configs"].items():
+        case, target = cases[name]
+        rows.append(Row("overhead", case, "s/step", ours=[b["wall_s"] for b in r["ours"]],
+                        baseline=[b["wall_s"] for b in r["bare"]], target=target,
+                        extra={"ours": r["ours"], "bare": r["bare"]},
+                        note="" if rows else
+                        f"wall time between step ends, median of steps {res['skip'] + 1}-{steps} "
+                        f"per block, blocks alternate; baseline: scripts/bench_overhead.py's bare "
+                        f"loop in one process (torch threads {res.get('bare_threads')})"))
+    print("  overhead per-phase steady-state medians (s):\n" + bo.breakdown_table(res), flush=True)
+    return rows
 
 
 def bench_time_to_reward(args) -> list[Row]:
