@@ -17,8 +17,8 @@ ratio of the medians. One table is printed; the rows and the machine go to a JSO
 | overhead        | Trainer s/step, default and matched    | bare 1-process loop, vLLM in-process  |
 | time_to_reward  | s to reward 0.8 from launch; s/step    | TRL GRPOTrainer (scripts/bench_trl.py)|
 
-The last two are hooks: they need the rollout pipeline (issue 8) and TRL; until they are run
-they print "not run" with the reason, never a number.
+time_to_reward needs TRL (`make bench` installs the `bench` extra); without it its row says
+"not run" with the reason, never a number.
 """
 
 from __future__ import annotations
@@ -622,7 +622,7 @@ def bench_cartpole(args) -> list[Row]:
 
 
 # --------------------------------------------------------------------------------------------
-# Hooks for after the rollout pipeline lands
+# Framework overhead and time to reward (scripts/bench_overhead.py, scripts/bench_trl.py)
 # --------------------------------------------------------------------------------------------
 
 
