@@ -24,6 +24,17 @@ class VllmEngine:
         # collective_rpc reaches the worker extension directly.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
+        from vllm.platforms import current_platform
+
+        if cfg.vllm.enforce_eager and current_platform.is_cpu():
+            # Eager means no torch.compile at all here: vLLM still compiles its sampler's
+            # token-rank kernel (ops/logprobs.py) with inductor on the first request that asks
+            # for logprobs -- about 2 s of tracing and gcc on step 1, on the start-up's
+            # critical path. Eager returns the same logprobs. (On GPUs the compiled kernel
+            # saves a [tokens, vocab] copy, so it stays.)
+            import torch._dynamo
+
+            torch._dynamo.config.disable = True
 
         self.cfg, self.index, self.version = cfg, index, 0
         self.llm = LLM(
