@@ -413,6 +413,10 @@ class LearnerConfig:
     # LLM rollouts only; must hold the longest possible row, data.max_prompt_tokens +
     # rollout.max_new_tokens.
     max_tokens_per_micro_batch: int = 0
+    # Updates between post-update diagnostics (algo/update_kl, algo/update_gain,
+    # algo/value_update_gain): one more forward pass over the batch, about a quarter of an
+    # update's cost. 1 = every update (the console's KL without a reference); 0 = never.
+    diagnostics_every: int = 1
     offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU (GPU runs)
     sync_bucket_mb: int = 64  # weight broadcast bucket size
 
@@ -616,6 +620,7 @@ def validate(cfg: RootConfig) -> RootConfig:
     _positive("learner.num_ranks", lrn.num_ranks)
     _positive("learner.micro_batch_size", lrn.micro_batch_size)
     _positive("learner.max_tokens_per_micro_batch", lrn.max_tokens_per_micro_batch, allow_zero=True)
+    _positive("learner.diagnostics_every", lrn.diagnostics_every, allow_zero=True)
     _positive("learner.cpus_per_rank", lrn.cpus_per_rank, allow_zero=True)
     _positive("learner.gpus_per_rank", lrn.gpus_per_rank, allow_zero=True)
     _positive("learner.sync_bucket_mb", lrn.sync_bucket_mb)

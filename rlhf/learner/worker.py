@@ -50,6 +50,7 @@ class LearnerWorker:
         self._build = dict(model_cfg=model_cfg, model_path=model_path, temperature=temperature,
                            total_steps=total_steps, seed=seed, env_spec=env_spec)
         self.sync: Optional[WeightSyncGroup] = None
+        self.updates = 0  # update() calls so far, checkpointed: paces the diagnostics
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free port: rank 0's answer is the rendezvous for all ranks."""
@@ -242,7 +243,10 @@ class LearnerWorker:
                     grad_norms.append(norm)
         out = ({k: sum(d[k] for d in metrics) / len(metrics) for k in metrics[0]}
                if metrics else {})
-        out.update(self._update_kl(batch))
+        self.updates += 1
+        every = self.cfg.diagnostics_every
+        if every and self.updates % every == 0:
+            out.update(self._update_kl(batch))
         if grad_norms:
             out["learner/grad_norm"] = sum(grad_norms) / len(grad_norms)
         out["learner/skipped_updates"] = float(skipped)
@@ -368,7 +372,8 @@ class LearnerWorker:
         # The random streams go with the weights, so that a resumed run shuffles and samples
         # exactly as the uninterrupted one would have.
         self.engine.save_checkpoint(folder, tag=tag, save_latest=False,
-                                    client_state={"rng": self._rng_state()})
+                                    client_state={"rng": self._rng_state(),
+                                                  "updates": self.updates})
 
     def _rng_state(self) -> dict:
         return {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -383,6 +388,7 @@ class LearnerWorker:
         path, client_state = self.engine.load_checkpoint(folder, tag=tag)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} in {folder}")
+        self.updates = (client_state or {}).get("updates", 0)
         rng = (client_state or {}).get("rng")
         if rng is not None:
             torch.set_rng_state(rng["torch"])
