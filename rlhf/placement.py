@@ -6,7 +6,8 @@ starts, so a run either gets all its resources or fails at once with Ray's messa
 - disaggregated: every role has its own bundles (one placement group per role, each with
   `placement.strategy`; PACK keeps a role on as few nodes as possible).
 - colocated: rollout worker i shares learner rank i's bundle and they take turns (the loop is
-  sequential); on GPUs each takes half of the bundle's GPU.
+  sequential); on GPUs each takes half of the bundle's GPU, on CPUs (without staleness) the
+  learner rank computes with all of the bundle's CPUs in its turn.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class Slot:
     bundle_index: int
     num_cpus: float
     num_gpus: float
+    # CPU threads the actor may use while it runs: Ray limits an actor to its num_cpus (via
+    # OMP_NUM_THREADS), but colocated roles that take turns each have the whole bundle in their
+    # turn. 0 = leave Ray's setting.
+    threads: int = 0
 
     def options(self, runtime_env: dict | None = None) -> dict:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -80,7 +85,12 @@ def create_placement(cfg: RootConfig, timeout_s: float = 120.0) -> Placement:
                            shared_gpu) for i in range(lc.num_ranks)]
         pg = _reserve(bundles, strategy, "rlhf-colocated", timeout_s)
         half = shared_gpu / 2 if shared_gpu else 0.0
-        learner = [Slot(pg, i, lc.cpus_per_rank, half) for i in range(lc.num_ranks)]
+        # Without staleness the engine waits while the learner trains (and the other way
+        # round), so a CPU learner rank computes with every CPU of its bundle.
+        turns = rc.max_staleness == 0 and not lc.gpus_per_rank
+        learner = [Slot(pg, i, lc.cpus_per_rank, half,
+                        threads=int(bundles[i]["CPU"]) if turns else 0)
+                   for i in range(lc.num_ranks)]
         rollout = [Slot(pg, i, rc.cpus_per_worker, half) for i in range(rc.num_workers)]
         groups = [pg]
     else:

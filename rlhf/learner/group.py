@@ -29,7 +29,8 @@ class LearnerGroup:
         grad_accum = rows_per_step // (algo.minibatches * n * cfg.micro_batch_size)
         self.actors = spawn(LearnerWorker, slots, lambda i: ((cfg, algo, model_cfg, model_path), dict(
             rank=i, world_size=n, temperature=temperature, total_steps=total_steps, seed=seed,
-            grad_accum_steps=grad_accum, env_spec=env_spec)), runtime_env)
+            grad_accum_steps=grad_accum, env_spec=env_spec, threads=slots[i].threads)),
+            runtime_env)
         master_addr, master_port = ray.get(self.actors[0].address.remote())
         ray.get([a.setup.remote(master_addr, master_port) for a in self.actors])
 

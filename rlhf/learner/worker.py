@@ -44,7 +44,10 @@ class LearnerWorker:
 
     def __init__(self, cfg: LearnerConfig, algo: AlgoConfig, model_cfg: ModelConfig,
                  model_path: str, *, rank: int, world_size: int, temperature: float,
-                 total_steps: int, seed: int, grad_accum_steps: int, env_spec=None):
+                 total_steps: int, seed: int, grad_accum_steps: int, env_spec=None,
+                 threads: int = 0):
+        if threads:  # the placement's (rlhf/placement.py Slot.threads); else Ray's num_cpus
+            torch.set_num_threads(threads)
         self.cfg, self.algo, self.rank, self.world_size = cfg, algo, rank, world_size
         self.grad_accum_steps = grad_accum_steps  # micro-batches per optimizer step
         self._build = dict(model_cfg=model_cfg, model_path=model_path, temperature=temperature,
