@@ -25,13 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from metrics_tail import MetricsTail, interrupt
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW = 20
@@ -115,33 +116,20 @@ def run_ours(seed: int, target: float, overrides: list[str]) -> dict:
                             text=True, env={**os.environ, "WANDB_MODE": "disabled"})
     seen: list[tuple[dict, float]] = []  # (row, wall time it appeared)
     hit = None
-    done_reading = 0
+    tail = MetricsTail(metrics)
     try:
         while True:
             alive = proc.poll() is None
-            if metrics.exists():
-                with open(metrics) as f:
-                    f.seek(done_reading)
-                    chunk = f.read()
-                now = time.time()
-                complete = chunk[: chunk.rfind("\n") + 1]
-                done_reading += len(complete)
-                for line in complete.splitlines():
-                    row = json.loads(line)
-                    seen.append((row, now))
-                    ret = row.get("env/episode_return_mean")
-                    if hit is None and ret is not None and ret >= target:
-                        hit = (row, now)
+            for row, now in tail.new_rows():
+                seen.append((row, now))
+                ret = row.get("env/episode_return_mean")
+                if hit is None and ret is not None and ret >= target:
+                    hit = (row, now)
             if hit is not None or not alive:
                 break
             time.sleep(0.01)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # our child: it finishes the step and shuts Ray down
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        interrupt(proc, 30)
     if not seen:
         raise RuntimeError(f"our run wrote no metrics:\n{proc.stderr.read()[-3000:]}")
     first_row, first_seen = seen[0]

@@ -44,9 +44,7 @@ RNG (each side draws its own tokens), and the std epsilon (1e-6 vs TRL's fixed 1
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -54,6 +52,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from metrics_tail import MetricsTail, interrupt
 from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -314,21 +314,13 @@ def run_ours(seed: int, overrides: list[str], *, threshold: float = THRESHOLD,
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **OFFLINE_ENV})
     steps: list[tuple[int, float, float, float]] = []
-    done = 0
+    tail = MetricsTail(metrics)
     try:
         while True:
             alive = proc.poll() is None
-            if metrics.exists():
-                with open(metrics) as f:
-                    f.seek(done)
-                    chunk = f.read()
-                now = time.time()
-                complete = chunk[: chunk.rfind("\n") + 1]
-                done += len(complete)
-                for line in complete.splitlines():
-                    row = json.loads(line)
-                    steps.append((int(row["step"]), float(row["reward/mean"]), now - t0,
-                                  float(row.get("rollout/response_len_mean", "nan"))))
+            for row, now in tail.new_rows():
+                steps.append((int(row["step"]), float(row["reward/mean"]), now - t0,
+                              float(row.get("rollout/response_len_mean", "nan"))))
             trail = [s[1] for s in steps[-window:]]
             if len(trail) == window and statistics.fmean(trail) >= threshold:
                 break
@@ -337,13 +329,7 @@ def run_ours(seed: int, overrides: list[str], *, threshold: float = THRESHOLD,
             time.sleep(0.01)
     finally:
         end = time.time()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # it finishes the step and shuts Ray down
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        interrupt(proc, 60)
         log.close()
     if not steps:
         raise RuntimeError(f"our run wrote no metrics:\n{(run_dir / 'bench.log').read_text()[-3000:]}")

@@ -69,3 +69,17 @@ def test_gpu_benchmark_fails_clearly_without_cuda():
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 2
     assert "needs a CUDA GPU" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_metrics_tail_returns_each_complete_row_once(tmp_path):
+    from metrics_tail import MetricsTail
+
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(path)
+    assert tail.new_rows() == []  # the run has not written yet
+    path.write_text('{"step": 1}\n{"step": 2}\n{"st')  # a writer mid-line
+    assert [r["step"] for r, _ in tail.new_rows()] == [1, 2]
+    with open(path, "a") as f:
+        f.write('ep": 3}\n')
+    assert [r["step"] for r, _ in tail.new_rows()] == [3]
+    assert tail.new_rows() == []
