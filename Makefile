@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Re-install when the dependency list changes.
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install deepspeed-ops train test test-fast bench bench-gpu clean
+.PHONY: install deepspeed-ops train lint test test-fast bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ deepspeed-ops:
 
 train: install
 	$(PY) -m rlhf.train +experiment=grpo
+
+# ruff's rules and format are configured in pyproject.toml; CI runs this before the tests.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: install
 	$(PY) -m pytest -q tests

@@ -21,8 +21,9 @@ or env steps), V = vocabulary. ``mask`` is 1 on valid positions and 0 on padding
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -160,12 +161,18 @@ def _float(t: Tensor) -> Tensor:
 class AdvantageInputs:
     """Inputs shared by all advantage estimators (each uses the fields it needs)."""
 
-    token_rewards: Tensor  # [B,T] float; outcome rewards on the last valid position, per-step rewards (gym) on every step; may include a KL penalty
+    # [B,T] float; outcome rewards on the last valid position, per-step rewards (gym) on every
+    # step; may include a KL penalty
+    token_rewards: Tensor
     mask: Tensor  # [B,T] 1 for valid positions (response tokens / env steps), 0 for padding
     group_ids: Tensor | None = None  # [B] long; samples sharing an id are answers to one prompt
     values: Tensor | None = None  # [B,T] critic values V(s_t) (GAE only)
-    dones: Tensor | None = None  # [B,T] 1 where an episode ended at step t (no value flows from t+1 back to t)
-    last_values: Tensor | None = None  # [B] V(s_T) to bootstrap a segment cut mid-episode (GAE only; 0 if None)
+    dones: Tensor | None = (
+        None  # [B,T] 1 where an episode ended at step t (no value flows from t+1 back to t)
+    )
+    last_values: Tensor | None = (
+        None  # [B] V(s_T) to bootstrap a segment cut mid-episode (GAE only; 0 if None)
+    )
     # [B] each sample's sequence reward. Only read for rows with no valid position (an empty
     # response has no token to carry its reward): group estimators still count it in the
     # group's baseline, as peers do, so a reward that penalises empty output is not lost.
@@ -203,7 +210,9 @@ def _outcome_scores(x: AdvantageInputs) -> Tensor:
     if x.seq_rewards is None:
         return s
     if x.seq_rewards.shape != s.shape:
-        raise ValueError(f"seq_rewards must be [B]={tuple(s.shape)}; got {tuple(x.seq_rewards.shape)}")
+        raise ValueError(
+            f"seq_rewards must be [B]={tuple(s.shape)}; got {tuple(x.seq_rewards.shape)}"
+        )
     empty = ~_valid(x.mask).any(dim=-1)
     return torch.where(empty, x.seq_rewards.to(s.dtype), s)
 
@@ -217,7 +226,9 @@ def _group_stats(scores: Tensor, group_ids: Tensor | None) -> tuple[Tensor, Tens
     if group_ids is None:
         raise ValueError("group-based advantage estimators need AdvantageInputs.group_ids [B]")
     if group_ids.shape != scores.shape:
-        raise ValueError(f"group_ids must be [B]={tuple(scores.shape)}; got {tuple(group_ids.shape)}")
+        raise ValueError(
+            f"group_ids must be [B]={tuple(scores.shape)}; got {tuple(group_ids.shape)}"
+        )
     _, inv = torch.unique(group_ids, return_inverse=True)
     inv = inv.to(scores.device)
     n_groups = int(inv.max()) + 1 if inv.numel() else 0
@@ -237,7 +248,9 @@ def _broadcast(per_sample: Tensor, mask: Tensor) -> Tensor:
     return torch.where(_valid(mask), out, torch.zeros_like(out))
 
 
-def _group_centered(x: AdvantageInputs, p: AdvantageParams, scale_std: bool) -> tuple[Tensor, Tensor]:
+def _group_centered(
+    x: AdvantageInputs, p: AdvantageParams, scale_std: bool
+) -> tuple[Tensor, Tensor]:
     _check_bt(x)
     s = _outcome_scores(x)
     total, count, std, equal = _group_stats(s, x.group_ids)
@@ -275,7 +288,9 @@ def gae(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
     r = torch.where(valid, r, zero)
     v = torch.where(valid, x.values.to(r.dtype), zero)
     d = _dones(x, r)
-    next_v = torch.zeros_like(r[:, 0]) if x.last_values is None else x.last_values.to(r.dtype).clone()
+    next_v = (
+        torch.zeros_like(r[:, 0]) if x.last_values is None else x.last_values.to(r.dtype).clone()
+    )
     alive = torch.ones_like(next_v)  # 1 while a later valid step (or the bootstrap) exists
     seen = torch.zeros_like(next_v, dtype=torch.bool)  # a valid step was met (right of t)
     running = torch.zeros_like(next_v)
@@ -442,12 +457,16 @@ def kl_penalty_rewards(token_rewards: Tensor, kl: Tensor, coef: float, mask: Ten
 class PolicyLossParams:
     clip_low: float = 0.2  # ratio lower bound 1 - clip_low
     clip_high: float = 0.2  # ratio upper bound 1 + clip_high (DAPO clip-higher uses e.g. 0.28)
-    dual_clip: float | None = None  # c > 1: for negative advantages bound the loss at -c*A (dual-clip PPO); None disables
+    dual_clip: float | None = (
+        None  # c > 1: for negative advantages bound the loss at -c*A (dual-clip PPO); None disables
+    )
     cov_ratio: float = 2e-4  # clip_cov / kl_cov: share of valid tokens selected by covariance
     clip_cov_lb: float = 1.0  # clip_cov: only tokens with covariance in (lb, ub) are candidates
     clip_cov_ub: float = 5.0
     kl_cov_coef: float = 1.0  # kl_cov: weight of the |log-ratio| penalty on the selected tokens
-    generator: torch.Generator | None = None  # clip_cov's random token choice (None: torch's global RNG)
+    generator: torch.Generator | None = (
+        None  # clip_cov's random token choice (None: torch's global RNG)
+    )
 
 
 def _clipped_pg(
@@ -526,8 +545,10 @@ def _token_log_ratio(logprobs: Tensor, old_logprobs: Tensor) -> Tensor:
 
 def _ratio_metrics(log_ratio: Tensor, mask: Tensor) -> dict[str, Tensor]:
     lr = log_ratio.detach()
-    return {"approx_kl": masked_mean(torch.exp(lr) - 1 - lr, mask),
-            "ratio_mean": masked_mean(torch.exp(lr), mask)}
+    return {
+        "approx_kl": masked_mean(torch.exp(lr) - 1 - lr, mask),
+        "ratio_mean": masked_mean(torch.exp(lr), mask),
+    }
 
 
 @POLICY_LOSSES.register("cispo")
@@ -550,10 +571,12 @@ def cispo(
     loss = -w * _float(advantages) * lp
     with torch.no_grad():
         low, high = ratio < 1.0 - p.clip_low, ratio > 1.0 + p.clip_high
-        metrics = {"clip_frac": masked_mean((low | high).to(ratio.dtype), mask),
-                   "clip_frac_low": masked_mean(low.to(ratio.dtype), mask),
-                   "clip_frac_high": masked_mean(high.to(ratio.dtype), mask),
-                   **_ratio_metrics(log_ratio, mask)}
+        metrics = {
+            "clip_frac": masked_mean((low | high).to(ratio.dtype), mask),
+            "clip_frac_low": masked_mean(low.to(ratio.dtype), mask),
+            "clip_frac_high": masked_mean(high.to(ratio.dtype), mask),
+            **_ratio_metrics(log_ratio, mask),
+        }
     return torch.where(_valid(mask), loss, torch.zeros_like(loss)), metrics
 
 
@@ -584,8 +607,10 @@ def gmpo(
     seq_loss = -seq_adv * torch.exp(seq_lr)
     loss = _broadcast(seq_loss, mask)
     with torch.no_grad():
-        metrics = {"clip_frac": masked_mean((lr != log_ratio).to(lr.dtype), mask),
-                   **_ratio_metrics(log_ratio, mask)}
+        metrics = {
+            "clip_frac": masked_mean((lr != log_ratio).to(lr.dtype), mask),
+            **_ratio_metrics(log_ratio, mask),
+        }
     return loss, metrics
 
 
@@ -808,8 +833,9 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     return ret.new_tensor(1.0 if var_d == 0 else 0.0)
 
 
-def value_clip_fraction(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
-                        clip: float | None) -> Tensor:
+def value_clip_fraction(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float | None
+) -> Tensor:
     """Share of valid positions where value_loss took the clipped branch; [B,T] -> scalar
     (detached). 0 when clip is None."""
     if clip is None:
@@ -823,11 +849,16 @@ def value_clip_fraction(values: Tensor, old_values: Tensor, returns: Tensor, mas
 # --------------------------------------------------------------------------- off-policy correction
 
 
-def _is_log_ratio(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, level: str) -> Tensor:
+def _is_log_ratio(
+    old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, level: str
+) -> Tensor:
     """[B,T] log(pi_old / pi_rollout) per token ("token") or the row's summed log-ratio
     broadcast over its valid tokens ("sequence"); clamped to [-20, 20]; 0 on padding."""
-    lr = torch.where(_valid(mask), _float(old_logprobs) - _float(rollout_logprobs),
-                     torch.zeros_like(_float(old_logprobs)))
+    lr = torch.where(
+        _valid(mask),
+        _float(old_logprobs) - _float(rollout_logprobs),
+        torch.zeros_like(_float(old_logprobs)),
+    )
     if level == "sequence":
         lr = _broadcast(masked_sum(lr, mask, dim=-1), mask)
     elif level != "token":
@@ -836,8 +867,10 @@ def _is_log_ratio(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, 
 
 
 def _is_metrics(w: Tensor, changed: Tensor, mask: Tensor) -> dict[str, float]:
-    return {"algo/rollout_is_weight_mean": float(masked_mean(w, mask)),
-            "algo/rollout_is_clipped_frac": float(masked_mean(changed.to(w.dtype), mask))}
+    return {
+        "algo/rollout_is_weight_mean": float(masked_mean(w, mask)),
+        "algo/rollout_is_clipped_frac": float(masked_mean(changed.to(w.dtype), mask)),
+    }
 
 
 def _check_cap(cap: float) -> None:
@@ -847,20 +880,24 @@ def _check_cap(cap: float) -> None:
 
 @ROLLOUT_CORRECTIONS.register("none")
 @torch.no_grad()
-def rollout_is_none(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, level: str,
-                    cap: float) -> tuple[Tensor, dict[str, float]]:
+def rollout_is_none(
+    old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, level: str, cap: float
+) -> tuple[Tensor, dict[str, float]]:
     """No correction: weights 1 on valid tokens, 0 on padding. All [B,T]. The metrics still
     report the mean untruncated weight pi_old/pi_rollout (how off-policy the batch is)."""
     ratio = torch.exp(_is_log_ratio(old_logprobs, rollout_logprobs, mask, level))
     w = _valid(mask).to(ratio.dtype)
-    return w, {"algo/rollout_is_weight_mean": float(masked_mean(ratio, mask)),
-               "algo/rollout_is_clipped_frac": 0.0}
+    return w, {
+        "algo/rollout_is_weight_mean": float(masked_mean(ratio, mask)),
+        "algo/rollout_is_clipped_frac": 0.0,
+    }
 
 
 @ROLLOUT_CORRECTIONS.register("tis")
 @torch.no_grad()
-def rollout_is_tis(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, level: str,
-                   cap: float) -> tuple[Tensor, dict[str, float]]:
+def rollout_is_tis(
+    old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, level: str, cap: float
+) -> tuple[Tensor, dict[str, float]]:
     """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly
     brings you off-policy RL training"; Espeholt et al. 2018's truncated rho).
 
@@ -878,8 +915,9 @@ def rollout_is_tis(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor,
 
 @ROLLOUT_CORRECTIONS.register("mask")
 @torch.no_grad()
-def rollout_is_mask(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, level: str,
-                    cap: float) -> tuple[Tensor, dict[str, float]]:
+def rollout_is_mask(
+    old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, level: str, cap: float
+) -> tuple[Tensor, dict[str, float]]:
     """Masked importance sampling (Liu et al. 2025, "When speed kills stability"): a token
     (or a whole sequence) whose ratio pi_old / pi_rollout is above cap or below 1/cap gets
     weight 0; the others keep their ratio. Shapes and metrics as ``tis``
@@ -909,8 +947,11 @@ def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, penalty: float)
         return torch.zeros_like(L)
     start = max_len - buffer
     ramp = -penalty * (L - start) / buffer
-    return torch.where(L <= start, torch.zeros_like(L),
-                       torch.where(L <= max_len, ramp, torch.full_like(L, -penalty)))
+    return torch.where(
+        L <= start,
+        torch.zeros_like(L),
+        torch.where(L <= max_len, ramp, torch.full_like(L, -penalty)),
+    )
 
 
 def add_sequence_reward(token_rewards: Tensor, mask: Tensor, extra: Tensor) -> Tensor:
@@ -933,7 +974,9 @@ class KLController:
 
     def __init__(self, coef: float, target: float | None = None, horizon: int = 10000):
         if target is not None and (target <= 0 or horizon <= 0):
-            raise ValueError(f"adaptive KL needs target > 0 and horizon > 0; got {target}, {horizon}")
+            raise ValueError(
+                f"adaptive KL needs target > 0 and horizon > 0; got {target}, {horizon}"
+            )
         self.value, self.target, self.horizon = float(coef), target, horizon
 
     def update(self, kl: float, n_steps: int) -> float:

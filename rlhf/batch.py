@@ -12,7 +12,7 @@ padded tensors for the learners. Per-action tensors share the layout `[B, A]`:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,11 +31,11 @@ class GenerationRequest:
     sample_index: int  # 0 .. samples_per_prompt - 1
     seed: int  # vLLM SamplingParams(seed=...)
     prompt: str = ""  # text, already rendered (chat template applied) when prompt_token_ids is None
-    prompt_token_ids: Optional[list[int]] = None  # when set, sent to the engine instead of text
+    prompt_token_ids: list[int] | None = None  # when set, sent to the engine instead of text
     answer: str = ""  # reference answer for the reward function
     fields: dict[str, Any] = field(default_factory=dict)  # other dataset columns
-    temperature: Optional[float] = None  # None: the rollout config's (0 = greedy, for eval)
-    max_new_tokens: Optional[int] = None  # None: the rollout config's
+    temperature: float | None = None  # None: the rollout config's (0 = greedy, for eval)
+    max_new_tokens: int | None = None  # None: the rollout config's
 
 
 @dataclass
@@ -55,11 +55,11 @@ class Sample:
     # Gym trajectory segment (None for LLM samples). Truncated episodes are bootstrapped by the
     # runner (gamma * V(final obs) added to that step's reward), so `dones` means "no value
     # flows back across this step" for both terminated and truncated endings.
-    obs: Optional[np.ndarray] = None  # [A, *obs_shape]
-    actions: Optional[np.ndarray] = None  # [A] discrete or [A, act_dim] continuous
-    step_rewards: Optional[np.ndarray] = None  # [A]
-    dones: Optional[np.ndarray] = None  # [A]
-    values: Optional[np.ndarray] = None  # [A] V(s_t) from the behaviour policy's critic
+    obs: np.ndarray | None = None  # [A, *obs_shape]
+    actions: np.ndarray | None = None  # [A] discrete or [A, act_dim] continuous
+    step_rewards: np.ndarray | None = None  # [A]
+    dones: np.ndarray | None = None  # [A]
+    values: np.ndarray | None = None  # [A] V(s_t) from the behaviour policy's critic
     last_value: float = 0.0  # V(s_A), bootstraps the segment cut mid-episode
 
     @property
@@ -73,25 +73,27 @@ class Batch:
     rollout_logprobs: Tensor  # [B, A] logprob of each action under the behaviour policy
     token_rewards: Tensor  # [B, A] LLM: reward on the last response token; gym: step rewards
     group_ids: Tensor  # [B] long
-    input_ids: Optional[Tensor] = None  # [B, T] LLM only, T = A + 1
-    attention_mask: Optional[Tensor] = None  # [B, T] LLM only
-    obs: Optional[Tensor] = None  # [B, A, *obs_shape] gym only
-    actions: Optional[Tensor] = None  # [B, A] or [B, A, act_dim] gym only
-    dones: Optional[Tensor] = None  # [B, A] gym only
-    last_values: Optional[Tensor] = None  # [B] gym only
+    input_ids: Tensor | None = None  # [B, T] LLM only, T = A + 1
+    attention_mask: Tensor | None = None  # [B, T] LLM only
+    obs: Tensor | None = None  # [B, A, *obs_shape] gym only
+    actions: Tensor | None = None  # [B, A] or [B, A, act_dim] gym only
+    dones: Tensor | None = None  # [B, A] gym only
+    last_values: Tensor | None = None  # [B] gym only
     # LLM only. The sequence reward of each sample ([B]): an empty response has no action
     # position to carry it in token_rewards, yet its reward must count in its group's baseline.
-    seq_rewards: Optional[Tensor] = None
-    truncated: Optional[Tensor] = None  # [B] 1 where the response was cut at max_new_tokens (finish_reason "length")
+    seq_rewards: Tensor | None = None
+    truncated: Tensor | None = (
+        None  # [B] 1 where the response was cut at max_new_tokens (finish_reason "length")
+    )
     # Filled in by the learners and the trainer as the step proceeds.
-    old_logprobs: Optional[Tensor] = None  # [B, A] learner's logprobs before the update
-    ref_logprobs: Optional[Tensor] = None  # [B, A] frozen reference model (kl_coef > 0)
-    values: Optional[Tensor] = None  # [B, A] critic values before the update
-    advantages: Optional[Tensor] = None  # [B, A]
-    returns: Optional[Tensor] = None  # [B, A]
+    old_logprobs: Tensor | None = None  # [B, A] learner's logprobs before the update
+    ref_logprobs: Tensor | None = None  # [B, A] frozen reference model (kl_coef > 0)
+    values: Tensor | None = None  # [B, A] critic values before the update
+    advantages: Tensor | None = None  # [B, A]
+    returns: Tensor | None = None  # [B, A]
     # Off-policy correction weights (algos.ROLLOUT_CORRECTIONS) multiplying the per-token
     # policy loss; None = all ones.
-    is_weights: Optional[Tensor] = None  # [B, A]
+    is_weights: Tensor | None = None  # [B, A]
 
     def __len__(self) -> int:
         return self.action_mask.shape[0]
@@ -102,11 +104,11 @@ class Batch:
             if value is not None:
                 yield f.name, value
 
-    def index(self, idx: Tensor | slice) -> "Batch":
+    def index(self, idx: Tensor | slice) -> Batch:
         """Rows `idx` of every tensor field."""
         return replace(self, **{name: t[idx] for name, t in self._tensors()})
 
-    def split(self, n: int) -> list["Batch"]:
+    def split(self, n: int) -> list[Batch]:
         """`n` contiguous, equal chunks (len must divide evenly: config validation ensures it)."""
         if len(self) % n:
             raise ValueError(f"cannot split a batch of {len(self)} into {n} equal parts")
@@ -114,12 +116,14 @@ class Batch:
         return [self.index(slice(i * size, (i + 1) * size)) for i in range(n)]
 
     @staticmethod
-    def cat(parts: list["Batch"]) -> "Batch":
+    def cat(parts: list[Batch]) -> Batch:
         first = parts[0]
-        return replace(first, **{name: torch.cat([getattr(p, name) for p in parts])
-                                 for name, _ in first._tensors()})
+        return replace(
+            first,
+            **{name: torch.cat([getattr(p, name) for p in parts]) for name, _ in first._tensors()},
+        )
 
-    def trimmed(self) -> "Batch":
+    def trimmed(self) -> Batch:
         """LLM rows with the padding columns past the longest row cut off: `[B, T]` tensors
         keep L = its real length (attention_mask, at least 2), `[B, A]` tensors keep L - 1,
         `[B]` tensors are unchanged. Rows are right-padded, so the cut columns are padding in
@@ -129,19 +133,24 @@ class Batch:
         keep = min(T, max(int(self.attention_mask.sum(1).max()), 2))
         if keep == T:
             return self
-        return replace(self, **{name: t[:, :keep] if name in ("input_ids", "attention_mask")
-                                else t[:, :keep - 1]
-                                for name, t in self._tensors() if t.dim() >= 2})
+        return replace(
+            self,
+            **{
+                name: t[:, :keep] if name in ("input_ids", "attention_mask") else t[:, : keep - 1]
+                for name, t in self._tensors()
+                if t.dim() >= 2
+            },
+        )
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return replace(self, **{name: t.to(device) for name, t in self._tensors()})
 
-    def learning_rows(self) -> "Batch":
+    def learning_rows(self) -> Batch:
         """The rows the learner optimises over: sequences for text, single env steps for
         trajectories (so PPO minibatches shuffle over steps, not whole segments)."""
         return self.flatten_steps() if self.obs is not None else self
 
-    def flatten_steps(self) -> "Batch":
+    def flatten_steps(self) -> Batch:
         """Gym: every env step becomes its own row ([B, A] -> [B*A, 1]), so PPO minibatches
         shuffle over steps rather than whole segments. Only valid after advantages exist."""
         out = {}
@@ -186,11 +195,16 @@ def _collate_responses(samples: list[Sample], pad_id: int) -> Batch:
             rollout_logprobs[i, start : start + r] = torch.tensor(s.rollout_logprobs)
         token_rewards[i, start + r - 1] = s.reward
     group_ids = torch.tensor([s.group_id for s in samples], dtype=torch.long)
-    return Batch(action_mask=action_mask, rollout_logprobs=rollout_logprobs,
-                 token_rewards=token_rewards, group_ids=group_ids, input_ids=input_ids,
-                 attention_mask=attention_mask,
-                 seq_rewards=torch.tensor([float(s.reward) for s in samples]),
-                 truncated=torch.tensor([float(s.finish_reason == "length") for s in samples]))
+    return Batch(
+        action_mask=action_mask,
+        rollout_logprobs=rollout_logprobs,
+        token_rewards=token_rewards,
+        group_ids=group_ids,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        seq_rewards=torch.tensor([float(s.reward) for s in samples]),
+        truncated=torch.tensor([float(s.finish_reason == "length") for s in samples]),
+    )
 
 
 def _collate_trajectories(samples: list[Sample]) -> Batch:
@@ -202,8 +216,9 @@ def _collate_trajectories(samples: list[Sample]) -> Batch:
     obs = stack("obs")
     return Batch(
         action_mask=torch.ones(obs.shape[:2]),
-        rollout_logprobs=torch.as_tensor(np.stack([s.rollout_logprobs for s in samples]),
-                                         dtype=torch.float32),
+        rollout_logprobs=torch.as_tensor(
+            np.stack([s.rollout_logprobs for s in samples]), dtype=torch.float32
+        ),
         token_rewards=stack("step_rewards"),
         group_ids=torch.tensor([s.group_id for s in samples], dtype=torch.long),
         obs=obs,

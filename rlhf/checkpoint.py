@@ -19,8 +19,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-step-"
@@ -32,17 +33,17 @@ class SavePolicy:
     """When Trainer.fit saves: `due(step, now)` after each finished step, `saved(now)` after a
     save. `now` is time.monotonic() seconds (injectable for tests)."""
 
-    def __init__(self, every_steps: int, every_min: float, now: Optional[float] = None):
+    def __init__(self, every_steps: int, every_min: float, now: float | None = None):
         self.every_steps, self.every_s = every_steps, every_min * 60.0
         self.last = time.monotonic() if now is None else now
 
-    def due(self, step: int, now: Optional[float] = None) -> bool:
+    def due(self, step: int, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
         by_steps = bool(self.every_steps) and step % self.every_steps == 0
         by_time = bool(self.every_s) and now - self.last >= self.every_s
         return by_steps or by_time
 
-    def saved(self, now: Optional[float] = None) -> None:
+    def saved(self, now: float | None = None) -> None:
         self.last = time.monotonic() if now is None else now
 
 
@@ -78,15 +79,23 @@ class Checkpoints:
     def complete(self) -> list[Path]:
         if not self.root.is_dir():
             return []
-        return sorted(p for p in self.root.iterdir()
-                      if p.name.startswith(PREFIX) and (p / "trainer_state.json").is_file())
+        return sorted(
+            p
+            for p in self.root.iterdir()
+            if p.name.startswith(PREFIX) and (p / "trainer_state.json").is_file()
+        )
 
     def latest(self) -> Path | None:
         done = self.complete()
         return done[-1] if done else None
 
-    def save(self, step: int, save_learners: Callable[[str], None], state: dict[str, Any],
-             export_hf: Optional[Callable[[str], None]] = None) -> Path:
+    def save(
+        self,
+        step: int,
+        save_learners: Callable[[str], None],
+        state: dict[str, Any],
+        export_hf: Callable[[str], None] | None = None,
+    ) -> Path:
         """`save_learners(folder)` must write the learner state into `folder` and return when
         every rank is done; `export_hf(folder)`, when given, writes the Hugging Face export."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -117,7 +126,9 @@ class Checkpoints:
     def read_state(folder: Path) -> dict[str, Any]:
         path = Path(folder) / "trainer_state.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{folder} is not a complete checkpoint (no trainer_state.json)")
+            raise FileNotFoundError(
+                f"{folder} is not a complete checkpoint (no trainer_state.json)"
+            )
         return json.loads(path.read_text())
 
 
@@ -136,8 +147,9 @@ def write_hf_folder(folder: str | Path, state_dict: dict, base_model_path: str, 
     folder.mkdir(parents=True, exist_ok=True)
     config = AutoConfig.from_pretrained(base_model_path)
     config.dtype = dtype
-    tensors = {k: v.detach().to("cpu", getattr(torch, dtype)).contiguous()
-               for k, v in state_dict.items()}
+    tensors = {
+        k: v.detach().to("cpu", getattr(torch, dtype)).contiguous() for k, v in state_dict.items()
+    }
     if getattr(config, "tie_word_embeddings", False):
         tensors.pop("lm_head.weight", None)  # rebuilt from the embeddings on load
     from safetensors.torch import save_file

@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import II, MISSING  # noqa: F401  (MISSING re-exported for experiment schemas)
 
@@ -45,7 +45,7 @@ class TinyModelConfig:
     warmup_lr: float = 1e-3
     # The warm-up stops once the chance of sampling the right answer reaches this, so every
     # seed starts RL from a similar reward; null always runs warmup_steps.
-    warmup_target: Optional[float] = 0.15
+    warmup_target: float | None = 0.15
 
 
 @dataclass
@@ -88,7 +88,7 @@ class DataConfig:
     shuffle: bool = True
     # Prompts longer than this many tokens are dropped and counted (on_long_prompt=filter) or
     # an error; null = what the engine's context leaves after rollout.max_new_tokens.
-    max_prompt_tokens: Optional[int] = None
+    max_prompt_tokens: int | None = None
     on_long_prompt: str = "filter"  # filter | error
     # A row that is not valid UTF-8 / JSON or lacks a field of the right type: error (naming
     # file and line) or skip (counted and logged, up to max_bad_frac of the rows).
@@ -123,7 +123,7 @@ class AlgoConfig:
     loss_agg: str = "token-mean"
     clip_low: float = 0.2  # PPO ratio lower bound is 1 - clip_low (cispo: 1 = no lower bound)
     clip_high: float = 0.2  # PPO ratio upper bound is 1 + clip_high (DAPO clip-higher: 0.28)
-    dual_clip: Optional[float] = None  # dual-clip constant c > 1; null disables
+    dual_clip: float | None = None  # dual-clip constant c > 1; null disables
     cov_ratio: float = 2e-4  # clip_cov / kl_cov: share of tokens selected by covariance
     clip_cov_lb: float = 1.0  # clip_cov: covariance band (lb, ub) of the candidate tokens
     clip_cov_ub: float = 5.0
@@ -133,12 +133,12 @@ class AlgoConfig:
     kl_in_reward: bool = False  # True: KL is a per-token reward penalty; False: a loss term
     # Adaptive KL (Ziegler et al. 2019): steer kl_coef so the measured KL nears this target;
     # null keeps kl_coef fixed. Needs kl_in_reward (the coefficient lives in the driver).
-    kl_target: Optional[float] = None
+    kl_target: float | None = None
     kl_horizon: int = 10000  # adaptive KL: samples over which the coefficient adapts
     entropy_coef: float = 0.0  # entropy bonus (subtracted from the loss)
     value_coef: float = 0.5  # critic loss weight (GAE only)
-    value_clip: Optional[float] = None  # clip the critic's change per update; null disables
-    critic_lr: Optional[float] = None  # LLM critic's learning rate (its own param group); null = lr
+    value_clip: float | None = None  # clip the critic's change per update; null disables
+    critic_lr: float | None = None  # LLM critic's learning rate (its own param group); null = lr
     # Off-policy correction between the learner's old logprobs and the engine's rollout
     # logprobs (rlhf.algos.ROLLOUT_CORRECTIONS): none | tis (truncate at cap) | mask (zero
     # the tokens/sequences whose ratio is above cap or below 1/cap)
@@ -203,7 +203,9 @@ class RolloutConfig:
     # ahead of the learner, and no trained sample is more than k weight versions old
     # (0 = on-policy lock-step). LLM rollouts only.
     max_staleness: int = 0
-    prompts_per_call: int = 0  # prompts per engine generate call (0 = an engine's whole share of a step)
+    prompts_per_call: int = (
+        0  # prompts per engine generate call (0 = an engine's whole share of a step)
+    )
     filter_groups: bool = False  # DAPO dynamic sampling: drop all-equal groups, draw more prompts
     max_filter_rounds: int = 3  # extra draws per step before all-equal groups fill the batch
     vllm: VllmConfig = field(default_factory=VllmConfig)
@@ -301,7 +303,7 @@ class RewardConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
-def _check_reward(cfg: "RootConfig") -> None:
+def _check_reward(cfg: RootConfig) -> None:
     """The reward lines of validate(): kinds, functions, model folders, URL, components."""
     import re
 
@@ -315,17 +317,30 @@ def _check_reward(cfg: "RootConfig") -> None:
         return
     _one_of("reward.kind", w.kind, REWARD_KINDS)
     terms = [(f"reward.components[{i}]", c.kind, c.fn) for i, c in enumerate(w.components)]
-    names = [c.name or (c.kind if c.kind != "fn" else c.fn.replace(":", ".").rsplit(".", 1)[-1])
-             for c in w.components]
-    reserved = {"mean", "std", "all_equal_group_frac", "errors", "timeouts", "nans", "crashes",
-                "retries"}
+    names = [
+        c.name or (c.kind if c.kind != "fn" else c.fn.replace(":", ".").rsplit(".", 1)[-1])
+        for c in w.components
+    ]
+    reserved = {
+        "mean",
+        "std",
+        "all_equal_group_frac",
+        "errors",
+        "timeouts",
+        "nans",
+        "crashes",
+        "retries",
+    }
     for i, (key, c) in enumerate(zip([t[0] for t in terms], w.components)):
         _one_of(f"{key}.kind", c.kind, REWARD_KINDS)
         if not math.isfinite(c.weight):
             raise ConfigError(f"{key}.weight", f"must be a finite number, got {c.weight!r}")
         if names[i] in reserved or names[i] in names[:i]:
-            raise ConfigError(f"{key}.name", f"{names[i]!r} is reserved or used twice (metric "
-                                             f"reward/{names[i]}); give each component its own name")
+            raise ConfigError(
+                f"{key}.name",
+                f"{names[i]!r} is reserved or used twice (metric "
+                f"reward/{names[i]}); give each component its own name",
+            )
     if not terms:
         terms = [("reward", w.kind, w.fn)]
     kinds = {k for _, k, _ in terms}
@@ -333,15 +348,20 @@ def _check_reward(cfg: "RootConfig") -> None:
         if kind != "fn":
             continue
         if fn == "task" and cfg.data.path:
-            raise ConfigError(f"{key}.fn", "'task' scores the built-in task; with data.path set, "
-                                           "name a function 'package.module:function'")
+            raise ConfigError(
+                f"{key}.fn",
+                "'task' scores the built-in task; with data.path set, "
+                "name a function 'package.module:function'",
+            )
         if fn != "task":
             resolve_function(fn, key=f"{key}.fn")
     if "model" in kinds:
         mc = w.model
         if not mc.path or not (Path(mc.path) / "config.json").is_file():
-            raise ConfigError("reward.model.path", f"{mc.path!r} is not a Hugging Face model "
-                                                   f"folder (no config.json)")
+            raise ConfigError(
+                "reward.model.path",
+                f"{mc.path!r} is not a Hugging Face model folder (no config.json)",
+            )
         _positive("reward.model.batch_size", mc.batch_size)
         _positive("reward.model.max_length", mc.max_length)
         _one_of("reward.model.dtype", mc.dtype, ["float32", "bfloat16", "float16"])
@@ -355,25 +375,36 @@ def _check_reward(cfg: "RootConfig") -> None:
         _positive("reward.remote.max_retries", rc.max_retries, allow_zero=True)
         _positive("reward.remote.backoff_s", rc.backoff_s, allow_zero=True)
         if rc.api_key_env and not os.environ.get(rc.api_key_env):
-            raise ConfigError("reward.remote.api_key_env",
-                              f"environment variable {rc.api_key_env!r} is not set")
+            raise ConfigError(
+                "reward.remote.api_key_env", f"environment variable {rc.api_key_env!r} is not set"
+            )
     if "sandbox" in kinds:
         sc = w.sandbox
-        for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "max_processes",
-                     "max_output_kb", "concurrency"):
+        for name in (
+            "timeout_s",
+            "cpu_s",
+            "memory_mb",
+            "file_size_mb",
+            "max_processes",
+            "max_output_kb",
+            "concurrency",
+        ):
             _positive(f"reward.sandbox.{name}", getattr(sc, name))
         if sc.python and not os.access(sc.python, os.X_OK):
             raise ConfigError("reward.sandbox.python", f"{sc.python!r} is not an executable")
     if "judge" in kinds:
         jc = w.judge
         if not jc.path or not (Path(jc.path) / "config.json").is_file():
-            raise ConfigError("reward.judge.path", f"{jc.path!r} is not a Hugging Face model "
-                                                   f"folder (no config.json)")
+            raise ConfigError(
+                "reward.judge.path",
+                f"{jc.path!r} is not a Hugging Face model folder (no config.json)",
+            )
         try:
             jc.template.format(prompt="", response="", answer="")
         except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError("reward.judge.template", f"fields are {{prompt}}, {{response}}, "
-                                                       f"{{answer}}: {e!r}") from e
+            raise ConfigError(
+                "reward.judge.template", f"fields are {{prompt}}, {{response}}, {{answer}}: {e!r}"
+            ) from e
         if "{response}" not in jc.template:
             raise ConfigError("reward.judge.template", "must contain {response}")
         try:
@@ -392,9 +423,12 @@ def _check_reward(cfg: "RootConfig") -> None:
 
         have = torch.cuda.device_count()
         if w.num_actors * w.gpus_per_actor > have:
-            raise ConfigError("reward.gpus_per_actor", f"the reward actors need "
-                                                       f"{w.num_actors * w.gpus_per_actor:g} GPUs, "
-                                                       f"this machine has {have}")
+            raise ConfigError(
+                "reward.gpus_per_actor",
+                f"the reward actors need "
+                f"{w.num_actors * w.gpus_per_actor:g} GPUs, "
+                f"this machine has {have}",
+            )
 
 
 @dataclass
@@ -425,15 +459,21 @@ class LearnerConfig:
 class PlacementConfig:
     """How actors are packed onto the cluster."""
 
-    mode: str = "disaggregated"  # disaggregated (own bundles) | colocated (rollout shares learner bundles)
-    strategy: str = "PACK"  # Ray placement strategy per group: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    mode: str = (
+        "disaggregated"  # disaggregated (own bundles) | colocated (rollout shares learner bundles)
+    )
+    strategy: str = (
+        "PACK"  # Ray placement strategy per group: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    )
 
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"  # online | offline | disabled; online without an API key falls back to offline
+    mode: str = (
+        "offline"  # online | offline | disabled; online without an API key falls back to offline
+    )
     project: str = "rlhf"
-    entity: Optional[str] = None
+    entity: str | None = None
     group: str = ""  # empty: the sweep folder in a multirun, none otherwise
     name: str = ""  # empty: '<experiment>-<algo>-s<seed>-<time>'
     tags: list[str] = field(default_factory=list)
@@ -473,7 +513,7 @@ class TrainerConfig:
 @dataclass
 class RayConfig:
     address: str = ""  # empty starts a local cluster; 'auto' joins a running one
-    num_cpus: Optional[float] = None  # local cluster only; null = enough for the placement
+    num_cpus: float | None = None  # local cluster only; null = enough for the placement
     include_dashboard: bool = False
     dashboard_host: str = "127.0.0.1"  # never 0.0.0.0 unless you mean it
 
@@ -558,8 +598,11 @@ def validate(cfg: RootConfig) -> RootConfig:
     _one_of("rollout.backend", r.backend, ["vllm", "gym"])
     _one_of("learner.zero_stage", lrn.zero_stage, [0, 1, 2, 3])
     _one_of("placement.mode", cfg.placement.mode, ["disaggregated", "colocated"])
-    _one_of("placement.strategy", cfg.placement.strategy,
-            ["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
+    _one_of(
+        "placement.strategy",
+        cfg.placement.strategy,
+        ["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"],
+    )
     _one_of("logger.wandb.mode", cfg.logger.wandb.mode, ["online", "offline", "disabled"])
     _one_of("model.mlp.activation", m.mlp.activation, ["tanh", "relu"])
 
@@ -574,22 +617,28 @@ def validate(cfg: RootConfig) -> RootConfig:
         _positive("algo.kl_target", a.kl_target)
         _positive("algo.kl_horizon", a.kl_horizon)
         if not a.kl_in_reward or a.kl_coef <= 0:
-            raise ConfigError("algo.kl_target", "adaptive KL steers the reward penalty: needs "
-                                                "algo.kl_in_reward=true and algo.kl_coef > 0")
+            raise ConfigError(
+                "algo.kl_target",
+                "adaptive KL steers the reward penalty: needs "
+                "algo.kl_in_reward=true and algo.kl_coef > 0",
+            )
     if a.rollout_is_cap <= 1.0:
         raise ConfigError("algo.rollout_is_cap", f"must be > 1, got {a.rollout_is_cap}")
     _positive("algo.cov_ratio", a.cov_ratio)
     if a.clip_cov_lb >= a.clip_cov_ub:
-        raise ConfigError("algo.clip_cov_lb", f"must be < algo.clip_cov_ub ({a.clip_cov_ub}), "
-                                              f"got {a.clip_cov_lb}")
+        raise ConfigError(
+            "algo.clip_cov_lb", f"must be < algo.clip_cov_ub ({a.clip_cov_ub}), got {a.clip_cov_lb}"
+        )
     _positive("algo.kl_cov_coef", a.kl_cov_coef, allow_zero=True)
     if a.critic_lr is not None:
         _positive("algo.critic_lr", a.critic_lr)
     _positive("algo.overlong_buffer", a.overlong_buffer, allow_zero=True)
     _positive("algo.overlong_penalty", a.overlong_penalty, allow_zero=True)
     if a.overlong_buffer > r.max_new_tokens:
-        raise ConfigError("algo.overlong_buffer", f"must be <= rollout.max_new_tokens "
-                                                  f"({r.max_new_tokens}), got {a.overlong_buffer}")
+        raise ConfigError(
+            "algo.overlong_buffer",
+            f"must be <= rollout.max_new_tokens ({r.max_new_tokens}), got {a.overlong_buffer}",
+        )
     _positive("algo.entropy_coef", a.entropy_coef, allow_zero=True)
     _positive("algo.value_coef", a.value_coef, allow_zero=True)
     if a.value_clip is not None:
@@ -631,9 +680,14 @@ def validate(cfg: RootConfig) -> RootConfig:
     _positive("trainer.max_skipped_updates", cfg.trainer.max_skipped_updates)
     _positive("trainer.save_every_min", cfg.trainer.save_every_min, allow_zero=True)
     _one_of("trainer.export_hf", cfg.trainer.export_hf, ["final", "every", "never"])
-    if m.tiny.hidden_size % m.tiny.head_dim or m.tiny.hidden_size // m.tiny.head_dim != m.tiny.num_heads:
-        raise ConfigError("model.tiny.hidden_size",
-                          f"must equal num_heads * head_dim ({m.tiny.num_heads} * {m.tiny.head_dim})")
+    if (
+        m.tiny.hidden_size % m.tiny.head_dim
+        or m.tiny.hidden_size // m.tiny.head_dim != m.tiny.num_heads
+    ):
+        raise ConfigError(
+            "model.tiny.hidden_size",
+            f"must equal num_heads * head_dim ({m.tiny.num_heads} * {m.tiny.head_dim})",
+        )
     _one_of("model.tiny.head_dim", m.tiny.head_dim, [32, 64, 128])
 
     # --- cross-field rules
@@ -641,56 +695,75 @@ def validate(cfg: RootConfig) -> RootConfig:
         if m.kind != "causal_lm":
             raise ConfigError("model.kind", "rollout.backend=vllm needs model.kind=causal_lm")
         if a.advantage in GROUP_ESTIMATORS and r.samples_per_prompt < 2:
-            raise ConfigError("rollout.samples_per_prompt",
-                              f"algo.advantage={a.advantage} compares samples of one prompt; "
-                              f"needs >= 2, got {r.samples_per_prompt}")
+            raise ConfigError(
+                "rollout.samples_per_prompt",
+                f"algo.advantage={a.advantage} compares samples of one prompt; "
+                f"needs >= 2, got {r.samples_per_prompt}",
+            )
         batch = r.prompts_per_step * r.samples_per_prompt
         what = "rollout.prompts_per_step * rollout.samples_per_prompt"
     else:
         if m.kind != "mlp":
             raise ConfigError("model.kind", "rollout.backend=gym needs model.kind=mlp")
         if r.max_staleness or r.filter_groups:
-            raise ConfigError("rollout.max_staleness" if r.max_staleness else "rollout.filter_groups",
-                              "the gym loop is on-policy lock-step: staleness and group filtering "
-                              "are for LLM rollouts")
+            raise ConfigError(
+                "rollout.max_staleness" if r.max_staleness else "rollout.filter_groups",
+                "the gym loop is on-policy lock-step: staleness and group filtering "
+                "are for LLM rollouts",
+            )
         if a.advantage in GROUP_ESTIMATORS:
-            raise ConfigError("algo.advantage",
-                              f"{a.advantage} needs groups of answers to one prompt; gym runs use "
-                              f"gae or reinforce_pp")
+            raise ConfigError(
+                "algo.advantage",
+                f"{a.advantage} needs groups of answers to one prompt; gym runs use "
+                f"gae or reinforce_pp",
+            )
         batch = r.num_workers * r.gym.envs_per_worker * r.gym.steps_per_env
         what = "rollout.num_workers * rollout.gym.envs_per_worker * rollout.gym.steps_per_env"
         _check_gym_env(r.gym.env_id)
         _check_gym_spaces(r.gym)
         if m.mlp.obs_norm:
-            raise ConfigError("model.mlp.obs_norm", "observation normalisation is not implemented "
-                                                    "(its running statistics would have to agree "
-                                                    "between learner ranks and env runners)")
+            raise ConfigError(
+                "model.mlp.obs_norm",
+                "observation normalisation is not implemented "
+                "(its running statistics would have to agree "
+                "between learner ranks and env runners)",
+            )
     per_update = a.minibatches * lrn.num_ranks * lrn.micro_batch_size
     if batch % per_update:
-        raise ConfigError("learner.micro_batch_size",
-                          f"the rollout batch ({what} = {batch}) must split evenly into "
-                          f"algo.minibatches ({a.minibatches}) x learner.num_ranks "
-                          f"({lrn.num_ranks}) x micro-batches of learner.micro_batch_size "
-                          f"({lrn.micro_batch_size})")
+        raise ConfigError(
+            "learner.micro_batch_size",
+            f"the rollout batch ({what} = {batch}) must split evenly into "
+            f"algo.minibatches ({a.minibatches}) x learner.num_ranks "
+            f"({lrn.num_ranks}) x micro-batches of learner.micro_batch_size "
+            f"({lrn.micro_batch_size})",
+        )
     if cfg.placement.mode == "colocated" and r.num_workers > lrn.num_ranks:
-        raise ConfigError("rollout.num_workers",
-                          f"colocated placement shares learner bundles: at most "
-                          f"learner.num_ranks ({lrn.num_ranks}) rollout workers, got {r.num_workers}")
+        raise ConfigError(
+            "rollout.num_workers",
+            f"colocated placement shares learner bundles: at most "
+            f"learner.num_ranks ({lrn.num_ranks}) rollout workers, got {r.num_workers}",
+        )
 
     # --- files and code that must exist
     if m.critic_path and not (Path(m.critic_path) / "config.json").is_file():
-        raise ConfigError("model.critic_path", f"{m.critic_path!r} is not a Hugging Face model "
-                                               f"folder (no config.json)")
+        raise ConfigError(
+            "model.critic_path",
+            f"{m.critic_path!r} is not a Hugging Face model folder (no config.json)",
+        )
     if m.path and not (Path(m.path) / "config.json").is_file():
-        raise ConfigError("model.path", f"{m.path!r} is not a Hugging Face model folder "
-                                        f"(no config.json)")
+        raise ConfigError(
+            "model.path", f"{m.path!r} is not a Hugging Face model folder (no config.json)"
+        )
     if cfg.data.path:
         p = Path(cfg.data.path)
         if not p.exists():
             raise ConfigError("data.path", f"{cfg.data.path!r} does not exist")
         if p.is_file() and p.suffix not in DATA_SUFFIXES:
-            raise ConfigError("data.path", f"{p.name!r}: supported files are {list(DATA_SUFFIXES)}"
-                                           f" or a datasets.save_to_disk folder")
+            raise ConfigError(
+                "data.path",
+                f"{p.name!r}: supported files are {list(DATA_SUFFIXES)}"
+                f" or a datasets.save_to_disk folder",
+            )
     elif r.backend == "vllm":
         from rlhf.tasks import TASKS
 
@@ -702,21 +775,25 @@ def validate(cfg: RootConfig) -> RootConfig:
         _check_eval(cfg)
         longest = cfg.data.max_prompt_tokens + r.max_new_tokens
         if 0 < lrn.max_tokens_per_micro_batch < longest:
-            raise ConfigError("learner.max_tokens_per_micro_batch",
-                              f"{lrn.max_tokens_per_micro_batch} tokens cannot hold the longest "
-                              f"possible row: data.max_prompt_tokens ({cfg.data.max_prompt_tokens})"
-                              f" + rollout.max_new_tokens ({r.max_new_tokens}) = {longest}")
+            raise ConfigError(
+                "learner.max_tokens_per_micro_batch",
+                f"{lrn.max_tokens_per_micro_batch} tokens cannot hold the longest "
+                f"possible row: data.max_prompt_tokens ({cfg.data.max_prompt_tokens})"
+                f" + rollout.max_new_tokens ({r.max_new_tokens}) = {longest}",
+            )
     elif lrn.max_tokens_per_micro_batch:
-        raise ConfigError("learner.max_tokens_per_micro_batch",
-                          "packs token sequences by length: for LLM rollouts (gym rows are "
-                          "single env steps)")
+        raise ConfigError(
+            "learner.max_tokens_per_micro_batch",
+            "packs token sequences by length: for LLM rollouts (gym rows are single env steps)",
+        )
     if cfg.logger.wandb.mode != "disabled":
         check_wandb_environment()
 
     tr = cfg.trainer.resume
     if tr not in ("auto", "never") and not Path(tr).exists():
-        raise ConfigError("trainer.resume", f"{tr!r} is neither 'auto', 'never' nor an existing "
-                                            f"checkpoint folder")
+        raise ConfigError(
+            "trainer.resume", f"{tr!r} is neither 'auto', 'never' nor an existing checkpoint folder"
+        )
 
     # --- resources on a local cluster (a remote cluster is checked by Ray at placement time)
     gpus = r.num_workers * r.gpus_per_worker + lrn.num_ranks * lrn.gpus_per_rank
@@ -725,14 +802,18 @@ def validate(cfg: RootConfig) -> RootConfig:
 
         have = torch.cuda.device_count()
         if gpus > have:
-            raise ConfigError("learner.gpus_per_rank" if lrn.gpus_per_rank else
-                              "rollout.gpus_per_worker",
-                              f"the placement needs {gpus:g} GPUs, this machine has {have}")
+            raise ConfigError(
+                "learner.gpus_per_rank" if lrn.gpus_per_rank else "rollout.gpus_per_worker",
+                f"the placement needs {gpus:g} GPUs, this machine has {have}",
+            )
     if cfg.ray.num_cpus is not None and not cfg.ray.address:
         need = required_cpus(cfg)
         if need > cfg.ray.num_cpus:
-            raise ConfigError("ray.num_cpus", f"the placement needs {need:g} CPUs "
-                                              f"(learner, rollout, reward bundles); got {cfg.ray.num_cpus:g}")
+            raise ConfigError(
+                "ray.num_cpus",
+                f"the placement needs {need:g} CPUs "
+                f"(learner, rollout, reward bundles); got {cfg.ray.num_cpus:g}",
+            )
     return cfg
 
 
@@ -747,22 +828,29 @@ def _check_data(cfg: RootConfig) -> None:
     context = r.vllm.max_model_len
     _positive("rollout.vllm.max_model_len", context)
     if r.max_new_tokens >= context:
-        raise ConfigError("rollout.max_new_tokens",
-                          f"{r.max_new_tokens} new tokens leave no room for a prompt in the "
-                          f"engine's context (rollout.vllm.max_model_len={context}); lower it or "
-                          f"raise max_model_len")
+        raise ConfigError(
+            "rollout.max_new_tokens",
+            f"{r.max_new_tokens} new tokens leave no room for a prompt in the "
+            f"engine's context (rollout.vllm.max_model_len={context}); lower it or "
+            f"raise max_model_len",
+        )
     if d.max_prompt_tokens is None:
         d.max_prompt_tokens = context - r.max_new_tokens
     _positive("data.max_prompt_tokens", d.max_prompt_tokens)
     if d.max_prompt_tokens + r.max_new_tokens > context:
-        raise ConfigError("data.max_prompt_tokens",
-                          f"a prompt of {d.max_prompt_tokens} tokens + rollout.max_new_tokens="
-                          f"{r.max_new_tokens} exceeds rollout.vllm.max_model_len={context}; "
-                          f"lower one of them, raise max_model_len, or leave "
-                          f"data.max_prompt_tokens null (= what the context leaves)")
+        raise ConfigError(
+            "data.max_prompt_tokens",
+            f"a prompt of {d.max_prompt_tokens} tokens + rollout.max_new_tokens="
+            f"{r.max_new_tokens} exceeds rollout.vllm.max_model_len={context}; "
+            f"lower one of them, raise max_model_len, or leave "
+            f"data.max_prompt_tokens null (= what the context leaves)",
+        )
     if not d.answer_key or any(not part for part in d.answer_key.split(".")):
-        raise ConfigError("data.answer_key", f"{d.answer_key!r} is not a column name or a "
-                                             f"dotted path like 'reward_model.ground_truth'")
+        raise ConfigError(
+            "data.answer_key",
+            f"{d.answer_key!r} is not a column name or a "
+            f"dotted path like 'reward_model.ground_truth'",
+        )
 
 
 def _check_eval(cfg: RootConfig) -> None:
@@ -773,22 +861,34 @@ def _check_eval(cfg: RootConfig) -> None:
     _positive("eval.temperature", e.temperature)
     for k in e.pass_k:
         if not 1 <= k <= e.samples:
-            raise ConfigError("eval.pass_k", f"every k must be in [1, eval.samples={e.samples}], "
-                                             f"got {list(e.pass_k)}")
+            raise ConfigError(
+                "eval.pass_k",
+                f"every k must be in [1, eval.samples={e.samples}], got {list(e.pass_k)}",
+            )
     if e.every and e.path:
         p = Path(e.path)
         if not p.exists():
             raise ConfigError("eval.path", f"{e.path!r} does not exist")
         if p.is_file() and p.suffix not in DATA_SUFFIXES:
-            raise ConfigError("eval.path", f"{p.name!r}: supported files are {list(DATA_SUFFIXES)}"
-                                           f" or a datasets.save_to_disk folder")
+            raise ConfigError(
+                "eval.path",
+                f"{p.name!r}: supported files are {list(DATA_SUFFIXES)}"
+                f" or a datasets.save_to_disk folder",
+            )
         w = cfg.reward
-        if getattr(w, "kind", "fn") == "fn" and w.fn == "task" and not getattr(w, "components", None):
-            raise ConfigError("reward.fn", "'task' scores the built-in task; eval.path needs a "
-                                           "function 'package.module:function'")
+        if (
+            getattr(w, "kind", "fn") == "fn"
+            and w.fn == "task"
+            and not getattr(w, "components", None)
+        ):
+            raise ConfigError(
+                "reward.fn",
+                "'task' scores the built-in task; eval.path needs a "
+                "function 'package.module:function'",
+            )
 
 
-def check_wandb_environment(environ: Optional[dict[str, str]] = None) -> None:
+def check_wandb_environment(environ: dict[str, str] | None = None) -> None:
     """WANDB_* environment variables that wandb.init would reject (e.g. WANDB_MODE="" or a
     non-boolean WANDB_SILENT) are a ConfigError now, not a crash after Ray and vLLM started.
     wandb validates them with pydantic when it reads them; this runs the same validation."""
@@ -802,20 +902,30 @@ def check_wandb_environment(environ: Optional[dict[str, str]] = None) -> None:
     except Exception as e:  # pydantic.ValidationError: name the variable and what it holds
         errors = getattr(e, "errors", None)
         field_name = str(errors()[0]["loc"][0]) if callable(errors) and errors() else ""
-        names = [k for k in env if k.startswith("WANDB_")
-                 and field_name and k[len("WANDB_"):].lower() == field_name.lower()]
+        names = [
+            k
+            for k in env
+            if k.startswith("WANDB_")
+            and field_name
+            and k[len("WANDB_") :].lower() == field_name.lower()
+        ]
         var = names[0] if names else "WANDB_*"
         detail = errors()[0]["msg"] if callable(errors) and errors() else str(e)
-        raise ConfigError(f"env {var}", f"{var}={env.get(var, '')!r} in the environment would "
-                                        f"make wandb.init fail: {detail}; unset or fix it, or set "
-                                        f"logger.wandb.mode=disabled") from None
+        raise ConfigError(
+            f"env {var}",
+            f"{var}={env.get(var, '')!r} in the environment would "
+            f"make wandb.init fail: {detail}; unset or fix it, or set "
+            f"logger.wandb.mode=disabled",
+        ) from None
 
 
 def required_cpus(cfg: RootConfig) -> float:
     """Logical CPUs all bundles ask for (colocated rollout workers share learner bundles)."""
     learner = cfg.learner.num_ranks * cfg.learner.cpus_per_rank
     rollout = cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
-    reward = cfg.reward.num_actors * cfg.reward.cpus_per_actor if cfg.rollout.backend == "vllm" else 0
+    reward = (
+        cfg.reward.num_actors * cfg.reward.cpus_per_actor if cfg.rollout.backend == "vllm" else 0
+    )
     if cfg.placement.mode == "colocated":
         rollout = 0
     return learner + rollout + reward
@@ -826,8 +936,11 @@ def _check_gym_env(env_id: str) -> None:
 
     if env_id not in gym.registry:
         close = [k for k in gym.registry if env_id.split("-")[0].lower() in k.lower()][:5]
-        raise ConfigError("rollout.gym.env_id", f"{env_id!r} is not a registered gymnasium env"
-                                                + (f"; similar: {close}" if close else ""))
+        raise ConfigError(
+            "rollout.gym.env_id",
+            f"{env_id!r} is not a registered gymnasium env"
+            + (f"; similar: {close}" if close else ""),
+        )
 
 
 def _check_gym_spaces(gym_cfg: GymConfig) -> None:
@@ -837,8 +950,10 @@ def _check_gym_spaces(gym_cfg: GymConfig) -> None:
     try:
         env_spec_of(gym_cfg)
     except Exception as e:  # a constructor error from the env is a config error too
-        raise ConfigError("rollout.gym.env_id", f"cannot use {gym_cfg.env_id!r} with "
-                                                f"env_kwargs {dict(gym_cfg.env_kwargs)}: {e}") from e
+        raise ConfigError(
+            "rollout.gym.env_id",
+            f"cannot use {gym_cfg.env_id!r} with env_kwargs {dict(gym_cfg.env_kwargs)}: {e}",
+        ) from e
 
 
 def resolve_function(path: str, key: str):
@@ -861,6 +976,12 @@ def resolve_function(path: str, key: str):
 def ray_env_vars() -> dict[str, str]:
     """Environment the actors need; secrets (W&B key and the like) are never forwarded. The
     project's own RLHF_* variables (cache folder, test fault injection) go along."""
-    keep = ("HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPACE",
-            "VLLM_CPU_OMP_THREADS_BIND", "PYTHONPATH")
+    keep = (
+        "HF_HOME",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "VLLM_CPU_KVCACHE_SPACE",
+        "VLLM_CPU_OMP_THREADS_BIND",
+        "PYTHONPATH",
+    )
     return {k: v for k, v in os.environ.items() if k in keep or k.startswith("RLHF_")}

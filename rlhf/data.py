@@ -22,8 +22,9 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from rlhf.config import ConfigError, DataConfig
 
@@ -38,7 +39,8 @@ _BATCH = 1024
 
 
 def lookup(row: dict[str, Any], dotted: str) -> Any:
-    """`row["a"]["b"]` for `dotted="a.b"`; a top-level key containing dots wins. KeyError when absent."""
+    """`row["a"]["b"]` for `dotted="a.b"`; a top-level key containing dots wins. KeyError when
+    absent."""
     if dotted in row:
         return row[dotted]
     value: Any = row
@@ -49,17 +51,20 @@ def lookup(row: dict[str, Any], dotted: str) -> Any:
     return value
 
 
-def _check_messages(messages: Any) -> Optional[str]:
+def _check_messages(messages: Any) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "must be a non-empty list of {'role', 'content'} messages"
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
-                or not isinstance(m.get("content"), str):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
             return f"message {i} is not {{'role': str, 'content': str}} (got {str(m)[:80]})"
     return None
 
 
-def normalise_row(row: Any, cfg: DataConfig) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+def normalise_row(row: Any, cfg: DataConfig) -> tuple[dict[str, Any] | None, str | None]:
     """(row, None) with `text` (plain prompt or ""), `messages` (JSON or ""), `answer` (str),
     `fields` (JSON of the other columns); or (None, reason) for a bad row."""
     if not isinstance(row, dict):
@@ -74,19 +79,27 @@ def normalise_row(row: Any, cfg: DataConfig) -> tuple[Optional[dict[str, Any]], 
     else:
         problem = _check_messages(prompt)
         if problem:
-            return None, f"field {cfg.prompt_key!r} is neither a string nor chat messages: {problem}"
+            return (
+                None,
+                f"field {cfg.prompt_key!r} is neither a string nor chat messages: {problem}",
+            )
         text, messages = "", json.dumps(prompt, ensure_ascii=False)
     try:
         answer = lookup(row, cfg.answer_key)
     except KeyError:
         return None, f"no field {cfg.answer_key!r} (data.answer_key; keys: {sorted(row)})"
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-        return None, (f"field {cfg.answer_key!r} must be a string or a number, got "
-                      f"{type(answer).__name__}")
+        return None, (
+            f"field {cfg.answer_key!r} must be a string or a number, got {type(answer).__name__}"
+        )
     top = cfg.answer_key.split(".")[0] if cfg.answer_key not in row else cfg.answer_key
     fields = {k: v for k, v in row.items() if k not in (cfg.prompt_key, top)}
-    return {"text": text, "messages": messages, "answer": str(answer),
-            "fields": json.dumps(fields, ensure_ascii=False, default=str)}, None
+    return {
+        "text": text,
+        "messages": messages,
+        "answer": str(answer),
+        "fields": json.dumps(fields, ensure_ascii=False, default=str),
+    }, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,25 +115,33 @@ class _BadRows:
 
     def add(self, where: str, reason: str) -> None:
         if self.cfg.on_bad_row == "error":
-            raise ConfigError(self.key, f"{self.path}:{where}: {reason} (data.on_bad_row=skip "
-                                        f"skips such rows)")
+            raise ConfigError(
+                self.key, f"{self.path}:{where}: {reason} (data.on_bad_row=skip skips such rows)"
+            )
         self.count += 1
         if len(self.examples) < 3:
             self.examples.append(f"{where}: {reason}")
 
     def check_share(self, total: int) -> None:
         if total and self.count / total > self.cfg.max_bad_frac:
-            raise ConfigError("data.max_bad_frac",
-                              f"{self.path}: {self.count} of {total} rows are bad "
-                              f"({self.count / total:.1%} > data.max_bad_frac="
-                              f"{self.cfg.max_bad_frac}); first: {'; '.join(self.examples)}")
+            raise ConfigError(
+                "data.max_bad_frac",
+                f"{self.path}: {self.count} of {total} rows are bad "
+                f"({self.count / total:.1%} > data.max_bad_frac="
+                f"{self.cfg.max_bad_frac}); first: {'; '.join(self.examples)}",
+            )
         if self.count:
-            log.warning("%s: skipped %d bad rows of %d (data.on_bad_row=skip); first: %s",
-                        self.path, self.count, total, "; ".join(self.examples))
+            log.warning(
+                "%s: skipped %d bad rows of %d (data.on_bad_row=skip); first: %s",
+                self.path,
+                self.count,
+                total,
+                "; ".join(self.examples),
+            )
 
 
 # Each reader yields (where, parsed row, None) or (where, None, why it cannot be parsed).
-Rows = Iterator[tuple[str, Any, Optional[str]]]
+Rows = Iterator[tuple[str, Any, str | None]]
 
 
 def _json_lines(path: Path, key: str) -> Rows:
@@ -131,7 +152,11 @@ def _json_lines(path: Path, key: str) -> Rows:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield where, None, f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r})"
+                yield (
+                    where,
+                    None,
+                    f"not valid UTF-8 (byte {e.start}: {raw[e.start : e.start + 4]!r})",
+                )
                 continue
             if not line.strip():
                 continue
@@ -147,8 +172,11 @@ def _json_list(path: Path, key: str) -> Rows:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError(key, f"{path}:line {line}: not valid UTF-8 (a .json file is one "
-                               f"document, so no row can be skipped)") from None
+        raise ConfigError(
+            key,
+            f"{path}:line {line}: not valid UTF-8 (a .json file is one "
+            f"document, so no row can be skipped)",
+        ) from None
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as e:
@@ -181,7 +209,7 @@ def _arrow_source(path: Path, key: str):
 def _arrow_rows(path: Path, key: str) -> Rows:
     ds = _arrow_source(path, key)
     for start in range(0, len(ds), _BATCH):
-        chunk = ds[start: start + _BATCH]  # dict of columns
+        chunk = ds[start : start + _BATCH]  # dict of columns
         cols = list(chunk)
         for i in range(len(chunk[cols[0]]) if cols else 0):
             yield f"row {start + i + 1}", {c: chunk[c][i] for c in cols}, None
@@ -191,10 +219,18 @@ def _file_fingerprint(path: Path, cfg: DataConfig) -> str:
     """Changes when the file or the keys change: the datasets cache of normalised rows is
     keyed by it, so an edited file is never served stale."""
     st = path.stat()
-    parts = [str(path.resolve()), str(st.st_size), str(st.st_mtime_ns), cfg.prompt_key,
-             cfg.answer_key, cfg.on_bad_row]
+    parts = [
+        str(path.resolve()),
+        str(st.st_size),
+        str(st.st_mtime_ns),
+        cfg.prompt_key,
+        cfg.answer_key,
+        cfg.on_bad_row,
+    ]
     if path.is_dir():
-        parts += [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(path.iterdir())]
+        parts += [
+            f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(path.iterdir())
+        ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -216,7 +252,7 @@ def _rows_of(path: Path, key: str) -> Rows:
     return _arrow_rows(path, key)
 
 
-def load_prompts(cfg: DataConfig, path: Optional[str] = None, key: str = "data.path"):
+def load_prompts(cfg: DataConfig, path: str | None = None, key: str = "data.path"):
     """Check every row of `path` (default cfg.path) and return (a memory-mapped
     `datasets.Dataset` of normalised rows: `text`, `messages`, `answer`, `fields`, `where`;
     the number of bad rows skipped). Raises ConfigError naming the file and line of a bad row
@@ -230,7 +266,9 @@ def load_prompts(cfg: DataConfig, path: Optional[str] = None, key: str = "data.p
         if reason is not None:
             bad.add(where, reason)
     if total - bad.count <= 0:
-        raise ConfigError(key, f"{p} has no usable rows" + (f" ({bad.count} bad)" if bad.count else ""))
+        raise ConfigError(
+            key, f"{p} has no usable rows" + (f" ({bad.count} bad)" if bad.count else "")
+        )
     bad.check_share(total)
     import datasets
 
@@ -268,21 +306,27 @@ class PromptRenderer:
             self._tok = AutoTokenizer.from_pretrained(self.tokenizer_path)
         return self._tok
 
-    def render(self, text: str, messages: str) -> tuple[str, Optional[list[int]]]:
+    def render(self, text: str, messages: str) -> tuple[str, list[int] | None]:
         """(prompt text, token ids or None). Token ids only for chat prompts."""
         if not messages:
             return text, None
         if not self.tokenizer_path:
-            raise ConfigError("data.prompt_key", "chat messages need a tokenizer with a chat "
-                                                 "template (model.path)")
+            raise ConfigError(
+                "data.prompt_key",
+                "chat messages need a tokenizer with a chat template (model.path)",
+            )
         conv = json.loads(messages)
         tok = self.tokenizer
         if not getattr(tok, "chat_template", None):
-            raise ConfigError("data.prompt_key", f"the tokenizer in {self.tokenizer_path} has no "
-                                                 f"chat template; use plain-string prompts")
+            raise ConfigError(
+                "data.prompt_key",
+                f"the tokenizer in {self.tokenizer_path} has no "
+                f"chat template; use plain-string prompts",
+            )
         rendered = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
-        ids = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True,
-                                      return_dict=False)
+        ids = tok.apply_chat_template(
+            conv, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         return rendered, list(ids)
 
     def lengths(self, texts: list[str], messages: list[str]) -> list[int]:
@@ -300,8 +344,9 @@ class PromptRenderer:
         return out
 
 
-def keep_short(ds, cfg: DataConfig, renderer: PromptRenderer, key: str = "data.max_prompt_tokens"
-               ) -> tuple[list[int], int]:
+def keep_short(
+    ds, cfg: DataConfig, renderer: PromptRenderer, key: str = "data.max_prompt_tokens"
+) -> tuple[list[int], int]:
     """Indices of the rows whose prompt fits in data.max_prompt_tokens, and how many were
     dropped; with on_long_prompt=error the first long one is a ConfigError."""
     limit = cfg.max_prompt_tokens
@@ -309,22 +354,31 @@ def keep_short(ds, cfg: DataConfig, renderer: PromptRenderer, key: str = "data.m
         return list(range(len(ds))), 0
     keep, dropped, first = [], 0, ""
     for start in range(0, len(ds), _BATCH):
-        chunk = ds[start: start + _BATCH]
+        chunk = ds[start : start + _BATCH]
         for i, n in enumerate(renderer.lengths(chunk["text"], chunk["messages"])):
             if n <= limit:
                 keep.append(start + i)
                 continue
             if cfg.on_long_prompt == "error":
-                raise ConfigError(key, f"{cfg.path}:{chunk['where'][i]}: the prompt has {n} tokens "
-                                       f"> data.max_prompt_tokens={limit} (data.on_long_prompt="
-                                       f"filter drops such prompts)")
+                raise ConfigError(
+                    key,
+                    f"{cfg.path}:{chunk['where'][i]}: the prompt has {n} tokens "
+                    f"> data.max_prompt_tokens={limit} (data.on_long_prompt="
+                    f"filter drops such prompts)",
+                )
             dropped += 1
             first = first or f"{chunk['where'][i]} ({n} tokens)"
     if not keep:
         raise ConfigError(key, f"every prompt of {cfg.path} is longer than {limit} tokens")
     if dropped:
-        log.warning("%s: dropped %d of %d prompts longer than data.max_prompt_tokens=%d (first: %s)",
-                    cfg.path, dropped, len(ds), limit, first)
+        log.warning(
+            "%s: dropped %d of %d prompts longer than data.max_prompt_tokens=%d (first: %s)",
+            cfg.path,
+            dropped,
+            len(ds),
+            limit,
+            first,
+        )
     return keep, dropped
 
 
@@ -333,7 +387,7 @@ def keep_short(ds, cfg: DataConfig, renderer: PromptRenderer, key: str = "data.m
 
 
 def _has_messages(ds) -> bool:
-    return any(any(ds[start: start + _BATCH]["messages"]) for start in range(0, len(ds), _BATCH))
+    return any(any(ds[start : start + _BATCH]["messages"]) for start in range(0, len(ds), _BATCH))
 
 
 class PromptSource:
@@ -350,8 +404,11 @@ class PromptSource:
             if tokenizer_path:
                 self._index, self.long_prompts = keep_short(self.rows, cfg, self.renderer)
             elif _has_messages(self.rows):
-                raise ConfigError("data.prompt_key", f"{cfg.path} holds chat messages, which need "
-                                                     f"a tokenizer (PromptSource(tokenizer_path=...))")
+                raise ConfigError(
+                    "data.prompt_key",
+                    f"{cfg.path} holds chat messages, which need "
+                    f"a tokenizer (PromptSource(tokenizer_path=...))",
+                )
             else:
                 self._index = list(range(len(self.rows)))
         else:
@@ -372,8 +429,11 @@ class PromptSource:
 
     def metrics(self) -> dict[str, float]:
         """What loading dropped, for the run's first log line."""
-        return {"data/bad_rows": float(self.bad_rows), "data/long_prompts": float(self.long_prompts),
-                "data/rows": float(len(self))}
+        return {
+            "data/bad_rows": float(self.bad_rows),
+            "data/long_prompts": float(self.long_prompts),
+            "data/rows": float(len(self)),
+        }
 
     def _shuffled(self, epoch: int) -> list[int]:
         if self.rows is None:
@@ -412,14 +472,22 @@ class PromptSource:
 
     def state(self) -> dict[str, Any]:
         rng = self._rng.getstate()
-        return {"epoch": self.epoch, "position": self.position, "drawn": self.drawn,
-                "rows": len(self), "rng": [rng[0], list(rng[1]), rng[2]]}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "drawn": self.drawn,
+            "rows": len(self),
+            "rng": [rng[0], list(rng[1]), rng[2]],
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         if self.rows is not None and state.get("rows", len(self)) != len(self):
-            raise ConfigError("data.path", f"the checkpoint was written with {state['rows']} usable "
-                                           f"rows, {self.cfg.path} now has {len(self)}: resuming "
-                                           f"would replay or skip prompts")
+            raise ConfigError(
+                "data.path",
+                f"the checkpoint was written with {state['rows']} usable "
+                f"rows, {self.cfg.path} now has {len(self)}: resuming "
+                f"would replay or skip prompts",
+            )
         self.epoch, self.position, self.drawn = state["epoch"], state["position"], state["drawn"]
         self._order = self._shuffled(self.epoch)
         version, internal, gauss = state["rng"]

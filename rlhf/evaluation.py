@@ -36,8 +36,9 @@ def request_seed(run_seed: int, prompt_index: int, sample_index: int) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def eval_prompts(cfg: EvalConfig, data: DataConfig, seed: int, tokenizer_path: str = ""
-                 ) -> list[dict[str, Any]]:
+def eval_prompts(
+    cfg: EvalConfig, data: DataConfig, seed: int, tokenizer_path: str = ""
+) -> list[dict[str, Any]]:
     """The fixed evaluation prompts: dicts like PromptSource.next() returns (no group id)."""
     rng = random.Random(f"eval-set:{seed}")  # its own RNG: the training stream is untouched
     if cfg.path:
@@ -63,16 +64,25 @@ class Evaluator:
     weights and returns `eval/*` metrics. `rewards` is the run's RewardGroup (anything whose
     `score(samples)` returns ObjectRefs of scored sample lists)."""
 
-    def __init__(self, cfg: EvalConfig, prompts: list[dict[str, Any]], *, seed: int,
-                 total_steps: int):
+    def __init__(
+        self, cfg: EvalConfig, prompts: list[dict[str, Any]], *, seed: int, total_steps: int
+    ):
         self.cfg, self.prompts, self.total_steps = cfg, prompts, total_steps
         self.requests = self._requests(seed)
 
     @classmethod
-    def from_config(cls, cfg: EvalConfig, data: DataConfig, *, seed: int, total_steps: int,
-                    tokenizer_path: str = "") -> "Evaluator":
-        return cls(cfg, eval_prompts(cfg, data, seed, tokenizer_path), seed=seed,
-                   total_steps=total_steps)
+    def from_config(
+        cls,
+        cfg: EvalConfig,
+        data: DataConfig,
+        *,
+        seed: int,
+        total_steps: int,
+        tokenizer_path: str = "",
+    ) -> Evaluator:
+        return cls(
+            cfg, eval_prompts(cfg, data, seed, tokenizer_path), seed=seed, total_steps=total_steps
+        )
 
     def due(self, step: int) -> bool:
         """Step 0 (before training), every `eval.every` steps, and the last step."""
@@ -82,14 +92,28 @@ class Evaluator:
     def _requests(self, seed: int) -> list[GenerationRequest]:
         out = []
         for i, p in enumerate(self.prompts):
-            common = dict(prompt_id=i, prompt=p["prompt"], prompt_token_ids=p.get("prompt_token_ids"),
-                          answer=p["answer"], fields=p.get("fields", {}))
+            common = dict(
+                prompt_id=i,
+                prompt=p["prompt"],
+                prompt_token_ids=p.get("prompt_token_ids"),
+                answer=p["answer"],
+                fields=p.get("fields", {}),
+            )
             # sample_index 0 is the greedy response; 1..samples the sampled ones.
-            out.append(GenerationRequest(sample_index=0, seed=request_seed(seed, i, 0),
-                                         temperature=0.0, **common))
-            out += [GenerationRequest(sample_index=j, seed=request_seed(seed, i, j),
-                                      temperature=self.cfg.temperature, **common)
-                    for j in range(1, self.cfg.samples + 1)]
+            out.append(
+                GenerationRequest(
+                    sample_index=0, seed=request_seed(seed, i, 0), temperature=0.0, **common
+                )
+            )
+            out += [
+                GenerationRequest(
+                    sample_index=j,
+                    seed=request_seed(seed, i, j),
+                    temperature=self.cfg.temperature,
+                    **common,
+                )
+                for j in range(1, self.cfg.samples + 1)
+            ]
         return out
 
     def run(self, engines: list, rewards, step: int) -> dict[str, float]:
@@ -100,10 +124,15 @@ class Evaluator:
         start = time.perf_counter()
         # Whole prompts per engine, so each engine's batch holds complete groups.
         per_prompt = 1 + self.cfg.samples
-        groups = [self.requests[i:i + per_prompt] for i in range(0, len(self.requests), per_prompt)]
+        groups = [
+            self.requests[i : i + per_prompt] for i in range(0, len(self.requests), per_prompt)
+        ]
         parts = [sum(part, []) for part in shard(groups, len(engines))]
-        samples = [s for out in ray.get([e.generate.remote(part)
-                                         for e, part in zip(engines, parts) if part]) for s in out]
+        samples = [
+            s
+            for out in ray.get([e.generate.remote(part) for e, part in zip(engines, parts) if part])
+            for s in out
+        ]
         scored = [s for out in ray.get(rewards.score(samples)) for s in out]
         metrics = self.metrics(scored, sample_indices=[r.sample_index for p in parts for r in p])
         metrics["eval/time_s"] = time.perf_counter() - start
@@ -127,8 +156,12 @@ class Evaluator:
             "eval/prompts": float(len(greedy)),
         }
         for k in self.cfg.pass_k:
-            out[f"eval/pass@{k}"] = _mean([
-                pass_at_k(len(g), sum(s.reward >= threshold for s in g), k) for g in sampled.values()])
+            out[f"eval/pass@{k}"] = _mean(
+                [
+                    pass_at_k(len(g), sum(s.reward >= threshold for s in g), k)
+                    for g in sampled.values()
+                ]
+            )
         return out
 
 

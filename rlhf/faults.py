@@ -9,8 +9,6 @@ work with `NotSynced` instead of producing samples from the wrong policy.
 
 from __future__ import annotations
 
-from typing import Optional
-
 
 class NotSynced(RuntimeError):
     """Raised by a rollout worker that has not received weights since it (re)started."""
@@ -57,7 +55,7 @@ def rollout_errors():
     return (RayActorError, NotSynced)
 
 
-def actor_index(actors: list, error: Exception) -> Optional[int]:
+def actor_index(actors: list, error: Exception) -> int | None:
     """Which of `actors` (Ray actor handles) a RayActorError is about, or None."""
     actor_id = getattr(error, "actor_id", None)
     for i, a in enumerate(actors):
@@ -72,5 +70,7 @@ def worker_index(workers: list, error: Exception) -> int:
         return error.index
     index = actor_index(workers, error)
     if index is None:
-        raise RunFailed(f"a rollout call failed and its worker cannot be identified: {error}") from error
+        raise RunFailed(
+            f"a rollout call failed and its worker cannot be identified: {error}"
+        ) from error
     return index

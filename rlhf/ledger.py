@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 FINAL = ("trained", "filtered", "expired")
 
@@ -35,14 +35,14 @@ class Entry:
     issued_for: int  # the trainer step the prompt was drawn for
     round: int = 0  # dynamic-sampling round (0 = the step's first draw)
     status: str = "issued"  # issued -> generated -> scored -> trained | filtered | expired
-    engine: Optional[int] = None  # the engine that holds / held it
-    weight_version: Optional[int] = None  # the policy version that generated it
+    engine: int | None = None  # the engine that holds / held it
+    weight_version: int | None = None  # the policy version that generated it
     attempts: int = 0  # times it was sent to an engine (> 1 after a failure)
-    step: Optional[int] = None  # the step its final status was decided in
+    step: int | None = None  # the step its final status was decided in
 
 
 class Ledger:
-    def __init__(self, path: Optional[Path] = None):
+    def __init__(self, path: Path | None = None):
         self.path = Path(path) if path is not None else None
         self.open: dict[int, Entry] = {}
 
@@ -63,8 +63,9 @@ class Ledger:
     def scored(self, prompt_id: int) -> None:
         self.open[prompt_id].status = "scored"
 
-    def close(self, prompt_id: int, status: str, step: int, version: int,
-              group: Optional[list] = None) -> dict[str, Any]:
+    def close(
+        self, prompt_id: int, status: str, step: int, version: int, group: list | None = None
+    ) -> dict[str, Any]:
         """Final status for a prompt: `trained`, `filtered` or `expired` in `step` (the learner
         then holding weight `version`). Appends its row to ledger.jsonl and returns it. With the
         group's samples, the row also holds their rewards and a digest of their response
@@ -73,14 +74,22 @@ class Ledger:
             raise ValueError(f"{status!r} is not a final status {FINAL}")
         e = self.open.pop(prompt_id)
         e.status, e.step = status, step
-        row = {"step": step, "prompt_id": e.prompt_id, "status": status,
-               "issued_for": e.issued_for, "round": e.round, "weight_version": e.weight_version,
-               "staleness": version - e.weight_version if e.weight_version is not None else None,
-               "engine": e.engine, "attempts": e.attempts}
+        row = {
+            "step": step,
+            "prompt_id": e.prompt_id,
+            "status": status,
+            "issued_for": e.issued_for,
+            "round": e.round,
+            "weight_version": e.weight_version,
+            "staleness": version - e.weight_version if e.weight_version is not None else None,
+            "engine": e.engine,
+            "attempts": e.attempts,
+        }
         if group is not None:
             row["rewards"] = [s.reward for s in group]
-            row["responses"] = hashlib.blake2b(json.dumps(
-                [s.response_ids for s in group]).encode(), digest_size=8).hexdigest()
+            row["responses"] = hashlib.blake2b(
+                json.dumps([s.response_ids for s in group]).encode(), digest_size=8
+            ).hexdigest()
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -89,7 +98,9 @@ class Ledger:
     # ---------------------------------------------------------------- queries
     def held_by(self, engine: int) -> list[int]:
         """Prompt ids an engine holds that it has not returned yet."""
-        return [e.prompt_id for e in self.open.values() if e.engine == engine and e.status == "issued"]
+        return [
+            e.prompt_id for e in self.open.values() if e.engine == engine and e.status == "issued"
+        ]
 
     def __contains__(self, prompt_id: int) -> bool:
         return prompt_id in self.open

@@ -20,18 +20,43 @@ import datetime
 import logging
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
-from rlhf.progress import StepClock, console, fmt as _fmt, fmt_duration as _fmt_duration
-from rlhf.report import PRIMARY_METRICS, phase_shares, plot_run, primary_metric_of, read_metrics, summarize
+from rlhf.progress import StepClock, console
+from rlhf.progress import fmt as _fmt
+from rlhf.progress import fmt_duration as _fmt_duration
+from rlhf.report import (
+    PRIMARY_METRICS,
+    phase_shares,
+    plot_run,
+    primary_metric_of,
+    read_metrics,
+    summarize,
+)
 from rlhf.sinks import STEP_KEY, JsonlSink, WandbSink
 from rlhf.sweep import SweepSummary
 from rlhf.wandb_offline import _wandb_records, read_offline_run
 
-__all__ = ["PhaseTimer", "RunLogger", "reduce_mean", "scrub_secrets", "run_identity", "console",
-           "PRIMARY_METRICS", "STEP_KEY", "phase_shares", "plot_run", "primary_metric_of",
-           "read_metrics", "summarize", "SweepSummary", "read_offline_run", "_wandb_records"]
+__all__ = [
+    "PhaseTimer",
+    "RunLogger",
+    "reduce_mean",
+    "scrub_secrets",
+    "run_identity",
+    "console",
+    "PRIMARY_METRICS",
+    "STEP_KEY",
+    "phase_shares",
+    "plot_run",
+    "primary_metric_of",
+    "read_metrics",
+    "summarize",
+    "SweepSummary",
+    "read_offline_run",
+    "_wandb_records",
+]
 
 log = logging.getLogger("rlhf")
 
@@ -57,7 +82,7 @@ class PhaseTimer:
 
     def __init__(self) -> None:
         self._phases: dict[str, float] = {}
-        self._step_start: Optional[float] = None
+        self._step_start: float | None = None
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -94,8 +119,10 @@ def scrub_secrets(obj: Any) -> Any:
     '***'. The config is logged to W&B and printed; keys and tokens must not be. Numbers, bools
     and None are no secrets and stay (`max_token_len: 512`, `api_key: null` = not set)."""
     if isinstance(obj, dict):
-        return {k: "***" if _SECRET_KEY.search(str(k)) and not _plain(v) else scrub_secrets(v)
-                for k, v in obj.items()}
+        return {
+            k: "***" if _SECRET_KEY.search(str(k)) and not _plain(v) else scrub_secrets(v)
+            for k, v in obj.items()
+        }
     if isinstance(obj, (list, tuple)):
         return [scrub_secrets(v) for v in obj]
     return obj
@@ -110,7 +137,7 @@ def _plain(v: Any) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def run_identity(cfg) -> tuple[str, Optional[str], list[str]]:
+def run_identity(cfg) -> tuple[str, str | None, list[str]]:
     """(run name, W&B group, tags) for a RootConfig (or the DictConfig Hydra composed).
 
     Name: '<experiment>-<algo.name>-s<seed>-<HHMMSS>' unless logger.wandb.name is set.
@@ -120,8 +147,9 @@ def run_identity(cfg) -> tuple[str, Optional[str], list[str]]:
     then logger.wandb.tags; duplicates dropped.
     """
     wb = cfg.logger.wandb
-    name = wb.name or (f"{cfg.experiment}-{cfg.algo.name}-s{cfg.seed}-"
-                       f"{datetime.datetime.now():%H%M%S}")
+    name = wb.name or (
+        f"{cfg.experiment}-{cfg.algo.name}-s{cfg.seed}-{datetime.datetime.now():%H%M%S}"
+    )
     group = wb.group or _sweep_group()
     if cfg.model.kind == "mlp":
         model_tags = ["mlp", cfg.rollout.gym.env_id]
@@ -133,7 +161,7 @@ def run_identity(cfg) -> tuple[str, Optional[str], list[str]]:
     return name, group or None, tags
 
 
-def _sweep_group() -> Optional[str]:
+def _sweep_group() -> str | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -162,8 +190,18 @@ class RunLogger:
     earlier rows of metrics.jsonl up to the resumed step, so the file stays one row per step.
     """
 
-    def __init__(self, cfg, run_dir: Path, *, config: dict, total_steps: int, name: str,
-                 group: Optional[str], tags: list[str], primary_metric: str):
+    def __init__(
+        self,
+        cfg,
+        run_dir: Path,
+        *,
+        config: dict,
+        total_steps: int,
+        name: str,
+        group: str | None,
+        tags: list[str],
+        primary_metric: str,
+    ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -174,9 +212,13 @@ class RunLogger:
         self.clock = StepClock(total_steps)
         self._start = time.perf_counter()
         self._finished = False
-        self.wandb = (None if cfg.wandb.mode == "disabled" else
-                      WandbSink(cfg.wandb, self.run_dir, config=self.config, name=name,
-                                group=group, tags=tags))
+        self.wandb = (
+            None
+            if cfg.wandb.mode == "disabled"
+            else WandbSink(
+                cfg.wandb, self.run_dir, config=self.config, name=name, group=group, tags=tags
+            )
+        )
 
     @property
     def wandb_run(self):
@@ -245,12 +287,18 @@ class RunLogger:
 
     def _summary_lines(self, rows: list[dict], summary: dict[str, float]) -> list[str]:
         m = self.primary_metric
-        lines = [f"done: {summary['steps']} steps in {_fmt_duration(summary['time_s'])} | "
-                 f"{m} first fifth {_fmt(summary['first_fifth'])} -> last fifth "
-                 f"{_fmt(summary['last_fifth'])} (rise {_fmt(summary['rise'])}, "
-                 f"final {_fmt(summary['final'])})"]
+        lines = [
+            f"done: {summary['steps']} steps in {_fmt_duration(summary['time_s'])} | "
+            f"{m} first fifth {_fmt(summary['first_fifth'])} -> last fifth "
+            f"{_fmt(summary['last_fifth'])} (rise {_fmt(summary['rise'])}, "
+            f"final {_fmt(summary['final'])})"
+        ]
         shares = phase_shares(rows)
         if shares:
-            lines.append("time per phase: " + ", ".join(
-                f"{p} {100 * s:.0f}%" for p, s in sorted(shares.items(), key=lambda x: -x[1])))
+            lines.append(
+                "time per phase: "
+                + ", ".join(
+                    f"{p} {100 * s:.0f}%" for p, s in sorted(shares.items(), key=lambda x: -x[1])
+                )
+            )
         return lines

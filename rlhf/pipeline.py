@@ -34,7 +34,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from rlhf.batch import GenerationRequest, Sample
 from rlhf.config import RolloutConfig
@@ -54,22 +54,40 @@ def all_equal(group: list[Sample]) -> bool:
 
 
 class RolloutPipeline:
-    def __init__(self, cfg: RolloutConfig, prompts, engines: list[Any], rewards, *, seed: int,
-                 ledger_path: Optional[Path] = None):
+    def __init__(
+        self,
+        cfg: RolloutConfig,
+        prompts,
+        engines: list[Any],
+        rewards,
+        *,
+        seed: int,
+        ledger_path: Path | None = None,
+    ):
         """prompts: a PromptSource (rlhf/data.py); engines: VllmEngine actor handles;
         rewards: a RewardGroup (rlhf/reward/actor.py)."""
-        self.cfg, self.prompts, self.engines, self.rewards, self.seed = cfg, prompts, engines, rewards, seed
+        self.cfg, self.prompts, self.engines, self.rewards, self.seed = (
+            cfg,
+            prompts,
+            engines,
+            rewards,
+            seed,
+        )
         self.ledger = Ledger(ledger_path)
         self.requests: dict[int, list[GenerationRequest]] = {}  # open prompt id -> its requests
-        self.partial: dict[int, list[Sample]] = {}  # prompt id -> scored samples of an incomplete group
+        self.partial: dict[
+            int, list[Sample]
+        ] = {}  # prompt id -> scored samples of an incomplete group
         self.kept: dict[int, list[Sample]] = {}  # complete groups waiting to be trained
         self.set_aside: dict[int, list[Sample]] = {}  # all-equal groups (filter_groups only)
         self.issued_through = 0  # the last step whose first round of prompts was drawn
         self.rounds: dict[int, int] = {}  # step -> extra dynamic-sampling rounds drawn for it
-        self.in_flight: dict[Any, tuple[str, Any]] = {}  # ObjectRef -> ("generate", (engine, ids)) | ("reward", None)
+        self.in_flight: dict[
+            Any, tuple[str, Any]
+        ] = {}  # ObjectRef -> ("generate", (engine, ids)) | ("reward", None)
         self._next_engine = 0
         self._engine_busy_s = 0.0
-        self._window_start: Optional[float] = None
+        self._window_start: float | None = None
 
     # ------------------------------------------------------------------ the step's batch
     def next_batch(self, step: int, version: int) -> tuple[list[Sample], dict[str, float]]:
@@ -83,12 +101,18 @@ class RolloutPipeline:
         while True:
             self._wait_for(lambda: self._pending(step))
             kept = sorted(pid for pid in self.kept if self.ledger[pid].issued_for <= step)
-            expired = [pid for pid in kept if self.ledger[pid].weight_version < version - c.max_staleness]
+            expired = [
+                pid for pid in kept if self.ledger[pid].weight_version < version - c.max_staleness
+            ]
             for pid in expired:
                 self.ledger.close(pid, "expired", step, version, self.kept.pop(pid))
             kept = [pid for pid in kept if pid not in expired]
             missing = c.prompts_per_step - len(kept)
-            if missing <= 0 or not c.filter_groups or self.rounds.get(step, 0) >= c.max_filter_rounds:
+            if (
+                missing <= 0
+                or not c.filter_groups
+                or self.rounds.get(step, 0) >= c.max_filter_rounds
+            ):
                 break
             self.rounds[step] = self.rounds.get(step, 0) + 1
             self._issue(step, self._refill_size(step, missing), version, round=self.rounds[step])
@@ -96,10 +120,15 @@ class RolloutPipeline:
         chosen = kept[: c.prompts_per_step]
         aside = sorted(pid for pid in self.set_aside if self.ledger[pid].issued_for <= step)
         fill = aside[: c.prompts_per_step - len(chosen)]
-        groups = [sorted(g, key=lambda s: s.info["sample_index"]) for g in
-                  [self.kept.pop(pid) for pid in chosen] + [self.set_aside.pop(pid) for pid in fill]]
-        rows = [self.ledger.close(pid, "trained", step, version, g)
-                for pid, g in zip(chosen + fill, groups)]
+        groups = [
+            sorted(g, key=lambda s: s.info["sample_index"])
+            for g in [self.kept.pop(pid) for pid in chosen]
+            + [self.set_aside.pop(pid) for pid in fill]
+        ]
+        rows = [
+            self.ledger.close(pid, "trained", step, version, g)
+            for pid, g in zip(chosen + fill, groups)
+        ]
         filtered = [pid for pid in aside if pid not in fill]
         for pid in filtered:
             self.ledger.close(pid, "filtered", step, version, self.set_aside.pop(pid))
@@ -115,18 +144,26 @@ class RolloutPipeline:
             "rollout/staleness_max": float(max(staleness)),
             "rollout/expired": float(len(expired)),
             # Engine time spent generating over engine time available since the last batch.
-            "perf/rollout_idle_frac": max(0.0, 1.0 - busy / (len(self.engines) * window)) if window > 0 else 0.0,
+            "perf/rollout_idle_frac": max(0.0, 1.0 - busy / (len(self.engines) * window))
+            if window > 0
+            else 0.0,
             **reward_metrics(samples),
         }
         if c.filter_groups:
-            metrics.update({"rollout/filtered_frac": len(filtered) / decided if decided else 0.0,
-                            "rollout/filter_rounds": float(self.rounds.pop(step, 0)),
-                            "rollout/filter_fill": float(len(fill))})
+            metrics.update(
+                {
+                    "rollout/filtered_frac": len(filtered) / decided if decided else 0.0,
+                    "rollout/filter_rounds": float(self.rounds.pop(step, 0)),
+                    "rollout/filter_fill": float(len(fill)),
+                }
+            )
         return samples, metrics
 
     def _refill_size(self, step: int, missing: int) -> int:
         """Prompts to draw for `missing` groups, from the keep rate of this step's draws so far."""
-        decided = [e for e in self.ledger.open.values() if e.issued_for == step and e.status == "scored"]
+        decided = [
+            e for e in self.ledger.open.values() if e.issued_for == step and e.status == "scored"
+        ]
         kept = sum(1 for e in decided if e.prompt_id in self.kept)
         rate = kept / len(decided) if decided else 1.0
         return min(4 * self.cfg.prompts_per_step, math.ceil(missing / max(rate, 0.25)))
@@ -145,10 +182,18 @@ class RolloutPipeline:
         for p in drawn:
             pid = p["group_id"]
             self.ledger.issue(pid, step, round)
-            self.requests[pid] = [GenerationRequest(
-                prompt_id=pid, sample_index=i, seed=sample_seed(self.seed, pid, i),
-                prompt=p["prompt"], prompt_token_ids=p.get("prompt_token_ids"),
-                answer=p.get("answer", ""), fields=p.get("fields", {})) for i in range(n_samples)]
+            self.requests[pid] = [
+                GenerationRequest(
+                    prompt_id=pid,
+                    sample_index=i,
+                    seed=sample_seed(self.seed, pid, i),
+                    prompt=p["prompt"],
+                    prompt_token_ids=p.get("prompt_token_ids"),
+                    answer=p.get("answer", ""),
+                    fields=p.get("fields", {}),
+                )
+                for i in range(n_samples)
+            ]
         self._send([p["group_id"] for p in drawn])
 
     def _send(self, prompt_ids: list[int]) -> None:
@@ -164,13 +209,18 @@ class RolloutPipeline:
             for pid in ids:
                 self.ledger.assign(pid, engine)
             requests = [r for pid in ids for r in self.requests[pid]]
-            self.in_flight[self.engines[engine].generate.remote(requests)] = ("generate", (engine, ids))
+            self.in_flight[self.engines[engine].generate.remote(requests)] = (
+                "generate",
+                (engine, ids),
+            )
 
     # ------------------------------------------------------------------ completions
     def _pending(self, step: int) -> bool:
         """Is any prompt issued for `step` or earlier still being generated or scored?"""
-        return any(e.issued_for <= step and e.status in ("issued", "generated")
-                   for e in self.ledger.open.values())
+        return any(
+            e.issued_for <= step and e.status in ("issued", "generated")
+            for e in self.ledger.open.values()
+        )
 
     def _wait_for(self, pending) -> None:
         import ray
@@ -238,10 +288,14 @@ class RolloutPipeline:
         scored but not trained yet (generated by older weights, so they cannot be regenerated)."""
         if self.in_flight or self.partial:
             raise RuntimeError("RolloutPipeline.state() needs drain() first")
-        return {"prompts": self.prompts.state(), "ledger": self.ledger.state(),
-                "issued_through": self.issued_through, "rounds": self.rounds,
-                "kept": {pid: [asdict(s) for s in g] for pid, g in self.kept.items()},
-                "set_aside": {pid: [asdict(s) for s in g] for pid, g in self.set_aside.items()}}
+        return {
+            "prompts": self.prompts.state(),
+            "ledger": self.ledger.state(),
+            "issued_through": self.issued_through,
+            "rounds": self.rounds,
+            "kept": {pid: [asdict(s) for s in g] for pid, g in self.kept.items()},
+            "set_aside": {pid: [asdict(s) for s in g] for pid, g in self.set_aside.items()},
+        }
 
     def load_state(self, state: dict[str, Any], resumed_step: int) -> None:
         self.prompts.load_state(state["prompts"])
@@ -249,7 +303,9 @@ class RolloutPipeline:
         self.issued_through = state["issued_through"]
         self.rounds = {int(k): v for k, v in state["rounds"].items()}
         self.kept = {int(pid): [Sample(**s) for s in g] for pid, g in state["kept"].items()}
-        self.set_aside = {int(pid): [Sample(**s) for s in g] for pid, g in state["set_aside"].items()}
+        self.set_aside = {
+            int(pid): [Sample(**s) for s in g] for pid, g in state["set_aside"].items()
+        }
 
 
 class LockstepPipeline:

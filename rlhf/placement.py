@@ -12,8 +12,9 @@ starts, so a run either gets all its resources or fails at once with Ray's messa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from rlhf.config import RootConfig
 
@@ -34,11 +35,16 @@ class Slot:
     def options(self, runtime_env: dict | None = None) -> dict:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        return dict(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
-                    scheduling_strategy=PlacementGroupSchedulingStrategy(
-                        placement_group=self.pg, placement_group_bundle_index=self.bundle_index,
-                        placement_group_capture_child_tasks=True),
-                    runtime_env=runtime_env or {})
+        return dict(
+            num_cpus=self.num_cpus,
+            num_gpus=self.num_gpus,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=self.pg,
+                placement_group_bundle_index=self.bundle_index,
+                placement_group_capture_child_tasks=True,
+            ),
+            runtime_env=runtime_env or {},
+        )
 
 
 @dataclass
@@ -71,7 +77,8 @@ def _reserve(bundles: list[dict], strategy: str, name: str, timeout_s: float):
     if not ready:
         raise RuntimeError(
             f"could not reserve the {name} bundles {bundles} ({strategy}) within {timeout_s:.0f}s; "
-            f"cluster resources: {ray.cluster_resources()}, available: {ray.available_resources()}")
+            f"cluster resources: {ray.cluster_resources()}, available: {ray.available_resources()}"
+        )
     return pg
 
 
@@ -81,37 +88,63 @@ def create_placement(cfg: RootConfig, timeout_s: float = 120.0) -> Placement:
     n_reward = wc.num_actors if rc.backend == "vllm" else 0
     if cfg.placement.mode == "colocated":
         shared_gpu = max(lc.gpus_per_rank, rc.gpus_per_worker)
-        bundles = [_bundle(lc.cpus_per_rank + (rc.cpus_per_worker if i < rc.num_workers else 0),
-                           shared_gpu) for i in range(lc.num_ranks)]
+        bundles = [
+            _bundle(
+                lc.cpus_per_rank + (rc.cpus_per_worker if i < rc.num_workers else 0), shared_gpu
+            )
+            for i in range(lc.num_ranks)
+        ]
         pg = _reserve(bundles, strategy, "rlhf-colocated", timeout_s)
         half = shared_gpu / 2 if shared_gpu else 0.0
         # Without staleness the engine waits while the learner trains (and the other way
         # round), so a CPU learner rank computes with every CPU of its bundle.
         turns = rc.max_staleness == 0 and not lc.gpus_per_rank
-        learner = [Slot(pg, i, lc.cpus_per_rank, half,
-                        threads=int(bundles[i]["CPU"]) if turns else 0)
-                   for i in range(lc.num_ranks)]
+        learner = [
+            Slot(pg, i, lc.cpus_per_rank, half, threads=int(bundles[i]["CPU"]) if turns else 0)
+            for i in range(lc.num_ranks)
+        ]
         rollout = [Slot(pg, i, rc.cpus_per_worker, half) for i in range(rc.num_workers)]
         groups = [pg]
     else:
-        lpg = _reserve([_bundle(lc.cpus_per_rank, lc.gpus_per_rank)] * lc.num_ranks, strategy,
-                       "rlhf-learner", timeout_s)
-        rpg = _reserve([_bundle(rc.cpus_per_worker, rc.gpus_per_worker)] * rc.num_workers,
-                       strategy, "rlhf-rollout", timeout_s)
+        lpg = _reserve(
+            [_bundle(lc.cpus_per_rank, lc.gpus_per_rank)] * lc.num_ranks,
+            strategy,
+            "rlhf-learner",
+            timeout_s,
+        )
+        rpg = _reserve(
+            [_bundle(rc.cpus_per_worker, rc.gpus_per_worker)] * rc.num_workers,
+            strategy,
+            "rlhf-rollout",
+            timeout_s,
+        )
         learner = [Slot(lpg, i, lc.cpus_per_rank, lc.gpus_per_rank) for i in range(lc.num_ranks)]
-        rollout = [Slot(rpg, i, rc.cpus_per_worker, rc.gpus_per_worker) for i in range(rc.num_workers)]
+        rollout = [
+            Slot(rpg, i, rc.cpus_per_worker, rc.gpus_per_worker) for i in range(rc.num_workers)
+        ]
         groups = [lpg, rpg]
     reward = []
     if n_reward:
-        wpg = _reserve([_bundle(wc.cpus_per_actor, wc.gpus_per_actor)] * n_reward, strategy, "rlhf-reward", timeout_s)
+        wpg = _reserve(
+            [_bundle(wc.cpus_per_actor, wc.gpus_per_actor)] * n_reward,
+            strategy,
+            "rlhf-reward",
+            timeout_s,
+        )
         reward = [Slot(wpg, i, wc.cpus_per_actor, wc.gpus_per_actor) for i in range(n_reward)]
         groups.append(wpg)
     return Placement(learner, rollout, reward, groups)
 
 
-def spawn(cls: type, slots: list[Slot], make_args: Callable[[int], tuple[tuple, dict]],
-          runtime_env: dict | None = None, *, max_restarts: int = 0,
-          max_task_retries: int = 0) -> list[Any]:
+def spawn(
+    cls: type,
+    slots: list[Slot],
+    make_args: Callable[[int], tuple[tuple, dict]],
+    runtime_env: dict | None = None,
+    *,
+    max_restarts: int = 0,
+    max_task_retries: int = 0,
+) -> list[Any]:
     """One Ray actor of `cls` per slot; `make_args(i)` gives actor i's (args, kwargs).
 
     `max_restarts`: Ray restarts an actor whose process died (same slot, same constructor
@@ -125,9 +158,13 @@ def spawn(cls: type, slots: list[Slot], make_args: Callable[[int], tuple[tuple, 
     actors = []
     for i, slot in enumerate(slots):
         args, kwargs = make_args(i)
-        actors.append(remote_cls.options(**slot.options(runtime_env), max_restarts=max_restarts,
-                                         max_task_retries=max_task_retries
-                                         ).remote(*args, **kwargs))
+        actors.append(
+            remote_cls.options(
+                **slot.options(runtime_env),
+                max_restarts=max_restarts,
+                max_task_retries=max_task_retries,
+            ).remote(*args, **kwargs)
+        )
     return actors
 
 

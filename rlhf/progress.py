@@ -7,7 +7,7 @@ import collections
 import logging
 import statistics
 import time
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger("rlhf")
 
@@ -29,7 +29,7 @@ class StartupLog:
 
     PREFIX = "[startup"
 
-    def __init__(self, t0: Optional[float] = None, enabled: bool = True):
+    def __init__(self, t0: float | None = None, enabled: bool = True):
         self.t0 = time.perf_counter() if t0 is None else t0
         self.enabled = enabled
         self.marks: list[tuple[str, float]] = []
@@ -54,11 +54,11 @@ class StepClock:
 
     def __init__(self, total_steps: int, window: int = 20):
         self.total_steps = total_steps
-        self._first: Optional[float] = None
+        self._first: float | None = None
         self._recent: collections.deque[float] = collections.deque(maxlen=window)
-        self._last: Optional[float] = None
+        self._last: float | None = None
 
-    def tick(self, step_s: Optional[float] = None, now: Optional[float] = None) -> None:
+    def tick(self, step_s: float | None = None, now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
         if self._last is None:
             self._first = step_s
@@ -71,12 +71,12 @@ class StepClock:
         """Only the first step is known: its time says little about the rest."""
         return not self._recent
 
-    def seconds_per_step(self) -> Optional[float]:
+    def seconds_per_step(self) -> float | None:
         if self._recent:
             return statistics.median(self._recent)
         return self._first
 
-    def eta(self, step: int) -> Optional[float]:
+    def eta(self, step: int) -> float | None:
         """Seconds left after `step`; None while only the warm-up step is known."""
         s = self.seconds_per_step()
         if s is None or self.warming_up:

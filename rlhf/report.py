@@ -17,6 +17,7 @@ from rlhf.progress import fmt as _fmt
 # The metric the end summary, the report and the sweep table rank by, in order of preference.
 PRIMARY_METRICS = ("reward/mean", "env/episode_return_mean")
 
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """The rows of run_dir/metrics.jsonl (null read as NaN); a torn last line is skipped."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -44,10 +45,18 @@ def summarize(rows: list[dict], metric: str) -> dict[str, float]:
     """{"first_fifth", "last_fifth", "rise", "final", "steps"} of `metric` over the rows:
     means over the first and the last fifth of the steps that report it (single steps are noisy;
     the Optuna objective is `last_fifth`)."""
-    vals = [float(r[metric]) for r in rows
-            if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
-    out = {"first_fifth": math.nan, "last_fifth": math.nan, "rise": math.nan,
-           "final": math.nan, "steps": len(rows)}
+    vals = [
+        float(r[metric])
+        for r in rows
+        if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])
+    ]
+    out = {
+        "first_fifth": math.nan,
+        "last_fifth": math.nan,
+        "rise": math.nan,
+        "final": math.nan,
+        "steps": len(rows),
+    }
     if vals:
         k = max(1, len(vals) // 5)
         first, last = sum(vals[:k]) / k, sum(vals[-k:]) / k
@@ -64,7 +73,7 @@ def phase_shares(rows: list[dict]) -> dict[str, float]:
     for r in rows:
         for k, v in r.items():
             if k.startswith("timing/") and k.endswith("_s") and k != "timing/step_s" and _finite(v):
-                name = k[len("timing/"):-2]
+                name = k[len("timing/") : -2]
                 sums[name] = sums.get(name, 0.0) + v
     return {k: v / total for k, v in sums.items()}
 
@@ -84,16 +93,21 @@ def plot_run(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     primary = primary_metric_of(rows)
-    length = ("rollout/response_len_mean" if any("rollout/response_len_mean" in r for r in rows)
-              else "env/episode_len_mean")
+    length = (
+        "rollout/response_len_mean"
+        if any("rollout/response_len_mean" in r for r in rows)
+        else "env/episode_len_mean"
+    )
     steps = [r.get("step", i) for i, r in enumerate(rows)]
 
     fig = Figure(figsize=(12, 11), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     (ax_p, ax_kl), (ax_len, ax_t), (ax_eval, ax_idle) = fig.subplots(3, 2)
     s = summarize(rows, primary)
-    fig.suptitle(f"{run_dir.name}: {primary} {_fmt(s['first_fifth'])} -> {_fmt(s['last_fifth'])} "
-                 f"(first -> last fifth of {s['steps']} steps)")
+    fig.suptitle(
+        f"{run_dir.name}: {primary} {_fmt(s['first_fifth'])} -> {_fmt(s['last_fifth'])} "
+        f"(first -> last fifth of {s['steps']} steps)"
+    )
 
     def curve(ax, key, title, smooth=False):
         xs, ys = _series(rows, steps, key)
@@ -118,14 +132,22 @@ def plot_run(run_dir: Path) -> Path:
     ax_t.set_title("time per step by phase")
     ax_t.set_xlabel("trainer step")
     ax_t.set_ylabel("seconds")
-    phases = sorted({k for r in rows for k in r
-                     if k.startswith("timing/") and k.endswith("_s") and k != "timing/step_s"})
+    phases = sorted(
+        {
+            k
+            for r in rows
+            for k in r
+            if k.startswith("timing/") and k.endswith("_s") and k != "timing/step_s"
+        }
+    )
     if phases:
         ys = [[r.get(p, 0.0) if _finite(r.get(p)) else 0.0 for r in rows] for p in phases]
-        labels = [p[len("timing/"):-2] for p in phases]
+        labels = [p[len("timing/") : -2] for p in phases]
         # Step time no phase accounts for (logging, checkpoints) is shown, not hidden.
-        other = [max(0.0, r["timing/step_s"] - sum(col)) if _finite(r.get("timing/step_s")) else 0.0
-                 for r, col in zip(rows, zip(*ys))]
+        other = [
+            max(0.0, r["timing/step_s"] - sum(col)) if _finite(r.get("timing/step_s")) else 0.0
+            for r, col in zip(rows, zip(*ys))
+        ]
         if any(v > 1e-3 for v in other):
             ys.append(other)
             labels.append("other")
@@ -137,11 +159,27 @@ def plot_run(run_dir: Path) -> Path:
         _no_data(ax_t, "timing/*_s")
 
     evals = _read_jsonl(run_dir / "eval.jsonl")
-    _lines(ax_eval, evals, [r.get("step", i) for i, r in enumerate(evals)],
-           sorted({k for r in evals for k in r if k.startswith("eval/") and
-                   (k.endswith("accuracy") or "pass@" in k)}), "held-out evaluation (eval.jsonl)")
-    _lines(ax_idle, rows, steps, ["perf/learner_idle_frac", "perf/rollout_idle_frac"],
-           "idle share of the step (rollout pipeline overlap)")
+    _lines(
+        ax_eval,
+        evals,
+        [r.get("step", i) for i, r in enumerate(evals)],
+        sorted(
+            {
+                k
+                for r in evals
+                for k in r
+                if k.startswith("eval/") and (k.endswith("accuracy") or "pass@" in k)
+            }
+        ),
+        "held-out evaluation (eval.jsonl)",
+    )
+    _lines(
+        ax_idle,
+        rows,
+        steps,
+        ["perf/learner_idle_frac", "perf/rollout_idle_frac"],
+        "idle share of the step (rollout pipeline overlap)",
+    )
 
     out = run_dir / "report.png"
     fig.savefig(out)
@@ -191,8 +229,15 @@ def _ema(ys: list[float], span: int) -> list[float]:
 
 
 def _no_data(ax, key: str) -> None:
-    ax.text(0.5, 0.5, f"no data\n({key} not logged)", ha="center", va="center",
-            transform=ax.transAxes, color="gray")
+    ax.text(
+        0.5,
+        0.5,
+        f"no data\n({key} not logged)",
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        color="gray",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 

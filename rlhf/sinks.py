@@ -13,7 +13,7 @@ import math
 import netrc
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlparse
 
 log = logging.getLogger("rlhf")
@@ -28,7 +28,7 @@ class JsonlSink:
     def __init__(self, run_dir: Path):
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
         self.samples_path = Path(run_dir) / "samples.jsonl"
-        self._file: Optional[io.TextIOWrapper] = None
+        self._file: io.TextIOWrapper | None = None
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if self._file is None:
@@ -42,8 +42,14 @@ class JsonlSink:
     def log_samples(self, step: int, rows: list[dict[str, object]]) -> None:
         with open(self.samples_path, "a", encoding="utf-8") as f:
             for r in rows:
-                f.write(json.dumps({"step": step, **{k: json_value(v) for k, v in r.items()}},
-                                   allow_nan=False, default=str) + "\n")
+                f.write(
+                    json.dumps(
+                        {"step": step, **{k: json_value(v) for k, v in r.items()}},
+                        allow_nan=False,
+                        default=str,
+                    )
+                    + "\n"
+                )
 
     def close(self) -> None:
         if self._file is not None:
@@ -55,22 +61,33 @@ class WandbSink:
     """One W&B run: config, namespaced metrics against `trainer/step`, sample tables, the
     summary. Offline whenever there is no API key (never an interactive prompt)."""
 
-    def __init__(self, cfg, run_dir: Path, *, config: dict, name: str, group: Optional[str],
-                 tags: list[str]):
+    def __init__(
+        self, cfg, run_dir: Path, *, config: dict, name: str, group: str | None, tags: list[str]
+    ):
         mode = cfg.mode
         if mode == "online" and not have_wandb_credentials():
-            log.warning("W&B: logger.wandb.mode=online but no WANDB_API_KEY or ~/.netrc entry; "
-                        "logging offline to %s (upload later with `wandb sync`)",
-                        Path(run_dir) / "wandb")
+            log.warning(
+                "W&B: logger.wandb.mode=online but no WANDB_API_KEY or ~/.netrc entry; "
+                "logging offline to %s (upload later with `wandb sync`)",
+                Path(run_dir) / "wandb",
+            )
             mode = "offline"
         import wandb
 
-        kwargs = dict(project=cfg.project, entity=cfg.entity or None, name=name, group=group,
-                      tags=tags, config=config, dir=str(run_dir), job_type="train",
-                      # a run left open by a failed job of the same sweep process ends here
-                      reinit="finish_previous",
-                      # silent: no banners, and never an interactive login prompt
-                      settings=wandb.Settings(silent=True))
+        kwargs = dict(
+            project=cfg.project,
+            entity=cfg.entity or None,
+            name=name,
+            group=group,
+            tags=tags,
+            config=config,
+            dir=str(run_dir),
+            job_type="train",
+            # a run left open by a failed job of the same sweep process ends here
+            reinit="finish_previous",
+            # silent: no banners, and never an interactive login prompt
+            settings=wandb.Settings(silent=True),
+        )
         try:
             run = wandb.init(mode=mode, **kwargs)
         except Exception as e:  # an unreachable server must not stop training
@@ -92,10 +109,11 @@ class WandbSink:
 
         columns = list(dict.fromkeys(k for r in rows for k in r))
         data = [[table_value(r.get(c)) for c in columns] for r in rows]
-        self.run.log({"samples": wandb.Table(columns=columns, data=data), STEP_KEY: step},
-                     step=step)
+        self.run.log(
+            {"samples": wandb.Table(columns=columns, data=data), STEP_KEY: step}, step=step
+        )
 
-    def finish(self, summary: dict[str, float], report: Optional[Path], exit_code: int) -> Optional[Path]:
+    def finish(self, summary: dict[str, float], report: Path | None, exit_code: int) -> Path | None:
         """Write the summary (and report image), close the run; returns the offline run folder
         to `wandb sync`, or None when the run was online."""
         from rlhf.wandb_offline import wait_for_exit_record

@@ -8,7 +8,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from rlhf.progress import console, fmt as _fmt
+from rlhf.progress import console
+from rlhf.progress import fmt as _fmt
 from rlhf.report import primary_metric_of, read_metrics, summarize
 
 
@@ -48,22 +49,37 @@ class SweepSummary(Callback):
             overrides = yaml.safe_load(over.read_text()) if over.exists() else None
             rows = read_metrics(job)
             s = summarize(rows, primary_metric_of(rows))
-            out.append({"job": job.name, "overrides": [str(o) for o in overrides or []],
-                        "steps": s["steps"], "final": s["final"], "last_fifth": s["last_fifth"]})
+            out.append(
+                {
+                    "job": job.name,
+                    "overrides": [str(o) for o in overrides or []],
+                    "steps": s["steps"],
+                    "final": s["final"],
+                    "last_fifth": s["last_fifth"],
+                }
+            )
         return out
 
     @classmethod
     def markdown(cls, rows: list[dict]) -> str:
         # Overrides every job shares (+experiment=..., budgets) say nothing about the difference.
         shared = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
-        lines = [f"shared overrides: `{' '.join(o for o in rows[0]['overrides'] if o in shared)}`",
-                 ""] if shared else []
+        lines = (
+            [f"shared overrides: `{' '.join(o for o in rows[0]['overrides'] if o in shared)}`", ""]
+            if shared
+            else []
+        )
         lines += ["| " + " | ".join(cls.COLUMNS) + " |", "|" + "---|" * len(cls.COLUMNS)]
         for r in rows:
-            cells = {**r, "overrides": " ".join(o for o in r["overrides"] if o not in shared),
-                     "final": _fmt(r["final"]), "last_fifth": _fmt(r["last_fifth"])}
-            lines.append("| " + " | ".join(str(cells[c]).replace("|", "\\|")
-                                           for c in cls.COLUMNS) + " |")
+            cells = {
+                **r,
+                "overrides": " ".join(o for o in r["overrides"] if o not in shared),
+                "final": _fmt(r["final"]),
+                "last_fifth": _fmt(r["last_fifth"]),
+            }
+            lines.append(
+                "| " + " | ".join(str(cells[c]).replace("|", "\\|") for c in cls.COLUMNS) + " |"
+            )
         return "\n".join(lines) + "\n"
 
 

@@ -135,8 +135,10 @@ def _make_reverse() -> Task:
 # --------------------------------------------------------------------------------------------
 # spell
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-         "fifteen sixteen seventeen eighteen nineteen").split()
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
 _TENS = {2: "twenty", 3: "thirty"}
 SPELL_MAX = 29
 
@@ -183,7 +185,7 @@ def _whole_box(text: str) -> str | None:
     """The content when `text` is exactly one ``\\boxed{...}``, else None."""
     if not (text.startswith("\\boxed{") and text.endswith("}")):
         return None
-    inner = text[len("\\boxed{"):-1]
+    inner = text[len("\\boxed{") : -1]
     depth = 0
     for ch in inner:
         depth += {"{": 1, "}": -1}.get(ch, 0)

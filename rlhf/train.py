@@ -18,7 +18,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf.config import ConfigError, RootConfig, ray_env_vars, register_configs, required_cpus, to_schema, validate
+from rlhf.config import (
+    ConfigError,
+    RootConfig,
+    ray_env_vars,
+    register_configs,
+    required_cpus,
+    to_schema,
+    validate,
+)
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 _T0 = time.perf_counter()  # launch, near enough: start-up messages count from here
@@ -34,11 +42,20 @@ def resolve_model_path(cfg: RootConfig) -> str:
     from rlhf.models.tiny import build_tiny_model
 
     t = cfg.model.tiny
-    return str(build_tiny_model(task=cfg.data.task, hidden_size=t.hidden_size,
-                                num_layers=t.num_layers, num_heads=t.num_heads,
-                                head_dim=t.head_dim, intermediate_size=t.intermediate_size,
-                                warmup_steps=t.warmup_steps, warmup_lr=t.warmup_lr,
-                                warmup_target=t.warmup_target, seed=cfg.seed))
+    return str(
+        build_tiny_model(
+            task=cfg.data.task,
+            hidden_size=t.hidden_size,
+            num_layers=t.num_layers,
+            num_heads=t.num_heads,
+            head_dim=t.head_dim,
+            intermediate_size=t.intermediate_size,
+            warmup_steps=t.warmup_steps,
+            warmup_lr=t.warmup_lr,
+            warmup_target=t.warmup_target,
+            seed=cfg.seed,
+        )
+    )
 
 
 def init_ray(cfg: RootConfig) -> dict:
@@ -53,10 +70,17 @@ def init_ray(cfg: RootConfig) -> dict:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
     if cfg.logger.quiet:
-        env.update(VLLM_LOGGING_LEVEL="WARNING", VLLM_CONFIGURE_LOGGING="1", DS_LOG_LEVEL="warning",
-                   RAY_DEDUP_LOGS="1")
-    kwargs = dict(logging_level=logging.WARNING, log_to_driver=not cfg.logger.quiet,
-                  include_dashboard=cfg.ray.include_dashboard)
+        env.update(
+            VLLM_LOGGING_LEVEL="WARNING",
+            VLLM_CONFIGURE_LOGGING="1",
+            DS_LOG_LEVEL="warning",
+            RAY_DEDUP_LOGS="1",
+        )
+    kwargs = dict(
+        logging_level=logging.WARNING,
+        log_to_driver=not cfg.logger.quiet,
+        include_dashboard=cfg.ray.include_dashboard,
+    )
     if cfg.ray.address:
         startup().say(f"joining Ray at {cfg.ray.address}")
         ray.init(address=cfg.ray.address, **kwargs)
@@ -69,9 +93,13 @@ def init_ray(cfg: RootConfig) -> dict:
     with _environ(env):
         # address="local": always a new cluster; without it ray.init joins any cluster another
         # process on this machine started (and then rejects num_cpus).
-        ray.init(address="local",
-                 num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, required_cpus(cfg)),
-                 dashboard_host=cfg.ray.dashboard_host, _node_ip_address="127.0.0.1", **kwargs)
+        ray.init(
+            address="local",
+            num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, required_cpus(cfg)),
+            dashboard_host=cfg.ray.dashboard_host,
+            _node_ip_address="127.0.0.1",
+            **kwargs,
+        )
     return {}
 
 
@@ -90,8 +118,9 @@ def _environ(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def build_and_fit(cfg: RootConfig, run_dir: Path, resolved: dict, prompts=None,
-                  model_path: str = "") -> dict:
+def build_and_fit(
+    cfg: RootConfig, run_dir: Path, resolved: dict, prompts=None, model_path: str = ""
+) -> dict:
     import ray
 
     if not model_path and cfg.model.kind == "causal_lm" and not cfg.model.path:
@@ -106,8 +135,9 @@ def build_and_fit(cfg: RootConfig, run_dir: Path, resolved: dict, prompts=None,
         ray.shutdown()
 
 
-def build_trainer(cfg: RootConfig, run_dir: Path, resolved: dict, prompts, model_path: str,
-                  runtime_env: dict):
+def build_trainer(
+    cfg: RootConfig, run_dir: Path, resolved: dict, prompts, model_path: str, runtime_env: dict
+):
     """Every role on the running Ray cluster, composed into a Trainer."""
     from rlhf.learner.group import LearnerGroup
     from rlhf.metrics import RunLogger, run_identity
@@ -116,24 +146,48 @@ def build_trainer(cfg: RootConfig, run_dir: Path, resolved: dict, prompts, model
 
     placement = create_placement(cfg)
     r, restarts = cfg.rollout, cfg.trainer.max_restarts
-    startup().say(f"building {len(placement.rollout)} {r.backend} rollout worker(s), "
-                  f"{len(placement.reward)} reward actor(s), {len(placement.learner)} learner "
-                  f"rank(s) in parallel")
+    startup().say(
+        f"building {len(placement.rollout)} {r.backend} rollout worker(s), "
+        f"{len(placement.reward)} reward actor(s), {len(placement.learner)} learner "
+        f"rank(s) in parallel"
+    )
     if r.backend == "vllm":
         from rlhf.evaluation import Evaluator
         from rlhf.pipeline import RolloutPipeline
         from rlhf.reward.actor import RewardGroup
         from rlhf.rollout.vllm_engine import VllmRollout
 
-        rollout = VllmRollout(r, model_path, cfg.model.dtype, cfg.seed, placement.rollout,
-                              runtime_env, max_restarts=restarts)
-        rewards = RewardGroup(cfg.reward, cfg.data.task, placement.reward, runtime_env,
-                              max_restarts=restarts)
-        pipeline = RolloutPipeline(r, prompts, rollout.workers, rewards, seed=cfg.seed,
-                                   ledger_path=run_dir / "ledger.jsonl")
-        evaluator = Evaluator.from_config(cfg.eval, cfg.data, seed=cfg.seed,
-                                          total_steps=cfg.trainer.total_steps,
-                                          tokenizer_path=model_path) if cfg.eval.every else None
+        rollout = VllmRollout(
+            r,
+            model_path,
+            cfg.model.dtype,
+            cfg.seed,
+            placement.rollout,
+            runtime_env,
+            max_restarts=restarts,
+        )
+        rewards = RewardGroup(
+            cfg.reward, cfg.data.task, placement.reward, runtime_env, max_restarts=restarts
+        )
+        pipeline = RolloutPipeline(
+            r,
+            prompts,
+            rollout.workers,
+            rewards,
+            seed=cfg.seed,
+            ledger_path=run_dir / "ledger.jsonl",
+        )
+        evaluator = (
+            Evaluator.from_config(
+                cfg.eval,
+                cfg.data,
+                seed=cfg.seed,
+                total_steps=cfg.trainer.total_steps,
+                tokenizer_path=model_path,
+            )
+            if cfg.eval.every
+            else None
+        )
         rows, env_spec, primary = r.prompts_per_step * r.samples_per_prompt, None, "reward/mean"
     else:
         from rlhf.pipeline import LockstepPipeline
@@ -141,24 +195,57 @@ def build_trainer(cfg: RootConfig, run_dir: Path, resolved: dict, prompts, model
 
         env_spec = env_spec_of(r.gym)
         # gamma: the runners bootstrap time-limit truncations with gamma * V(final obs)
-        rollout = GymRollout(r, cfg.model.mlp, env_spec, cfg.seed, placement.rollout,
-                             runtime_env, gamma=cfg.algo.gamma, max_restarts=restarts)
+        rollout = GymRollout(
+            r,
+            cfg.model.mlp,
+            env_spec,
+            cfg.seed,
+            placement.rollout,
+            runtime_env,
+            gamma=cfg.algo.gamma,
+            max_restarts=restarts,
+        )
         pipeline, evaluator, rewards = LockstepPipeline(rollout), None, None
         rows = r.num_workers * r.gym.envs_per_worker * r.gym.steps_per_env
         primary = "env/episode_return_mean"
-    learners = LearnerGroup(cfg.learner, cfg.algo, cfg.model, model_path, placement.learner,
-                            rows_per_step=rows, temperature=r.temperature,
-                            total_steps=cfg.trainer.total_steps, seed=cfg.seed,
-                            env_spec=env_spec, runtime_env=runtime_env)
+    learners = LearnerGroup(
+        cfg.learner,
+        cfg.algo,
+        cfg.model,
+        model_path,
+        placement.learner,
+        rows_per_step=rows,
+        temperature=r.temperature,
+        total_steps=cfg.trainer.total_steps,
+        seed=cfg.seed,
+        env_spec=env_spec,
+        runtime_env=runtime_env,
+    )
     startup().say("learner ranks ready (DeepSpeed); waiting for the rollout workers")
     record_placement(run_dir, learners.actors, rollout.workers)
     startup().say("rollout workers ready; setting up weight sync, sending the initial weights")
     name, group, tags = run_identity(cfg)
-    logger = RunLogger(cfg.logger, run_dir, config=resolved, total_steps=cfg.trainer.total_steps,
-                       name=name, group=group, tags=tags, primary_metric=primary)
-    return Trainer(cfg.trainer, cfg.algo, pipeline=pipeline, rollout=rollout,
-                   learners=learners, logger=logger, run_dir=run_dir, evaluator=evaluator,
-                   evaluator_rewards=rewards)
+    logger = RunLogger(
+        cfg.logger,
+        run_dir,
+        config=resolved,
+        total_steps=cfg.trainer.total_steps,
+        name=name,
+        group=group,
+        tags=tags,
+        primary_metric=primary,
+    )
+    return Trainer(
+        cfg.trainer,
+        cfg.algo,
+        pipeline=pipeline,
+        rollout=rollout,
+        learners=learners,
+        logger=logger,
+        run_dir=run_dir,
+        evaluator=evaluator,
+        evaluator_rewards=rewards,
+    )
 
 
 def startup():
@@ -180,8 +267,10 @@ def record_placement(run_dir: Path, learners: list, rollout_workers: list) -> No
 
     import ray
 
-    nodes = {"learner": ray.get([a.node_id.remote() for a in learners]),
-             "rollout": ray.get([w.node_id.remote() for w in rollout_workers])}
+    nodes = {
+        "learner": ray.get([a.node_id.remote() for a in learners]),
+        "rollout": ray.get([w.node_id.remote() for w in rollout_workers]),
+    }
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "placement.json").write_text(json.dumps(nodes, indent=1))
 
@@ -207,8 +296,10 @@ def main(dcfg: DictConfig) -> float:
             # measures their length.
             prompts = PromptSource(cfg.data, cfg.seed, tokenizer_path=model_path)
     except ConfigError as e:
-        print(f"rlhf: {e}\n(no Ray process was started; fix the override or the config file)",
-              file=sys.stderr)
+        print(
+            f"rlhf: {e}\n(no Ray process was started; fix the override or the config file)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     resolved = OmegaConf.to_container(dcfg, resolve=True)
@@ -217,13 +308,18 @@ def main(dcfg: DictConfig) -> float:
     try:
         summary = build_and_fit(cfg, run_dir, resolved, prompts, model_path)
     except Stopped as stop:
-        print(f"rlhf: stopped by {signal.Signals(stop.signum).name} after saving a checkpoint; "
-              f"rerun with the same hydra.run.dir={run_dir} to resume (trainer.resume=auto)",
-              file=sys.stderr)
+        print(
+            f"rlhf: stopped by {signal.Signals(stop.signum).name} after saving a checkpoint; "
+            f"rerun with the same hydra.run.dir={run_dir} to resume (trainer.resume=auto)",
+            file=sys.stderr,
+        )
         sys.exit(128 + stop.signum)
     except KeyboardInterrupt:
-        print(f"rlhf: interrupted; resume with the same hydra.run.dir={run_dir} "
-              f"(trainer.resume=auto)", file=sys.stderr)
+        print(
+            f"rlhf: interrupted; resume with the same hydra.run.dir={run_dir} "
+            f"(trainer.resume=auto)",
+            file=sys.stderr,
+        )
         sys.exit(130)
     except RunFailed as e:
         print(f"rlhf: the run failed: {e}", file=sys.stderr)

@@ -16,7 +16,6 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import ray
 
@@ -34,12 +33,27 @@ ENTROPY_FLOOR = 0.01  # nats per token
 
 
 class Trainer:
-    def __init__(self, cfg: TrainerConfig, algo: AlgoConfig, *, pipeline, rollout,
-                 learners: LearnerGroup, logger: RunLogger, run_dir: Path,
-                 evaluator=None, evaluator_rewards=None):
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        algo: AlgoConfig,
+        *,
+        pipeline,
+        rollout,
+        learners: LearnerGroup,
+        logger: RunLogger,
+        run_dir: Path,
+        evaluator=None,
+        evaluator_rewards=None,
+    ):
         """evaluator: an rlhf.evaluation.Evaluator (LLM runs), scoring with `evaluator_rewards`."""
         self.cfg, self.algo = cfg, algo
-        self.pipeline, self.rollout, self.learners, self.logger = pipeline, rollout, learners, logger
+        self.pipeline, self.rollout, self.learners, self.logger = (
+            pipeline,
+            rollout,
+            learners,
+            logger,
+        )
         self.run_dir = run_dir
         self.checkpoints = Checkpoints(run_dir / "checkpoints", cfg.keep_last)
         self.timer = PhaseTimer()
@@ -68,9 +82,12 @@ class Trainer:
         host, port = ray.get(self.learners.sync_address())
         meta = ray.get(self.learners.weight_meta())
         world_size = 1 + self.rollout.sync_ranks
-        ray.get(self.learners.init_weight_sync(host, port, world_size)
-                + self.rollout.init_weight_sync(host, port, world_size, meta,
-                                                self.learners.cfg.sync_bucket_mb << 20))
+        ray.get(
+            self.learners.init_weight_sync(host, port, world_size)
+            + self.rollout.init_weight_sync(
+                host, port, world_size, meta, self.learners.cfg.sync_bucket_mb << 20
+            )
+        )
 
     # ------------------------------------------------------------------ the algorithm
     def step(self) -> tuple[dict[str, float], list[Sample]]:
@@ -87,13 +104,21 @@ class Trainer:
         with t.phase("sync"):
             self.sync_weights()
 
-        metrics = {**self.rollout.metrics(samples), **pipeline_metrics, **update,
-                   **self.advantage_metrics, **self.batch_metrics(batch), **t.pop()}
+        metrics = {
+            **self.rollout.metrics(samples),
+            **pipeline_metrics,
+            **update,
+            **self.advantage_metrics,
+            **self.batch_metrics(batch),
+            **t.pop(),
+        }
         step_s = metrics["timing/step_s"]
         metrics["perf/samples_per_s"] = len(samples) / step_s
         if "rollout/tokens" in metrics:
             metrics["perf/tokens_per_s"] = metrics["rollout/tokens"] / step_s
-        metrics["perf/learner_idle_frac"] = max(0.0, 1.0 - sum(metrics[k] for k in LEARNER_PHASES) / step_s)
+        metrics["perf/learner_idle_frac"] = max(
+            0.0, 1.0 - sum(metrics[k] for k in LEARNER_PHASES) / step_s
+        )
         metrics["trainer/weight_version"] = float(self.version)
         metrics["fault/restarts"] = float(self.restarts)
         metrics.update(self._fault_metrics)
@@ -114,21 +139,30 @@ class Trainer:
         the new process, send it the current weights, re-issue the prompts it held."""
         self.restarts += 1
         if self.restarts > self.cfg.max_restarts:
-            raise RunFailed(f"rollout worker {worker} died, and the run already restarted "
-                            f"{self.restarts - 1} workers (trainer.max_restarts="
-                            f"{self.cfg.max_restarts}); resume from {self.checkpoints.latest()}")
+            raise RunFailed(
+                f"rollout worker {worker} died, and the run already restarted "
+                f"{self.restarts - 1} workers (trainer.max_restarts="
+                f"{self.cfg.max_restarts}); resume from {self.checkpoints.latest()}"
+            )
         start = time.perf_counter()
-        console(f"fault: rollout worker {worker} died ({reason.splitlines()[0] if reason else '?'}); "
-                f"waiting for its restart ({self.restarts}/{self.cfg.max_restarts})")
+        console(
+            f"fault: rollout worker {worker} died ({reason.splitlines()[0] if reason else '?'}); "
+            f"waiting for its restart ({self.restarts}/{self.cfg.max_restarts})"
+        )
         self._wait_until_up(worker)
         self._init_weight_sync()
         self._broadcast(self.version)
         reissued = self.pipeline.reissue(worker)
         seconds = time.perf_counter() - start
-        console(f"fault: rollout worker {worker} is back after {seconds:.1f}s with weight version "
-                f"{self.version}; re-issued the {reissued} prompts it held")
-        self._fault_metrics = {"fault/recovery_s": self._fault_metrics.get("fault/recovery_s", 0.0) + seconds,
-                               "fault/reissued_prompts": self._fault_metrics.get("fault/reissued_prompts", 0.0) + reissued}
+        console(
+            f"fault: rollout worker {worker} is back after {seconds:.1f}s with weight version "
+            f"{self.version}; re-issued the {reissued} prompts it held"
+        )
+        self._fault_metrics = {
+            "fault/recovery_s": self._fault_metrics.get("fault/recovery_s", 0.0) + seconds,
+            "fault/reissued_prompts": self._fault_metrics.get("fault/reissued_prompts", 0.0)
+            + reissued,
+        }
 
     def compute_advantages(self, batch: Batch) -> Batch:
         """Reward shaping (DAPO overlong penalty, KL penalty), advantages, the truncation mask
@@ -136,8 +170,9 @@ class Trainer:
         a, mask, m = self.algo, batch.action_mask, {}
         rewards = batch.token_rewards
         if a.overlong_buffer > 0 and batch.truncated is not None:
-            penalty = algos.overlong_penalty(mask.sum(-1), a.overlong_max_len, a.overlong_buffer,
-                                             a.overlong_penalty)
+            penalty = algos.overlong_penalty(
+                mask.sum(-1), a.overlong_max_len, a.overlong_buffer, a.overlong_penalty
+            )
             rewards = algos.add_sequence_reward(rewards, mask, penalty)
             m["algo/overlong_penalty_mean"] = float(penalty.mean())
         if a.kl_in_reward and batch.ref_logprobs is not None:
@@ -147,10 +182,18 @@ class Trainer:
             if a.kl_target is not None:
                 self.kl_ctrl.update(float(algos.masked_mean(kl, mask)), n_steps=len(batch))
             m["algo/kl_coef"] = coef
-        advantages, returns = self.advantage_fn(algos.AdvantageInputs(
-            token_rewards=rewards, mask=mask, group_ids=batch.group_ids,
-            values=batch.values, dones=batch.dones, last_values=batch.last_values,
-            seq_rewards=batch.seq_rewards), self.advantage_params)
+        advantages, returns = self.advantage_fn(
+            algos.AdvantageInputs(
+                token_rewards=rewards,
+                mask=mask,
+                group_ids=batch.group_ids,
+                values=batch.values,
+                dones=batch.dones,
+                last_values=batch.last_values,
+                seq_rewards=batch.seq_rewards,
+            ),
+            self.advantage_params,
+        )
         if a.normalize_advantages:
             advantages = algos.masked_whiten(advantages, mask)
         if a.mask_truncated and batch.truncated is not None:
@@ -159,11 +202,17 @@ class Trainer:
             mask = mask * (1 - batch.truncated).unsqueeze(-1).to(mask.dtype)
             m["algo/truncated_masked_frac"] = float(batch.truncated.mean())
         weights, is_metrics = algos.ROLLOUT_CORRECTIONS.get(a.rollout_is)(
-            batch.old_logprobs, batch.rollout_logprobs, mask, a.rollout_is_level, a.rollout_is_cap)
+            batch.old_logprobs, batch.rollout_logprobs, mask, a.rollout_is_level, a.rollout_is_cap
+        )
         m.update(is_metrics)
         self.advantage_metrics = m
-        return replace(batch, advantages=advantages, returns=returns, action_mask=mask,
-                       is_weights=None if a.rollout_is == "none" else weights)
+        return replace(
+            batch,
+            advantages=advantages,
+            returns=returns,
+            action_mask=mask,
+            is_weights=None if a.rollout_is == "none" else weights,
+        )
 
     def _wait_until_up(self, worker: int, timeout_s: float = 600.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -173,14 +222,18 @@ class Trainer:
                 return
             except ray.exceptions.ActorUnavailableError:  # Ray is still restarting it
                 if time.monotonic() > deadline:
-                    raise RunFailed(f"rollout worker {worker} did not come back within "
-                                    f"{timeout_s:.0f}s; resume from {self.checkpoints.latest()}")
+                    raise RunFailed(
+                        f"rollout worker {worker} did not come back within "
+                        f"{timeout_s:.0f}s; resume from {self.checkpoints.latest()}"
+                    ) from None
                 time.sleep(0.5)
             except ray.exceptions.ActorDiedError as e:
-                raise RunFailed(f"rollout worker {worker} died and Ray could not restart it "
-                                f"({e}); resume from {self.checkpoints.latest()}") from e
+                raise RunFailed(
+                    f"rollout worker {worker} died and Ray could not restart it "
+                    f"({e}); resume from {self.checkpoints.latest()}"
+                ) from e
 
-    def sync_weights(self, version: Optional[int] = None) -> None:
+    def sync_weights(self, version: int | None = None) -> None:
         """Learner rank 0 broadcasts; every rollout worker loads in place. The engines then
         serve `version` (default: one more than before)."""
         self.version = self.version + 1 if version is None else version
@@ -204,24 +257,32 @@ class Trainer:
     def batch_metrics(batch: Batch) -> dict[str, float]:
         mask = batch.action_mask
         adv_mean = algos.masked_mean(batch.advantages, mask)
-        out = {"algo/advantage_mean": float(adv_mean),
-               "algo/advantage_std": float(algos.masked_mean((batch.advantages - adv_mean) ** 2,
-                                                             mask).sqrt()),
-               # vLLM's logprobs vs the learner's for the same tokens and weights: should be
-               # ~0 in float32; a drift means the engines serve other weights or numerics.
-               "rollout/logprob_diff": float(algos.masked_mean(
-                   (batch.rollout_logprobs - batch.old_logprobs).abs(), mask))}
+        out = {
+            "algo/advantage_mean": float(adv_mean),
+            "algo/advantage_std": float(
+                algos.masked_mean((batch.advantages - adv_mean) ** 2, mask).sqrt()
+            ),
+            # vLLM's logprobs vs the learner's for the same tokens and weights: should be
+            # ~0 in float32; a drift means the engines serve other weights or numerics.
+            "rollout/logprob_diff": float(
+                algos.masked_mean((batch.rollout_logprobs - batch.old_logprobs).abs(), mask)
+            ),
+        }
         if batch.ref_logprobs is not None:
-            out["algo/kl_ref"] = float(algos.masked_mean(
-                algos.KL_ESTIMATORS.get("k3")(batch.old_logprobs, batch.ref_logprobs), mask))
+            out["algo/kl_ref"] = float(
+                algos.masked_mean(
+                    algos.KL_ESTIMATORS.get("k3")(batch.old_logprobs, batch.ref_logprobs), mask
+                )
+            )
         if batch.values is not None and batch.returns is not None:
             # How much of the return variance the critic (before this update) explains.
-            out["algo/value_explained_var"] = float(algos.explained_variance(
-                batch.values, batch.returns, mask))
+            out["algo/value_explained_var"] = float(
+                algos.explained_variance(batch.values, batch.returns, mask)
+            )
         return out
 
     # ------------------------------------------------------------------ the run
-    def fit(self, resume_from: Optional[Path] = None) -> dict[str, float]:
+    def fit(self, resume_from: Path | None = None) -> dict[str, float]:
         if resume_from is not None:
             self.resume(resume_from)
         total = self.cfg.total_steps
@@ -249,10 +310,11 @@ class Trainer:
             rank = actor_index(self.learners.actors, e)
             if rank is None:
                 raise
-            raise RunFailed(f"learner rank {rank} died at step {self.step_index + 1} ({e}); a "
-                            f"learner's state cannot be rebuilt mid-run: rerun the same command "
-                            f"to resume from {self.checkpoints.latest() or 'the start (no checkpoint yet)'}"
-                            ) from e
+            raise RunFailed(
+                f"learner rank {rank} died at step {self.step_index + 1} ({e}); a "
+                f"learner's state cannot be rebuilt mid-run: rerun the same command "
+                f"to resume from {self.checkpoints.latest() or 'the start (no checkpoint yet)'}"
+            ) from e
         finally:
             if self.cfg.timeline:
                 ray.timeline(filename=str(self.run_dir / "timeline.json"))
@@ -273,12 +335,19 @@ class Trainer:
         a learning signal (all rewards equal) for HEALTH_WINDOW steps in a row; stop the run
         after trainer.max_skipped_updates non-finite updates in a row."""
         for key, bad, message in (
-                ("algo/entropy", lambda v: v < ENTROPY_FLOOR,
-                 f"policy entropy below {ENTROPY_FLOOR}: the policy has collapsed onto fixed "
-                 f"answers and explores no more (raise algo.entropy_coef or rollout.temperature)"),
-                ("reward/all_equal_group_frac", lambda v: v >= 1.0,
-                 "every group's rewards are all equal: group-relative advantages are 0 and "
-                 "nothing is learned (check the reward function, or use rollout.filter_groups)")):
+            (
+                "algo/entropy",
+                lambda v: v < ENTROPY_FLOOR,
+                f"policy entropy below {ENTROPY_FLOOR}: the policy has collapsed onto fixed "
+                f"answers and explores no more (raise algo.entropy_coef or rollout.temperature)",
+            ),
+            (
+                "reward/all_equal_group_frac",
+                lambda v: v >= 1.0,
+                "every group's rewards are all equal: group-relative advantages are 0 and "
+                "nothing is learned (check the reward function, or use rollout.filter_groups)",
+            ),
+        ):
             if key in metrics and key not in self._warned:
                 self._bad_streak[key] = self._bad_streak.get(key, 0) + 1 if bad(metrics[key]) else 0
                 if self._bad_streak[key] >= HEALTH_WINDOW:
@@ -292,27 +361,39 @@ class Trainer:
         skipped = metrics.get("learner/skipped_updates", 0.0)
         self._skipped_in_a_row = self._skipped_in_a_row + 1 if skipped else 0
         if skipped and self._skipped_in_a_row == 1:
-            console(f"warning: step {self.step_index}: a non-finite loss or gradient norm; the "
-                    f"update was skipped (weights unchanged)")
+            console(
+                f"warning: step {self.step_index}: a non-finite loss or gradient norm; the "
+                f"update was skipped (weights unchanged)"
+            )
         if self._skipped_in_a_row >= self.cfg.max_skipped_updates:
-            raise RunFailed(f"{self._skipped_in_a_row} steps in a row ended in a non-finite loss "
-                            f"or gradient norm (last: step {self.step_index}); the weights are "
-                            f"those of the last finite update. Lower algo.lr or check the reward "
-                            f"scale; resume from {self.checkpoints.latest()}")
+            raise RunFailed(
+                f"{self._skipped_in_a_row} steps in a row ended in a non-finite loss "
+                f"or gradient norm (last: step {self.step_index}); the weights are "
+                f"those of the last finite update. Lower algo.lr or check the reward "
+                f"scale; resume from {self.checkpoints.latest()}"
+            )
 
     def save(self, final: bool = False) -> Path:
         # In-flight generation is finished first and its samples go into the checkpoint: they
         # were generated by older weights, so a resume could not regenerate them.
         self.pipeline.drain()
-        state = {"step": self.step_index, "version": self.version, "time": time.time(),
-                 "rollout": self.rollout.state(), "pipeline": self.pipeline.state(),
-                 "kl_ctrl": self.kl_ctrl.state_dict()}
+        state = {
+            "step": self.step_index,
+            "version": self.version,
+            "time": time.time(),
+            "rollout": self.rollout.state(),
+            "pipeline": self.pipeline.state(),
+            "kl_ctrl": self.kl_ctrl.state_dict(),
+        }
         export = None
         if export_due(self.cfg.export_hf, final) and self.rollout.exports_hf:
             export = lambda folder: ray.get(self.learners.export_hf(folder))  # noqa: E731
         path = self.checkpoints.save(
-            self.step_index, lambda folder: ray.get(self.learners.save(folder, "state")), state,
-            export_hf=export)
+            self.step_index,
+            lambda folder: ray.get(self.learners.save(folder, "state")),
+            state,
+            export_hf=export,
+        )
         self.save_policy.saved()
         return path
 
@@ -347,7 +428,7 @@ class _StopOnSignal:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self):
-        self.requested: Optional[int] = None  # the signal number once one arrived
+        self.requested: int | None = None  # the signal number once one arrived
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
@@ -357,8 +438,11 @@ class _StopOnSignal:
         if self.requested is not None:
             raise KeyboardInterrupt
         self.requested = signum
-        print(f"{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
-              f"(send it again to stop at once)", flush=True)
+        print(
+            f"{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
+            f"(send it again to stop at once)",
+            flush=True,
+        )
 
     def __exit__(self, *exc):
         for s, previous in self._previous.items():

@@ -8,8 +8,9 @@ import logging
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 log = logging.getLogger("rlhf")
 
@@ -30,8 +31,8 @@ def _wandb_records(path: Path) -> Iterator[Any]:
             pos += _BLOCK - pos % _BLOCK
         if pos + _HEADER > len(data):
             return
-        crc, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
-        chunk = data[pos + _HEADER:pos + _HEADER + length]
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        chunk = data[pos + _HEADER : pos + _HEADER + length]
         pos += _HEADER + length
         if kind == 0 and length == 0:  # zero padding at the end of a block
             continue
@@ -50,8 +51,9 @@ def wait_for_exit_record(path: Path, timeout_s: float = 10.0) -> bool:
     RunLogger leaves a complete, syncable run folder for whatever reads it next in-process."""
     deadline = time.monotonic() + timeout_s
     while True:
-        if path.exists() and any(r.WhichOneof("record_type") == "exit"
-                                 for r in _wandb_records(path)):
+        if path.exists() and any(
+            r.WhichOneof("record_type") == "exit" for r in _wandb_records(path)
+        ):
             return True
         if time.monotonic() > deadline:
             log.warning("W&B: %s has no exit record after %.0f s", path, timeout_s)

@@ -35,9 +35,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,10 +46,20 @@ sys.path.insert(0, str(ROOT / "scripts"))
 # Random-init models for the size sweep (ISSUE 13): ~17M and ~134M parameters.
 SIZES = {
     "tiny": [],
-    "17M": ["model.tiny.hidden_size=512", "model.tiny.num_layers=4", "model.tiny.num_heads=8",
-            "model.tiny.intermediate_size=2048", "model.tiny.warmup_steps=0"],
-    "134M": ["model.tiny.hidden_size=1024", "model.tiny.num_layers=8", "model.tiny.num_heads=16",
-             "model.tiny.intermediate_size=4096", "model.tiny.warmup_steps=0"],
+    "17M": [
+        "model.tiny.hidden_size=512",
+        "model.tiny.num_layers=4",
+        "model.tiny.num_heads=8",
+        "model.tiny.intermediate_size=2048",
+        "model.tiny.warmup_steps=0",
+    ],
+    "134M": [
+        "model.tiny.hidden_size=1024",
+        "model.tiny.num_layers=8",
+        "model.tiny.num_heads=16",
+        "model.tiny.intermediate_size=4096",
+        "model.tiny.warmup_steps=0",
+    ],
 }
 
 
@@ -68,7 +78,7 @@ class Row:
     extra: dict = field(default_factory=dict)
 
     @property
-    def ratio(self) -> Optional[float]:
+    def ratio(self) -> float | None:
         if not self.ours or not self.baseline:
             return None
         b = statistics.median(self.baseline)
@@ -93,11 +103,27 @@ def spread(vals: list[float]) -> str:
 
 
 def print_table(rows: list[Row]) -> None:
-    head = ("benchmark", "case", "unit", "ours median (min-max)", "baseline median (min-max)",
-            "ratio", "target")
-    cells = [head] + [(r.bench, r.case, r.unit, spread(r.ours), spread(r.baseline),
-                       f"{r.ratio:.2f}x" if r.ratio is not None else "not run", r.target)
-                      for r in rows]
+    head = (
+        "benchmark",
+        "case",
+        "unit",
+        "ours median (min-max)",
+        "baseline median (min-max)",
+        "ratio",
+        "target",
+    )
+    cells = [head] + [
+        (
+            r.bench,
+            r.case,
+            r.unit,
+            spread(r.ours),
+            spread(r.baseline),
+            f"{r.ratio:.2f}x" if r.ratio is not None else "not run",
+            r.target,
+        )
+        for r in rows
+    ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     for j, c in enumerate(cells):
         print("  ".join(x.ljust(w) for x, w in zip(c, widths)))
@@ -109,8 +135,11 @@ def print_table(rows: list[Row]) -> None:
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpus": os.cpu_count()}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
     try:
         cpu = Path("/proc/cpuinfo").read_text()
         info["cpu"] = re.search(r"model name\s*:\s*(.*)", cpu).group(1)
@@ -158,12 +187,27 @@ def run_train_to_first_step(overrides: list[str], timeout_s: float = 300) -> tup
     """Launch `python -m rlhf.train +experiment=grpo trainer.total_steps=1`; seconds from launch
     until step 1's row is in metrics.jsonl, and the [startup] breakdown it printed."""
     run_dir = Path(tempfile.mkdtemp(prefix="bench-startup-"))
-    cmd = [sys.executable, "-m", "rlhf.train", "+experiment=grpo", "trainer.total_steps=1",
-           f"hydra.run.dir={run_dir}", "logger.wandb.mode=disabled", "trainer.save_final=false",
-           "trainer.report=false", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlhf.train",
+        "+experiment=grpo",
+        "trainer.total_steps=1",
+        f"hydra.run.dir={run_dir}",
+        "logger.wandb.mode=disabled",
+        "trainer.save_final=false",
+        "trainer.report=false",
+        *overrides,
+    ]
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
     # A silent, hung run must not hang the benchmark: a timer kills it.
     watchdog = threading.Timer(timeout_s, proc.kill)
     watchdog.start()
@@ -188,9 +232,13 @@ def run_train_to_first_step(overrides: list[str], timeout_s: float = 300) -> tup
 
 def bare_engine_s(path: str) -> float:
     t0 = time.time()
-    out = subprocess.run([sys.executable, "-c", BARE_ENGINE, path, str(t0)], cwd=ROOT,
-                         capture_output=True, text=True,
-                         env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    out = subprocess.run(
+        [sys.executable, "-c", BARE_ENGINE, path, str(t0)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+    )
     m = re.search(r"BUILT ([\d.]+)", out.stdout)
     if not m:
         raise RuntimeError(f"bare vLLM engine failed:\n{out.stderr[-3000:]}")
@@ -199,9 +247,14 @@ def bare_engine_s(path: str) -> float:
 
 def bench_startup(args) -> list[Row]:
     path = model_path("tiny")
-    row = Row("startup", "grpo default", "s", target="<= 1.5x",
-              note="ours: launch -> step 1 row in metrics.jsonl; baseline: launch -> bare "
-                   "vllm.LLM built (imports included)")
+    row = Row(
+        "startup",
+        "grpo default",
+        "s",
+        target="<= 1.5x",
+        note="ours: launch -> step 1 row in metrics.jsonl; baseline: launch -> bare "
+        "vllm.LLM built (imports included)",
+    )
     breakdowns = []
     for _ in range(args.reps):
         row.baseline.append(bare_engine_s(path))
@@ -226,10 +279,21 @@ def ray_start(num_cpus: int = 4):
     import ray
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1", logging_level="WARNING")
-    return {"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING", "DS_LOG_LEVEL": "warning",
-                         "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}}
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="WARNING",
+    )
+    return {
+        "env_vars": {
+            "VLLM_LOGGING_LEVEL": "WARNING",
+            "DS_LOG_LEVEL": "warning",
+            "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"],
+        }
+    }
 
 
 def root_config(size: str, extra: list[str] = ()):
@@ -289,31 +353,53 @@ def bench_weight_sync(args) -> list[Row]:
     rows = []
     try:
         for size in args.sizes:
-            cfg = root_config(size, ["learner.num_ranks=1", "rollout.vllm.gpu_memory_utilization=0.3"])
+            cfg = root_config(
+                size, ["learner.num_ranks=1", "rollout.vllm.gpu_memory_utilization=0.3"]
+            )
             path = model_path(size)
             s = slots(2)
             print(f"  weight_sync {size}: starting a learner rank and a vLLM engine", flush=True)
-            learners = LearnerGroup(cfg.learner, cfg.algo, cfg.model, path, s[:1],
-                                    rows_per_step=cfg.learner.micro_batch_size, temperature=1.0,
-                                    total_steps=10, seed=0, runtime_env=env)
-            engine = ray.remote(VllmEngine).options(**s[1].options(env)).remote(
-                cfg.rollout, path, cfg.model.dtype, 0, 0)
+            learners = LearnerGroup(
+                cfg.learner,
+                cfg.algo,
+                cfg.model,
+                path,
+                s[:1],
+                rows_per_step=cfg.learner.micro_batch_size,
+                temperature=1.0,
+                total_steps=10,
+                seed=0,
+                runtime_env=env,
+            )
+            engine = (
+                ray.remote(VllmEngine)
+                .options(**s[1].options(env))
+                .remote(cfg.rollout, path, cfg.model.dtype, 0, 0)
+            )
             host, port = ray.get(learners.sync_address())
             meta = ray.get(learners.weight_meta())
             print(f"  weight_sync {size}: joining the sync group", flush=True)
             bucket = cfg.learner.sync_bucket_mb << 20
-            ray.get(learners.init_weight_sync(host, port, 2)
-                    + [engine.init_weight_sync.remote(host, port, 1, 2, meta, bucket)])
+            ray.get(
+                learners.init_weight_sync(host, port, 2)
+                + [engine.init_weight_sync.remote(host, port, 1, 2, meta, bucket)]
+            )
             nbytes = sum(4 * _numel(m[1]) for m in meta)  # float32
             # Their own bundles: the learner and the engine hold theirs (the cluster has 4 CPUs).
             rs = slots(2)
             raw = [ray.remote(RawSync).options(**rs[i].options(env)).remote() for i in range(2)]
             rhost, rport = ray.get(raw[0].address.remote())
             ray.get([r.setup.remote(rhost, rport, i, 2, meta, bucket) for i, r in enumerate(raw)])
-            row = Row("weight_sync", f"{size} ({nbytes / 1e6:.0f} MB)", "s", target="<= 1.5x",
-                      note="" if size != "tiny" else
-                      "ours: learner rank 0 -> vLLM engine incl. vLLM's load; baseline: raw "
-                      "gloo broadcast, same bucket plan, preallocated buffers")
+            row = Row(
+                "weight_sync",
+                f"{size} ({nbytes / 1e6:.0f} MB)",
+                "s",
+                target="<= 1.5x",
+                note=""
+                if size != "tiny"
+                else "ours: learner rank 0 -> vLLM engine incl. vLLM's load; baseline: raw "
+                "gloo broadcast, same bucket plan, preallocated buffers",
+            )
             version = 0
             for i in range(args.reps + 1):  # the first of each is a warm-up, not counted
                 version += 1
@@ -328,8 +414,10 @@ def bench_weight_sync(args) -> list[Row]:
                     row.baseline.append(base)
             row.extra["bytes"] = nbytes
             row.extra["ours_GBps"] = nbytes / 1e9 / statistics.median(row.ours)
-            print(f"  weight_sync {size}: ours {spread(row.ours)} s, raw {spread(row.baseline)} s",
-                  flush=True)
+            print(
+                f"  weight_sync {size}: ours {spread(row.ours)} s, raw {spread(row.baseline)} s",
+                flush=True,
+            )
             rows.append(row)
             for a in [*learners.actors, engine, *raw]:
                 ray.kill(a)
@@ -352,8 +440,9 @@ def _numel(shape) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def synthetic_batch(cfg, path: str, rows: int, prompt_len: int, response_len: int, seed: int = 0,
-                    tail: float = 0.0):
+def synthetic_batch(
+    cfg, path: str, rows: int, prompt_len: int, response_len: int, seed: int = 0, tail: float = 0.0
+):
     """Random rows; response lengths uniform in [1, response_len], or with `tail` > 0 long-tailed:
     that share response_len long, the rest about response_len / 8 (the long ones ~8x the median)."""
     import torch
@@ -368,12 +457,21 @@ def synthetic_batch(cfg, path: str, rows: int, prompt_len: int, response_len: in
     for i in range(rows):
         n = int(torch.randint(1, response_len + 1, (1,), generator=g))
         if tail:
-            n = response_len if float(torch.rand(1, generator=g)) < tail else \
-                int(torch.randint(response_len // 16, 3 * response_len // 16 + 1, (1,), generator=g))
-        samples.append(Sample(group_id=i // 8,
-                              prompt_ids=torch.randint(3, vocab, (prompt_len,), generator=g).tolist(),
-                              response_ids=torch.randint(3, vocab, (n,), generator=g).tolist(),
-                              rollout_logprobs=[-1.0] * n))
+            n = (
+                response_len
+                if float(torch.rand(1, generator=g)) < tail
+                else int(
+                    torch.randint(response_len // 16, 3 * response_len // 16 + 1, (1,), generator=g)
+                )
+            )
+        samples.append(
+            Sample(
+                group_id=i // 8,
+                prompt_ids=torch.randint(3, vocab, (prompt_len,), generator=g).tolist(),
+                response_ids=torch.randint(3, vocab, (n,), generator=g).tolist(),
+                rollout_logprobs=[-1.0] * n,
+            )
+        )
     batch = collate(samples)
     return batch
 
@@ -392,12 +490,14 @@ class BareLearner:
         torch.manual_seed(0)
         self.policy = build_policy(cfg.model, path, 1.0)
         a = cfg.algo
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=a.lr, weight_decay=a.weight_decay,
-                                     eps=a.adam_eps)
+        self.opt = torch.optim.AdamW(
+            self.policy.parameters(), lr=a.lr, weight_decay=a.weight_decay, eps=a.adam_eps
+        )
         self.loss_fn = algos.POLICY_LOSSES.get(a.policy_loss)
         self.agg = algos.LOSS_AGGREGATIONS.get(a.loss_agg)
-        self.params = algos.PolicyLossParams(clip_low=a.clip_low, clip_high=a.clip_high,
-                                             dual_clip=a.dual_clip)
+        self.params = algos.PolicyLossParams(
+            clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip
+        )
 
     def update(self, batch) -> float:
         import torch
@@ -407,14 +507,19 @@ class BareLearner:
         norm_length = batch.action_mask.shape[1]
         for _ in range(a.epochs):
             for mb in batch.split(a.minibatches):
-                totals = dict(total_tokens=float(mb.action_mask.sum()), total_seqs=len(mb),
-                              norm_length=norm_length)
+                totals = dict(
+                    total_tokens=float(mb.action_mask.sum()),
+                    total_seqs=len(mb),
+                    norm_length=norm_length,
+                )
                 for m in mb.split(max(1, len(mb) // micro)):
                     logprobs, entropy, _ = self.policy(m)
-                    per_token, _ = self.loss_fn(logprobs, m.old_logprobs, m.advantages,
-                                                m.action_mask, self.params)
-                    loss = self.agg(per_token, m.action_mask, **totals) - \
-                        a.entropy_coef * self.agg(entropy, m.action_mask, **totals)
+                    per_token, _ = self.loss_fn(
+                        logprobs, m.old_logprobs, m.advantages, m.action_mask, self.params
+                    )
+                    loss = self.agg(per_token, m.action_mask, **totals) - a.entropy_coef * self.agg(
+                        entropy, m.action_mask, **totals
+                    )
                     loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), a.grad_clip)
                 self.opt.step()
@@ -441,25 +546,55 @@ def bench_learner(args) -> list[Row]:
         path = model_path(size)
         batch = synthetic_batch(cfg, path, n_rows, prompt_len=8, response_len=24)
         s = slots(3)
-        learners = LearnerGroup(cfg.learner, cfg.algo, cfg.model, path, s[:1],
-                                rows_per_step=n_rows, temperature=1.0, total_steps=100, seed=0,
-                                runtime_env=env)
-        with_diag = LearnerGroup(dcfg.learner, dcfg.algo, dcfg.model, path, s[2:3],
-                                 rows_per_step=n_rows, temperature=1.0, total_steps=100, seed=0,
-                                 runtime_env=env)
+        learners = LearnerGroup(
+            cfg.learner,
+            cfg.algo,
+            cfg.model,
+            path,
+            s[:1],
+            rows_per_step=n_rows,
+            temperature=1.0,
+            total_steps=100,
+            seed=0,
+            runtime_env=env,
+        )
+        with_diag = LearnerGroup(
+            dcfg.learner,
+            dcfg.algo,
+            dcfg.model,
+            path,
+            s[2:3],
+            rows_per_step=n_rows,
+            temperature=1.0,
+            total_steps=100,
+            seed=0,
+            runtime_env=env,
+        )
         batch = LearnerGroup.attach(batch, ray.get(learners.compute_logprobs(batch)))
         batch.advantages = torch.randn_like(batch.old_logprobs) * batch.action_mask
         batch.returns = batch.advantages.clone()
         bare = ray.remote(BareLearner).options(**s[1].options(env)).remote(cfg, path)
         tokens = float(batch.attention_mask.sum()) * cfg.algo.epochs
         case = f"{size}, {n_rows} rows x {batch.input_ids.shape[1]} tokens"
-        row = Row("learner", case, "tokens/s", target=">= 0.9x", higher_is_better=True,
-                  note="ours: LearnerGroup.update (DeepSpeed ZeRO, 1 rank, 1 CPU, "
-                       "diagnostics_every=0); baseline: bare PyTorch loop in a 1-CPU actor, same "
-                       "module, losses, AdamW, micro-batches")
-        diag = Row("learner", f"{case}, default diagnostics", "tokens/s", higher_is_better=True,
-                   target="report", note="ours: the same with learner.diagnostics_every=1 (the "
-                                         "default: one more forward pass); baseline: bare loop")
+        row = Row(
+            "learner",
+            case,
+            "tokens/s",
+            target=">= 0.9x",
+            higher_is_better=True,
+            note="ours: LearnerGroup.update (DeepSpeed ZeRO, 1 rank, 1 CPU, "
+            "diagnostics_every=0); baseline: bare PyTorch loop in a 1-CPU actor, same "
+            "module, losses, AdamW, micro-batches",
+        )
+        diag = Row(
+            "learner",
+            f"{case}, default diagnostics",
+            "tokens/s",
+            higher_is_better=True,
+            target="report",
+            note="ours: the same with learner.diagnostics_every=1 (the "
+            "default: one more forward pass); baseline: bare loop",
+        )
         for i in range(args.reps + 1):
             t = time.perf_counter()
             ray.get(learners.update(batch.learning_rows()))
@@ -473,8 +608,11 @@ def bench_learner(args) -> list[Row]:
                 row.baseline.append(tokens / base)
                 diag.ours.append(tokens / ours_diag)
                 diag.baseline.append(tokens / base)
-        print(f"  learner: ours {spread(row.ours)} tok/s (with diagnostics {spread(diag.ours)}), "
-              f"bare {spread(row.baseline)} tok/s", flush=True)
+        print(
+            f"  learner: ours {spread(row.ours)} tok/s (with diagnostics {spread(diag.ours)}), "
+            f"bare {spread(row.baseline)} tok/s",
+            flush=True,
+        )
         rows += [row, diag]
         for a in with_diag.actors:
             ray.kill(a)
@@ -484,17 +622,37 @@ def bench_learner(args) -> list[Row]:
         tail = synthetic_batch(cfg, path, n_rows, prompt_len=8, response_len=128, tail=0.1)
         budget = cfg.learner.micro_batch_size * tail.input_ids.shape[1]
         pcfg = root_config(size, [*lean, f"learner.max_tokens_per_micro_batch={budget}"])
-        packed = LearnerGroup(pcfg.learner, pcfg.algo, pcfg.model, path, slots(1),
-                              rows_per_step=n_rows, temperature=1.0, total_steps=100, seed=0,
-                              runtime_env=env)
+        packed = LearnerGroup(
+            pcfg.learner,
+            pcfg.algo,
+            pcfg.model,
+            path,
+            slots(1),
+            rows_per_step=n_rows,
+            temperature=1.0,
+            total_steps=100,
+            seed=0,
+            runtime_env=env,
+        )
         tail = LearnerGroup.attach(tail, ray.get(learners.compute_logprobs(tail)))
         tail.advantages = torch.randn_like(tail.old_logprobs) * tail.action_mask
         case = f"{size}, {n_rows} rows x {tail.input_ids.shape[1]} tokens, long tail"
-        fixed = Row("learner", f"{case}, fixed rows", "tokens/s", target=">= 0.9x",
-                    higher_is_better=True, note="ours: micro_batch_size=32 rows; baseline: bare loop")
-        packing = Row("learner", f"{case}, token budget", "tokens/s", target="> 1x",
-                      higher_is_better=True,
-                      note=f"ours: max_tokens_per_micro_batch={budget}; baseline: ours, fixed rows")
+        fixed = Row(
+            "learner",
+            f"{case}, fixed rows",
+            "tokens/s",
+            target=">= 0.9x",
+            higher_is_better=True,
+            note="ours: micro_batch_size=32 rows; baseline: bare loop",
+        )
+        packing = Row(
+            "learner",
+            f"{case}, token budget",
+            "tokens/s",
+            target="> 1x",
+            higher_is_better=True,
+            note=f"ours: max_tokens_per_micro_batch={budget}; baseline: ours, fixed rows",
+        )
         tokens = float(tail.attention_mask.sum()) * cfg.algo.epochs
         # `learners` and the bare loop are warm; the packed group's warm-up is one short batch
         # (a warm-up pass of the long-tailed batch would cost ~35 s of `make bench`).
@@ -510,8 +668,11 @@ def bench_learner(args) -> list[Row]:
             fixed.baseline.append(tokens / base)
             packing.ours.append(tokens / times[1])
             packing.baseline.append(tokens / times[0])
-        print(f"  learner long tail: packed {spread(packing.ours)}, fixed {spread(fixed.ours)}, "
-              f"bare {spread(fixed.baseline)} tok/s", flush=True)
+        print(
+            f"  learner long tail: packed {spread(packing.ours)}, fixed {spread(fixed.ours)}, "
+            f"bare {spread(fixed.baseline)} tok/s",
+            flush=True,
+        )
         rows += [fixed, packing]
     finally:
         ray.shutdown()
@@ -540,11 +701,17 @@ class HFGenerator:
         enc = self.tok([p for p in prompts for _ in range(n)], return_tensors="pt", padding=True)
         t = time.perf_counter()
         with torch.no_grad():
-            out = self.model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                                      max_new_tokens=max_new_tokens,
-                                      pad_token_id=self.tok.pad_token_id)
+            out = self.model.generate(
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tok.pad_token_id,
+            )
         dt = time.perf_counter() - t
-        new = out[:, enc["input_ids"].shape[1]:]
+        new = out[:, enc["input_ids"].shape[1] :]
         eos = self.tok.eos_token_id
         # tokens up to and including the first EOS, as vLLM counts them
         count = 0
@@ -564,14 +731,21 @@ def _engine_generate(engine, prompts: list[str], n: int, seed: int):
 
     params = list(inspect.signature(VllmEngine.generate).parameters)
     if "n" in params:
-        ref = engine.generate.remote([{"prompt": p, "group_id": i, "answer": ""}
-                                      for i, p in enumerate(prompts)], n)
+        ref = engine.generate.remote(
+            [{"prompt": p, "group_id": i, "answer": ""} for i, p in enumerate(prompts)], n
+        )
     else:
         from rlhf.batch import GenerationRequest
 
-        ref = engine.generate.remote([GenerationRequest(prompt_id=i, sample_index=j,
-                                                        seed=seed * 100003 + i * n + j, prompt=p)
-                                      for i, p in enumerate(prompts) for j in range(n)])
+        ref = engine.generate.remote(
+            [
+                GenerationRequest(
+                    prompt_id=i, sample_index=j, seed=seed * 100003 + i * n + j, prompt=p
+                )
+                for i, p in enumerate(prompts)
+                for j in range(n)
+            ]
+        )
     t = time.perf_counter()
     samples = ray.get(ref)
     return sum(len(s.response_ids) for s in samples), time.perf_counter() - t
@@ -595,22 +769,34 @@ def bench_generation(args) -> list[Row]:
         for n_prompts, n, new_tokens in shapes:
             cfg = root_config(size, [f"rollout.max_new_tokens={new_tokens}"])
             if new_tokens not in engines:
-                engines[new_tokens] = ray.remote(VllmEngine).options(**s[0].options(env)).remote(
-                    cfg.rollout, path, cfg.model.dtype, 0, 0)
+                engines[new_tokens] = (
+                    ray.remote(VllmEngine)
+                    .options(**s[0].options(env))
+                    .remote(cfg.rollout, path, cfg.model.dtype, 0, 0)
+                )
             engine = engines[new_tokens]
             prompts = (prompts_all * 4)[:n_prompts]
-            row = Row("generation", f"{n_prompts} prompts x {n} samples, <= {new_tokens} tokens",
-                      "tokens/s", target="report", higher_is_better=True,
-                      note="" if rows else "ours: VllmEngine.generate (vLLM CPU, 1 CPU) in a Ray "
-                      "actor; baseline: HF generate (sampling) in a 1-CPU actor, same model")
+            row = Row(
+                "generation",
+                f"{n_prompts} prompts x {n} samples, <= {new_tokens} tokens",
+                "tokens/s",
+                target="report",
+                higher_is_better=True,
+                note=""
+                if rows
+                else "ours: VllmEngine.generate (vLLM CPU, 1 CPU) in a Ray "
+                "actor; baseline: HF generate (sampling) in a 1-CPU actor, same model",
+            )
             for i in range(args.reps + 1):
                 tok, dt = _engine_generate(engine, prompts, n, i)
                 btok, bdt = ray.get(hf.generate.remote(prompts, n, new_tokens))
                 if i:
                     row.ours.append(tok / dt)
                     row.baseline.append(btok / bdt)
-            print(f"  generation {row.case}: ours {spread(row.ours)}, HF {spread(row.baseline)}",
-                  flush=True)
+            print(
+                f"  generation {row.case}: ours {spread(row.ours)}, HF {spread(row.baseline)}",
+                flush=True,
+            )
             rows.append(row)
     finally:
         ray.shutdown()
@@ -625,8 +811,13 @@ def bench_generation(args) -> list[Row]:
 def bench_cartpole(args) -> list[Row]:
     import bench_cartpole as cp
 
-    row = Row("cartpole", "PPO to return 475", "s", target="<= 1.0x",
-              note="from launch, both sides; see scripts/bench_cartpole.py")
+    row = Row(
+        "cartpole",
+        "PPO to return 475",
+        "s",
+        target="<= 1.0x",
+        note="from launch, both sides; see scripts/bench_cartpole.py",
+    )
     steady = Row("cartpole", "PPO to 475, from first step", "s")
     for seed in range(args.reps if not args.quick else 1):
         b = cp.run_sb3(seed, 475.0)
@@ -635,8 +826,11 @@ def bench_cartpole(args) -> list[Row]:
         row.ours.append(o["total_s"])
         steady.baseline.append(b["from_first_step_s"])
         steady.ours.append(o["from_first_step_s"])
-        print(f"  cartpole seed {seed}: ours {o['total_s']:.1f}s (reached {o['reached']}), "
-              f"SB3 {b['total_s']:.1f}s (reached {b['reached']})", flush=True)
+        print(
+            f"  cartpole seed {seed}: ours {o['total_s']:.1f}s (reached {o['reached']}), "
+            f"SB3 {b['total_s']:.1f}s (reached {b['reached']})",
+            flush=True,
+        )
     return [row, steady]
 
 
@@ -654,20 +848,36 @@ def bench_overhead(args) -> list[Row]:
     import bench_overhead as bo
 
     steps = 10 if args.quick else 20
-    res = bo.measure(["default", "matched"], steps, args.reps, overrides=args.overrides,
-                     say=lambda m: print(m, flush=True))
-    cases = {"default": ("grpo default (2 ranks + 1 engine, disaggregated)", "report"),
-             "matched": ("matched (colocated, 1 rank + 1 engine)", "<= 1.15x")}
+    res = bo.measure(
+        ["default", "matched"],
+        steps,
+        args.reps,
+        overrides=args.overrides,
+        say=lambda m: print(m, flush=True),
+    )
+    cases = {
+        "default": ("grpo default (2 ranks + 1 engine, disaggregated)", "report"),
+        "matched": ("matched (colocated, 1 rank + 1 engine)", "<= 1.15x"),
+    }
     rows = []
     for name, r in res["configs"].items():
         case, target = cases[name]
-        rows.append(Row("overhead", case, "s/step", ours=[b["wall_s"] for b in r["ours"]],
-                        baseline=[b["wall_s"] for b in r["bare"]], target=target,
-                        extra={"ours": r["ours"], "bare": r["bare"]},
-                        note="" if rows else
-                        f"wall time between step ends, median of steps {res['skip'] + 1}-{steps} "
-                        f"per block, blocks alternate; baseline: scripts/bench_overhead.py's bare "
-                        f"loop in one process (torch threads {res.get('bare_threads')})"))
+        rows.append(
+            Row(
+                "overhead",
+                case,
+                "s/step",
+                ours=[b["wall_s"] for b in r["ours"]],
+                baseline=[b["wall_s"] for b in r["bare"]],
+                target=target,
+                extra={"ours": r["ours"], "bare": r["bare"]},
+                note=""
+                if rows
+                else f"wall time between step ends, median of steps {res['skip'] + 1}-{steps} "
+                f"per block, blocks alternate; baseline: scripts/bench_overhead.py's bare "
+                f"loop in one process (torch threads {res.get('bare_threads')})",
+            )
+        )
     print("  overhead per-phase steady-state medians (s):\n" + bo.breakdown_table(res), flush=True)
     return rows
 
@@ -692,9 +902,11 @@ BENCHES: dict[str, Callable] = {
 }
 
 
-def main(argv: Optional[list[str]] = None) -> list[Row]:
+def main(argv: list[str] | None = None) -> list[Row]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", default=",".join(BENCHES), help="comma-separated: " + ",".join(BENCHES))
+    p.add_argument(
+        "--only", default=",".join(BENCHES), help="comma-separated: " + ",".join(BENCHES)
+    )
     p.add_argument("--reps", type=int, default=2, help="repetitions per side")
     p.add_argument("--sizes", default="tiny,17M,134M", help="weight_sync model sizes")
     p.add_argument("--quick", action="store_true", help="fewer cases (a smoke run)")
@@ -707,8 +919,11 @@ def main(argv: Optional[list[str]] = None) -> list[Row]:
     if unknown:
         p.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}")
     info = machine()
-    print(f"machine: {info.get('cpu', '?')}, {info['cpus']} CPUs, {info.get('mem_gib', '?')} GiB, "
-          f"load {' '.join(info.get('loadavg', []))}", flush=True)
+    print(
+        f"machine: {info.get('cpu', '?')}, {info['cpus']} CPUs, {info.get('mem_gib', '?')} GiB, "
+        f"load {' '.join(info.get('loadavg', []))}",
+        flush=True,
+    )
     rows: list[Row] = []
     t0 = time.time()
     for name in names:
@@ -720,13 +935,29 @@ def main(argv: Optional[list[str]] = None) -> list[Row]:
             rows.append(Row(name, "error", "", note=f"failed: {type(e).__name__}: {str(e)[:300]}"))
             print(f"  {name} failed: {e}", flush=True)
         print(f"  ({time.time() - t:.0f} s)", flush=True)
-    print(f"\nbenchmarks ({time.time() - t0:.0f} s); ratio = median(ours) / median(baseline), "
-          f"{args.reps} reps each\n")
+    print(
+        f"\nbenchmarks ({time.time() - t0:.0f} s); ratio = median(ours) / median(baseline), "
+        f"{args.reps} reps each\n"
+    )
     print_table(rows)
-    out = Path(args.out) if args.out else ROOT / "outputs" / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT / "outputs" / "bench" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "args": vars(args), "elapsed_s": time.time() - t0,
-                               "rows": [r.as_dict() for r in rows]}, indent=1, default=str))
+    out.write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "args": vars(args),
+                "elapsed_s": time.time() - t0,
+                "rows": [r.as_dict() for r in rows],
+            },
+            indent=1,
+            default=str,
+        )
+    )
     print(f"\nJSON: {out}")
     return rows
 

@@ -77,24 +77,45 @@ def sb3_child(seed: int, target: float, t_start: float) -> dict:
             return True
 
     env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
-    model = PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
-                n_epochs=20, ent_coef=0.0, learning_rate=LinearSchedule(1e-3, 0.0, 1.0),
-                clip_range=LinearSchedule(0.2, 0.0, 1.0), stats_window_size=WINDOW, seed=seed,
-                device="cpu", verbose=0)
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=32,
+        batch_size=256,
+        gae_lambda=0.8,
+        gamma=0.98,
+        n_epochs=20,
+        ent_coef=0.0,
+        learning_rate=LinearSchedule(1e-3, 0.0, 1.0),
+        clip_range=LinearSchedule(0.2, 0.0, 1.0),
+        stats_window_size=WINDOW,
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
     cb = Until()
     first = time.time()
     model.learn(total_timesteps=100_000, callback=cb)
     reached = cb.hit_steps is not None
     steps = cb.hit_steps if reached else model.num_timesteps
     end = cb.hit_time if reached else time.time()
-    return {"reached": reached, "steps": steps, "total_s": end - t_start,
-            "from_first_step_s": end - first, "steps_per_s": steps / (end - first)}
+    return {
+        "reached": reached,
+        "steps": steps,
+        "total_s": end - t_start,
+        "from_first_step_s": end - first,
+        "steps_per_s": steps / (end - first),
+    }
 
 
 def run_sb3(seed: int, target: float) -> dict:
     t0 = time.time()
-    out = subprocess.run([sys.executable, __file__, "--sb3-child", str(seed), str(target), str(t0)],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, __file__, "--sb3-child", str(seed), str(target), str(t0)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if out.returncode:
         raise RuntimeError(f"SB3 run failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -108,12 +129,27 @@ def run_sb3(seed: int, target: float) -> dict:
 def run_ours(seed: int, target: float, overrides: list[str]) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="bench-cartpole-"))
     metrics = run_dir / "metrics.jsonl"
-    cmd = [sys.executable, "-m", "rlhf.train", "+experiment=cartpole_ppo", f"seed={seed}",
-           f"hydra.run.dir={run_dir}", "logger.wandb.mode=disabled", "trainer.save_final=false",
-           "trainer.report=false", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlhf.train",
+        "+experiment=cartpole_ppo",
+        f"seed={seed}",
+        f"hydra.run.dir={run_dir}",
+        "logger.wandb.mode=disabled",
+        "trainer.save_final=false",
+        "trainer.report=false",
+        *overrides,
+    ]
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
     seen: list[tuple[dict, float]] = []  # (row, wall time it appeared)
     hit = None
     tail = MetricsTail(metrics)
@@ -136,9 +172,14 @@ def run_ours(seed: int, target: float, overrides: list[str]) -> dict:
     first_start = first_seen - first_row["timing/step_s"]
     row, end = hit if hit is not None else seen[-1]
     steps = int(row["env/steps"])
-    return {"reached": hit is not None, "steps": steps, "total_s": end - t0,
-            "from_first_step_s": end - first_start, "steps_per_s": steps / (end - first_start),
-            "startup_s": first_start - t0}
+    return {
+        "reached": hit is not None,
+        "steps": steps,
+        "total_s": end - t0,
+        "from_first_step_s": end - first_start,
+        "steps_per_s": steps / (end - first_start),
+        "startup_s": first_start - t0,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,24 +197,35 @@ def main() -> None:
     args = p.parse_args()
 
     results: dict[str, list[dict]] = {"sb3": [], "ours": []}
-    print(f"{'run':<6}{'seed':>5}{'reached':>9}{'env steps':>11}{'total s':>9}"
-          f"{'from 1st step s':>17}{'steps/s':>9}")
+    print(
+        f"{'run':<6}{'seed':>5}{'reached':>9}{'env steps':>11}{'total s':>9}"
+        f"{'from 1st step s':>17}{'steps/s':>9}"
+    )
     for seed in args.seeds:
-        for name, fn in (("sb3", lambda: run_sb3(seed, args.target)),
-                         ("ours", lambda: run_ours(seed, args.target, args.overrides))):
+        for name, fn in (
+            ("sb3", lambda seed=seed: run_sb3(seed, args.target)),
+            ("ours", lambda seed=seed: run_ours(seed, args.target, args.overrides)),
+        ):
             r = fn()
             results[name].append(r)
-            print(f"{name:<6}{seed:>5}{str(r['reached']):>9}{r['steps']:>11}{r['total_s']:>9.1f}"
-                  f"{r['from_first_step_s']:>17.1f}{r['steps_per_s']:>9.0f}", flush=True)
+            print(
+                f"{name:<6}{seed:>5}{str(r['reached']):>9}{r['steps']:>11}{r['total_s']:>9.1f}"
+                f"{r['from_first_step_s']:>17.1f}{r['steps_per_s']:>9.0f}",
+                flush=True,
+            )
 
     def med(name, key):
         return statistics.median(r[key] for r in results[name])
 
-    print(f"\nmedians over seeds {args.seeds} "
-          f"(target: last-{WINDOW}-episode mean >= {args.target:g})")
-    for key, label in (("total_s", "seconds to target, total"),
-                       ("from_first_step_s", "seconds to target, from first step"),
-                       ("steps", "env steps to target"), ("steps_per_s", "env steps/s")):
+    print(
+        f"\nmedians over seeds {args.seeds} (target: last-{WINDOW}-episode mean >= {args.target:g})"
+    )
+    for key, label in (
+        ("total_s", "seconds to target, total"),
+        ("from_first_step_s", "seconds to target, from first step"),
+        ("steps", "env steps to target"),
+        ("steps_per_s", "env steps/s"),
+    ):
         s, o = med("sb3", key), med("ours", key)
         print(f"  {label:<38} SB3 {s:>9.1f}   ours {o:>9.1f}   ours/SB3 {o / s:.2f}")
     print(f"  our start-up (launch to first step): median {med('ours', 'startup_s'):.1f} s")

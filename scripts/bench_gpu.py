@@ -30,23 +30,46 @@ sys.path.insert(0, str(ROOT))
 
 # Qwen2.5-0.5B / -1.5B shapes (tied embeddings), random init.
 SHAPES = {
-    "0.5B": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, intermediate_size=4864),
-    "1.5B": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, intermediate_size=8960),
+    "0.5B": dict(
+        hidden_size=896,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        intermediate_size=4864,
+    ),
+    "1.5B": dict(
+        hidden_size=1536,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        intermediate_size=8960,
+    ),
 }
 VOCAB = 151936
 
 # Dense bf16 peak TFLOP/s by device-name substring (vendor datasheets, without sparsity).
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0,
-                    "L4": 121.0, "4090": 165.0, "B200": 2250.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 125.0,
+    "L4": 121.0,
+    "4090": 165.0,
+    "B200": 2250.0,
+}
 
 
 def model_config(size: str):
     from transformers import Qwen2Config
 
-    return Qwen2Config(vocab_size=VOCAB, max_position_embeddings=4096, tie_word_embeddings=True,
-                       rope_theta=1e6, **SHAPES[size])
+    return Qwen2Config(
+        vocab_size=VOCAB,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+        **SHAPES[size],
+    )
 
 
 def count_params(size: str) -> int:
@@ -100,10 +123,15 @@ def bench_learner(model, params: int, peak: float | None, batch: int, seq: int) 
     step()  # warm-up (allocator, kernels)
     ts = timed(step, 5)
     tps = batch * seq / statistics.median(ts)
-    del opt
+    opt.state.clear()  # free the Adam moments before the next size
     torch.cuda.empty_cache()
-    return {"batch": batch, "seq": seq, "step_s": ts, "tokens_per_s": tps,
-            "mfu": mfu(params, tps, peak) if peak else None}
+    return {
+        "batch": batch,
+        "seq": seq,
+        "step_s": ts,
+        "tokens_per_s": tps,
+        "mfu": mfu(params, tps, peak) if peak else None,
+    }
 
 
 def _receiver(port: int, meta, bucket_bytes: int, reps: int) -> None:
@@ -133,11 +161,11 @@ def bench_broadcast(model, bucket_mb: int = 256, reps: int = 5) -> dict:
     port = free_port()
     proc = None
     if world == 2:
-        proc = mp.get_context("spawn").Process(target=_receiver,
-                                               args=(port, meta, bucket_mb << 20, reps))
+        proc = mp.get_context("spawn").Process(
+            target=_receiver, args=(port, meta, bucket_mb << 20, reps)
+        )
         proc.start()
-    g = WeightSyncGroup("127.0.0.1", port, 0, world, torch.device("cuda", 0), meta,
-                        bucket_mb << 20)
+    g = WeightSyncGroup("127.0.0.1", port, 0, world, torch.device("cuda", 0), meta, bucket_mb << 20)
     tensors = [p.detach() for _, p in named]
     g.send(tensors)  # warm-up: NCCL communicator set-up
     sync = timed(lambda: g.send(tensors), reps)
@@ -152,36 +180,58 @@ def bench_broadcast(model, bucket_mb: int = 256, reps: int = 5) -> dict:
     copy = timed(raw, reps)
     if proc is not None:
         proc.join(timeout=120)
-    return {"bytes": nbytes, "world_size": world, "sync_s": sync, "raw_copy_s": copy,
-            "ratio": statistics.median(sync) / statistics.median(copy),
-            "sync_GBps": nbytes / 1e9 / statistics.median(sync)}
+    return {
+        "bytes": nbytes,
+        "world_size": world,
+        "sync_s": sync,
+        "raw_copy_s": copy,
+        "ratio": statistics.median(sync) / statistics.median(copy),
+        "sync_GBps": nbytes / 1e9 / statistics.median(sync),
+    }
 
 
-def bench_generate(model, batches=(1, 16, 64), prompt_len: int = 128, new_tokens: int = 128) -> list[dict]:
+def bench_generate(
+    model, batches=(1, 16, 64), prompt_len: int = 128, new_tokens: int = 128
+) -> list[dict]:
     import torch
 
     out = []
     for b in batches:
         ids = torch.randint(0, VOCAB, (b, prompt_len), device="cuda")
 
-        def gen():
+        def gen(ids=ids):
             with torch.no_grad():
-                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                               do_sample=True, max_new_tokens=new_tokens,
-                               min_new_tokens=new_tokens, pad_token_id=0)
+                model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=True,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    pad_token_id=0,
+                )
 
         gen()
         ts = timed(gen, 2)
-        out.append({"batch": b, "new_tokens": new_tokens, "s": ts,
-                    "tokens_per_s": b * new_tokens / statistics.median(ts)})
+        out.append(
+            {
+                "batch": b,
+                "new_tokens": new_tokens,
+                "s": ts,
+                "tokens_per_s": b * new_tokens / statistics.median(ts),
+            }
+        )
     return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="0.5B,1.5B")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="dense bf16 peak of the GPU (default: from its name)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="dense bf16 peak of the GPU (default: from its name)",
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--out", default="")
@@ -194,14 +244,22 @@ def main(argv=None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("bench_gpu.py needs a CUDA GPU: torch.cuda.is_available() is False "
-              f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). Run it on a GPU "
-              "machine; on CPU use scripts/bench.py.", file=sys.stderr)
+        print(
+            "bench_gpu.py needs a CUDA GPU: torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). Run it on a GPU "
+            "machine; on CPU use scripts/bench.py.",
+            file=sys.stderr,
+        )
         return 2
     name = torch.cuda.get_device_name(0)
     peak = args.peak_tflops or peak_for(name)
-    info = {"gpu": name, "gpus": torch.cuda.device_count(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "peak_bf16_tflops": peak}
+    info = {
+        "gpu": name,
+        "gpus": torch.cuda.device_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "peak_bf16_tflops": peak,
+    }
     print(f"machine: {info}", flush=True)
     results = {"machine": info, "sizes": {}}
     t0 = time.time()
@@ -217,27 +275,41 @@ def main(argv=None) -> int:
         model.train()
         r["learner"] = bench_learner(model, params, peak, args.batch, args.seq)
         lr = r["learner"]
-        print(f"  learner: {lr['tokens_per_s']:,.0f} tokens/s (batch {lr['batch']} x {lr['seq']}), "
-              f"MFU {lr['mfu']:.1%}" if lr["mfu"] is not None else
-              f"  learner: {lr['tokens_per_s']:,.0f} tokens/s (peak unknown: pass --peak-tflops)",
-              flush=True)
+        print(
+            f"  learner: {lr['tokens_per_s']:,.0f} tokens/s (batch {lr['batch']} x {lr['seq']}), "
+            f"MFU {lr['mfu']:.1%}"
+            if lr["mfu"] is not None
+            else f"  learner: {lr['tokens_per_s']:,.0f} tokens/s "
+            "(peak unknown: pass --peak-tflops)",
+            flush=True,
+        )
         model.eval()
         r["broadcast"] = bench_broadcast(model)
         b = r["broadcast"]
-        print(f"  weight broadcast (NCCL, world {b['world_size']}): "
-              f"{statistics.median(b['sync_s']) * 1e3:.1f} ms for {b['bytes'] / 1e9:.2f} GB "
-              f"({b['sync_GBps']:.0f} GB/s) vs raw device copy "
-              f"{statistics.median(b['raw_copy_s']) * 1e3:.1f} ms: {b['ratio']:.2f}x", flush=True)
+        print(
+            f"  weight broadcast (NCCL, world {b['world_size']}): "
+            f"{statistics.median(b['sync_s']) * 1e3:.1f} ms for {b['bytes'] / 1e9:.2f} GB "
+            f"({b['sync_GBps']:.0f} GB/s) vs raw device copy "
+            f"{statistics.median(b['raw_copy_s']) * 1e3:.1f} ms: {b['ratio']:.2f}x",
+            flush=True,
+        )
         r["generate"] = bench_generate(model)
         for g in r["generate"]:
-            print(f"  HF generate batch {g['batch']:>3}: {g['tokens_per_s']:,.0f} tokens/s "
-                  f"({g['new_tokens']} new tokens)", flush=True)
+            print(
+                f"  HF generate batch {g['batch']:>3}: {g['tokens_per_s']:,.0f} tokens/s "
+                f"({g['new_tokens']} new tokens)",
+                flush=True,
+            )
         results["sizes"][size] = r
         del model
         torch.cuda.empty_cache()
     results["elapsed_s"] = time.time() - t0
     print(f"done in {results['elapsed_s']:.0f} s")
-    out = Path(args.out) if args.out else ROOT / "outputs" / "bench" / f"bench_gpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT / "outputs" / "bench" / f"bench_gpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str))
     print(f"JSON: {out}")

@@ -52,13 +52,24 @@ CONFIGS = {
     "matched": ["placement=colocated", "learner.num_ranks=1", "rollout.num_workers=1"],
     # Diagnostic (not in bench.py's run): matched, with the learner reserving 2 CPUs, so that
     # Ray gives it OMP_NUM_THREADS=2 -- the threads the bare process's torch uses.
-    "matched_2cpu": ["placement=colocated", "learner.num_ranks=1", "rollout.num_workers=1",
-                     "learner.cpus_per_rank=2"],
+    "matched_2cpu": [
+        "placement=colocated",
+        "learner.num_ranks=1",
+        "rollout.num_workers=1",
+        "learner.cpus_per_rank=2",
+    ],
 }
 # Every run: no eval, checkpoints, report or W&B (none of them is part of a training step).
-COMMON = ["logger.wandb.mode=disabled", "logger.console_every=1000000", "trainer.report=false",
-          "trainer.save_final=false", "trainer.save_every=0", "trainer.save_every_min=0",
-          "eval.every=0", "trainer.resume=never"]
+COMMON = [
+    "logger.wandb.mode=disabled",
+    "logger.console_every=1000000",
+    "trainer.report=false",
+    "trainer.save_final=false",
+    "trainer.save_every=0",
+    "trainer.save_every_min=0",
+    "eval.every=0",
+    "trainer.resume=never",
+]
 PHASES = ("rollout", "logprobs", "advantage", "update", "sync")
 MARK = "BENCH_OVERHEAD "  # the bare server's reply lines start with this
 
@@ -94,21 +105,26 @@ class BareLoop:
     def __init__(self, cfg, model_path: str):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         import torch
+        from bench import BareLearner
         from vllm import LLM
 
-        from bench import BareLearner
         from rlhf import algos
         from rlhf.tasks import get_task
 
         self.cfg = cfg
         r = cfg.rollout
         # VllmEngine's arguments (engine index 0), without the weight-sync worker extension.
-        self.llm = LLM(model=model_path, dtype=cfg.model.dtype, seed=cfg.seed,
-                       gpu_memory_utilization=r.vllm.gpu_memory_utilization,
-                       enforce_eager=r.vllm.enforce_eager, max_model_len=r.vllm.max_model_len,
-                       tensor_parallel_size=r.vllm.tensor_parallel_size,
-                       enable_prefix_caching=r.vllm.enable_prefix_caching,
-                       logprobs_mode="processed_logprobs")
+        self.llm = LLM(
+            model=model_path,
+            dtype=cfg.model.dtype,
+            seed=cfg.seed,
+            gpu_memory_utilization=r.vllm.gpu_memory_utilization,
+            enforce_eager=r.vllm.enforce_eager,
+            max_model_len=r.vllm.max_model_len,
+            tensor_parallel_size=r.vllm.tensor_parallel_size,
+            enable_prefix_caching=r.vllm.enable_prefix_caching,
+            logprobs_mode="processed_logprobs",
+        )
         self.learner = BareLearner(cfg, model_path)
         self.task = get_task(cfg.data.task)
         self.advantage_fn = algos.ADVANTAGE_ESTIMATORS.get(cfg.algo.advantage)
@@ -117,15 +133,17 @@ class BareLoop:
         self.threads = torch.get_num_threads()
 
     def reset(self, seed: int) -> None:
-        """The initial weights and a fresh AdamW, in the policy and in vLLM; a fresh prompt stream."""
+        """The initial weights and a fresh AdamW, in the policy and in vLLM; a fresh prompt
+        stream."""
         import torch
 
         from rlhf.data import PromptSource
 
         a = self.cfg.algo
         self.learner.policy.load_state_dict(self.initial)
-        self.learner.opt = torch.optim.AdamW(self.learner.policy.parameters(), lr=a.lr,
-                                             weight_decay=a.weight_decay, eps=a.adam_eps)
+        self.learner.opt = torch.optim.AdamW(
+            self.learner.policy.parameters(), lr=a.lr, weight_decay=a.weight_decay, eps=a.adam_eps
+        )
         self.prompts, self.seed = PromptSource(self.cfg.data, seed), seed
         self.sync()
 
@@ -138,9 +156,18 @@ class BareLoop:
         c = self.cfg.rollout
         drawn = self.prompts.next(c.prompts_per_step)
         reqs = [(p, i) for p in drawn for i in range(c.samples_per_prompt)]
-        params = [SamplingParams(n=1, seed=sample_seed(self.seed, p["group_id"], i), logprobs=0,
-                                 top_p=c.top_p, top_k=c.top_k, temperature=c.temperature,
-                                 max_tokens=c.max_new_tokens) for p, i in reqs]
+        params = [
+            SamplingParams(
+                n=1,
+                seed=sample_seed(self.seed, p["group_id"], i),
+                logprobs=0,
+                top_p=c.top_p,
+                top_k=c.top_k,
+                temperature=c.temperature,
+                max_tokens=c.max_new_tokens,
+            )
+            for p, i in reqs
+        ]
         t = time.perf_counter()
         outputs = self.llm.generate([p["prompt"] for p, _ in reqs], params, use_tqdm=False)
         generate_s = time.perf_counter() - t
@@ -148,11 +175,19 @@ class BareLoop:
         for (p, i), out in zip(reqs, outputs):
             o = out.outputs[0]
             ids = list(o.token_ids)
-            samples.append(Sample(group_id=p["group_id"], prompt_ids=list(out.prompt_token_ids),
-                                  response_ids=ids,
-                                  rollout_logprobs=[lp[t].logprob for t, lp in zip(ids, o.logprobs)],
-                                  prompt=p["prompt"], response=o.text, answer=p["answer"],
-                                  finish_reason=o.finish_reason or "", info={"sample_index": i}))
+            samples.append(
+                Sample(
+                    group_id=p["group_id"],
+                    prompt_ids=list(out.prompt_token_ids),
+                    response_ids=ids,
+                    rollout_logprobs=[lp[t].logprob for t, lp in zip(ids, o.logprobs)],
+                    prompt=p["prompt"],
+                    response=o.text,
+                    answer=p["answer"],
+                    finish_reason=o.finish_reason or "",
+                    info={"sample_index": i},
+                )
+            )
         t = time.perf_counter()
         for s in samples:
             s.reward = self.task.score(s.response, s.answer)
@@ -166,8 +201,9 @@ class BareLoop:
         policy, micro = self.learner.policy, self.cfg.learner.micro_batch_size
         policy.eval()
         with torch.no_grad():
-            parts = [policy(m, with_entropy=False)[0]
-                     for m in batch.split(max(1, len(batch) // micro))]
+            parts = [
+                policy(m, with_entropy=False)[0] for m in batch.split(max(1, len(batch) // micro))
+            ]
         policy.train()
         return LearnerGroup.attach(batch, [{"old_logprobs": torch.cat(parts)}])
 
@@ -176,9 +212,15 @@ class BareLoop:
 
         from rlhf import algos
 
-        adv, ret = self.advantage_fn(algos.AdvantageInputs(
-            token_rewards=batch.token_rewards, mask=batch.action_mask, group_ids=batch.group_ids,
-            seq_rewards=batch.seq_rewards), self.advantage_params)
+        adv, ret = self.advantage_fn(
+            algos.AdvantageInputs(
+                token_rewards=batch.token_rewards,
+                mask=batch.action_mask,
+                group_ids=batch.group_ids,
+                seq_rewards=batch.seq_rewards,
+            ),
+            self.advantage_params,
+        )
         return replace(batch, advantages=adv, returns=ret)
 
     def sync(self) -> None:
@@ -217,26 +259,39 @@ class BareLoop:
         t4 = time.perf_counter()
         self.sync()
         t5 = time.perf_counter()
-        return {"timing/rollout_s": t1 - t0, "timing/generate_s": generate_s,
-                "timing/reward_s": reward_s, "timing/logprobs_s": t2 - t1b,
-                "timing/advantage_s": t3 - t2, "timing/update_s": t4 - t3,
-                "timing/sync_s": t5 - t4, "timing/step_s": t5 - t0,
-                "rollout/response_len_mean": sum(len(s.response_ids) for s in samples) / len(samples),
-                "reward/mean": sum(s.reward for s in samples) / len(samples),
-                # vLLM's logprobs vs the policy's, as the trainer logs it: ~0 when the engine
-                # serves the weights that were loaded into it (the bare sync is checked here).
-                "rollout/logprob_diff": float(algos.masked_mean(
-                    (batch.rollout_logprobs - batch.old_logprobs).abs(), batch.action_mask))}
+        return {
+            "timing/rollout_s": t1 - t0,
+            "timing/generate_s": generate_s,
+            "timing/reward_s": reward_s,
+            "timing/logprobs_s": t2 - t1b,
+            "timing/advantage_s": t3 - t2,
+            "timing/update_s": t4 - t3,
+            "timing/sync_s": t5 - t4,
+            "timing/step_s": t5 - t0,
+            "rollout/response_len_mean": sum(len(s.response_ids) for s in samples) / len(samples),
+            "reward/mean": sum(s.reward for s in samples) / len(samples),
+            # vLLM's logprobs vs the policy's, as the trainer logs it: ~0 when the engine
+            # serves the weights that were loaded into it (the bare sync is checked here).
+            "rollout/logprob_diff": float(
+                algos.masked_mean(
+                    (batch.rollout_logprobs - batch.old_logprobs).abs(), batch.action_mask
+                )
+            ),
+        }
 
     def run(self, steps: int, seed: int) -> dict:
-        """One block: reset, then `steps` steps. Per-step rows and the wall time between step ends."""
+        """One block: reset, then `steps` steps. Per-step rows and the wall time between step
+        ends."""
         self.reset(seed)
         rows, ends = [], [time.perf_counter()]
         for _ in range(steps):
             rows.append(self.step())
             ends.append(time.perf_counter())
-        return {"rows": rows, "wall": [b - a for a, b in zip(ends, ends[1:])],
-                "threads": self.threads}
+        return {
+            "rows": rows,
+            "wall": [b - a for a, b in zip(ends, ends[1:])],
+            "threads": self.threads,
+        }
 
 
 def serve_bare(overrides: list[str]) -> None:
@@ -264,13 +319,23 @@ class BareClient:
 
     def __init__(self, overrides: list[str], threads: int = 0):
         """threads: OMP_NUM_THREADS for the bare process (0: unset, a plain process)."""
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="bench-overhead-bare-", suffix=".log",
-                                               delete=False)
+        self.log = tempfile.NamedTemporaryFile(
+            "w+", prefix="bench-overhead-bare-", suffix=".log", delete=False
+        )
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--serve-bare", "--", *overrides],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-            env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-                 "VLLM_LOGGING_LEVEL": "WARNING", **({"OMP_NUM_THREADS": str(threads)} if threads else {})})
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env={
+                **os.environ,
+                "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                "VLLM_LOGGING_LEVEL": "WARNING",
+                **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+            },
+        )
         self.ready = None
 
     def _reply(self, timeout_s: float) -> dict:
@@ -279,7 +344,7 @@ class BareClient:
         try:
             for line in self.proc.stdout:
                 if line.startswith(MARK):
-                    return json.loads(line[len(MARK):])
+                    return json.loads(line[len(MARK) :])
         finally:
             watchdog.cancel()
         self.log.flush()
@@ -329,9 +394,14 @@ class Ours:
         model_path = resolve_model_path(self.cfg)
         runtime_env = init_ray(self.cfg)
         try:
-            self.trainer = build_trainer(self.cfg, self.out / "startup", self.resolved,
-                                         PromptSource(self.cfg.data, self.cfg.seed), model_path,
-                                         runtime_env)
+            self.trainer = build_trainer(
+                self.cfg,
+                self.out / "startup",
+                self.resolved,
+                PromptSource(self.cfg.data, self.cfg.seed),
+                model_path,
+                runtime_env,
+            )
             self.initial = str(self.out / "initial")
             ray.get(self.trainer.learners.save(self.initial, "init"))
         except BaseException:
@@ -349,9 +419,16 @@ class Ours:
         cfg, t = self.cfg, self.trainer
         self.blocks += 1
         run_dir = self.out / f"block{self.blocks}"
-        logger = RunLogger(cfg.logger, run_dir, config=self.resolved,
-                           total_steps=cfg.trainer.total_steps, name=run_dir.name, group=None,
-                           tags=[], primary_metric="reward/mean")
+        logger = RunLogger(
+            cfg.logger,
+            run_dir,
+            config=self.resolved,
+            total_steps=cfg.trainer.total_steps,
+            name=run_dir.name,
+            group=None,
+            tags=[],
+            primary_metric="reward/mean",
+        )
         ends: list[float] = []
         log = logger.log
 
@@ -360,9 +437,18 @@ class Ours:
             ends.append(time.perf_counter())
 
         logger.log = timed_log
-        t.restart(RolloutPipeline(cfg.rollout, PromptSource(cfg.data, seed), t.pipeline.engines,
-                                  t.pipeline.rewards, seed=seed,
-                                  ledger_path=run_dir / "ledger.jsonl"), logger, self.initial)
+        t.restart(
+            RolloutPipeline(
+                cfg.rollout,
+                PromptSource(cfg.data, seed),
+                t.pipeline.engines,
+                t.pipeline.rewards,
+                seed=seed,
+                ledger_path=run_dir / "ledger.jsonl",
+            ),
+            logger,
+            self.initial,
+        )
         ends.append(time.perf_counter())
         start_us = time.time() * 1e6
         t.fit()
@@ -390,8 +476,14 @@ def actor_time(events: list[dict], since_us: float, steps: int) -> dict[str, dic
         name = e.get("args", {}).get("name") or e.get("name")
         key = f"{e.get('cat')} {name}"
         by.setdefault(key, []).append(e.get("dur", 0) / 1e3)
-    return {k: {"calls_per_step": len(v) / steps, "median_ms": statistics.median(v),
-                "ms_per_step": sum(v) / steps} for k, v in sorted(by.items())}
+    return {
+        k: {
+            "calls_per_step": len(v) / steps,
+            "median_ms": statistics.median(v),
+            "ms_per_step": sum(v) / steps,
+        }
+        for k, v in sorted(by.items())
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,25 +494,36 @@ def actor_time(events: list[dict], since_us: float, steps: int) -> dict[str, dic
 def summarize(block: dict, skip: int) -> dict:
     """Steady-state medians of one block: wall s/step and each phase."""
     rows = block["rows"]
-    out = {"wall_s": steady(block["wall"], skip),
-           "step_s": steady([r["timing/step_s"] for r in rows], skip)}
+    out = {
+        "wall_s": steady(block["wall"], skip),
+        "step_s": steady([r["timing/step_s"] for r in rows], skip),
+    }
     for k in (*PHASES, "generate", "reward"):
         key = f"timing/{k}_s"
         if all(key in r for r in rows):
             out[k] = steady([r[key] for r in rows], skip)
     if all("perf/rollout_idle_frac" in r for r in rows):
         # Ours: the engine's generate-call time (the pipeline's busy share of the step).
-        out["generate"] = steady([(1 - r["perf/rollout_idle_frac"]) * r["timing/step_s"]
-                                  for r in rows], skip)
+        out["generate"] = steady(
+            [(1 - r["perf/rollout_idle_frac"]) * r["timing/step_s"] for r in rows], skip
+        )
     out["response_len_mean"] = statistics.mean(r["rollout/response_len_mean"] for r in rows)
     out["reward_mean"] = statistics.mean(r["reward/mean"] for r in rows)
     out["logprob_diff_max"] = max(r["rollout/logprob_diff"] for r in rows)
     return out
 
 
-def measure(configs: list[str], steps: int, reps: int, skip: int = 3, seed: int = 0,
-            overrides: list[str] = (), bare_threads: int = 0, timeline: bool = False,
-            say=print) -> dict:
+def measure(
+    configs: list[str],
+    steps: int,
+    reps: int,
+    skip: int = 3,
+    seed: int = 0,
+    overrides: list[str] = (),
+    bare_threads: int = 0,
+    timeline: bool = False,
+    say=print,
+) -> dict:
     """For each configuration: start ours once, then `reps` alternations of one block of ours
     and one block of the bare loop (which starts once, in parallel with the first cluster).
     timeline: in each configuration's last block of ours, also the actors' own time per call."""
@@ -442,8 +545,10 @@ def measure(configs: list[str], steps: int, reps: int, skip: int = 3, seed: int 
                     b = summarize(bare.run(steps, seed), skip)
                     res["ours"].append(o)
                     res["bare"].append(b)
-                    say(f"  overhead {name} rep {rep + 1}: ours {o['wall_s']:.3f} s/step, "
-                        f"bare {b['wall_s']:.3f} s/step ({o['wall_s'] / b['wall_s']:.2f}x)")
+                    say(
+                        f"  overhead {name} rep {rep + 1}: ours {o['wall_s']:.3f} s/step, "
+                        f"bare {b['wall_s']:.3f} s/step ({o['wall_s'] / b['wall_s']:.2f}x)"
+                    )
             finally:
                 ours.close()
         results["bare_threads"] = ready.get("threads")
@@ -460,16 +565,23 @@ def median_of(blocks: list[dict], key: str) -> float | None:
 def breakdown_table(results: dict) -> str:
     """Per-phase steady-state medians, ours and bare, per configuration."""
     keys = ["wall_s", "step_s", *PHASES, "generate", "reward"]
-    lines = ["| config | side | " + " | ".join(keys) + " | resp len | reward |",
-             "|---" * (len(keys) + 4) + "|"]
+    lines = [
+        "| config | side | " + " | ".join(keys) + " | resp len | reward |",
+        "|---" * (len(keys) + 4) + "|",
+    ]
     for name, res in results["configs"].items():
         for side in ("ours", "bare"):
             blocks = res[side]
-            cells = [f"{median_of(blocks, k):.4f}" if median_of(blocks, k) is not None else "-"
-                     for k in keys]
-            lines.append(f"| {name} | {side} | " + " | ".join(cells) +
-                         f" | {median_of(blocks, 'response_len_mean'):.2f} "
-                         f"| {median_of(blocks, 'reward_mean'):.3f} |")
+            cells = [
+                f"{median_of(blocks, k):.4f}" if median_of(blocks, k) is not None else "-"
+                for k in keys
+            ]
+            lines.append(
+                f"| {name} | {side} | "
+                + " | ".join(cells)
+                + f" | {median_of(blocks, 'response_len_mean'):.2f} "
+                f"| {median_of(blocks, 'reward_mean'):.3f} |"
+            )
     return "\n".join(lines)
 
 
@@ -478,12 +590,21 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=20, help="steps per block")
     p.add_argument("--reps", type=int, default=2, help="blocks per side and configuration")
     p.add_argument("--skip", type=int, default=3, help="warm-up steps left out of each block")
-    p.add_argument("--configs", default="default,matched", help="comma-separated: " + ",".join(CONFIGS))
+    p.add_argument(
+        "--configs", default="default,matched", help="comma-separated: " + ",".join(CONFIGS)
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bare-threads", type=int, default=0,
-                   help="OMP_NUM_THREADS of the bare process (0: unset; 1: as a 1-CPU Ray actor)")
-    p.add_argument("--timeline", action="store_true",
-                   help="also time each actor method inside the actor (Ray's profiling events)")
+    p.add_argument(
+        "--bare-threads",
+        type=int,
+        default=0,
+        help="OMP_NUM_THREADS of the bare process (0: unset; 1: as a 1-CPU Ray actor)",
+    )
+    p.add_argument(
+        "--timeline",
+        action="store_true",
+        help="also time each actor method inside the actor (Ray's profiling events)",
+    )
     p.add_argument("--out", default="", help="write the results as JSON here")
     p.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for both sides (after --)")
@@ -492,25 +613,42 @@ def main(argv=None) -> dict:
         serve_bare(args.overrides)
         return {}
     configs = [c for c in args.configs.split(",") if c]
-    results = measure(configs, args.steps, args.reps, args.skip, args.seed, args.overrides,
-                      args.bare_threads, args.timeline)
-    print(f"\n{args.steps} steps per block, first {args.skip} skipped, {args.reps} blocks per side; "
-          f"s/step = median wall time between step ends, median over blocks\n")
+    results = measure(
+        configs,
+        args.steps,
+        args.reps,
+        args.skip,
+        args.seed,
+        args.overrides,
+        args.bare_threads,
+        args.timeline,
+    )
+    print(
+        f"\n{args.steps} steps per block, first {args.skip} skipped, {args.reps} blocks per side; "
+        f"s/step = median wall time between step ends, median over blocks\n"
+    )
     for name, res in results["configs"].items():
         o = [b["wall_s"] for b in res["ours"]]
         b = [b["wall_s"] for b in res["bare"]]
-        print(f"{name:8s} ours {statistics.median(o):.3f} ({min(o):.3f}-{max(o):.3f})  bare "
-              f"{statistics.median(b):.3f} ({min(b):.3f}-{max(b):.3f})  ratio "
-              f"{statistics.median(o) / statistics.median(b):.2f}x"
-              f"{'  <- the issue ratio' if name == 'matched' else ''}")
+        print(
+            f"{name:8s} ours {statistics.median(o):.3f} ({min(o):.3f}-{max(o):.3f})  bare "
+            f"{statistics.median(b):.3f} ({min(b):.3f}-{max(b):.3f})  ratio "
+            f"{statistics.median(o) / statistics.median(b):.2f}x"
+            f"{'  <- the issue ratio' if name == 'matched' else ''}"
+        )
     print("\nper-phase steady-state medians (s):\n" + breakdown_table(results))
     for name, res in results["configs"].items():
         if "timeline" in res:
-            print(f"\n{name}: time inside the actors per call (Ray profiling events; median ms,"
-                  f" calls per step; the block's warm-up steps included in the counts)")
+            print(
+                f"\n{name}: time inside the actors per call (Ray profiling events; median ms,"
+                f" calls per step; the block's warm-up steps included in the counts)"
+            )
             for k, v in res["timeline"].items():
                 if k.startswith("task::"):
-                    print(f"  {k.split()[0][6:]:40s} {v['median_ms']:8.1f} ms  x{v['calls_per_step']:.1f}")
+                    print(
+                        f"  {k.split()[0][6:]:40s} {v['median_ms']:8.1f} ms  "
+                        f"x{v['calls_per_step']:.1f}"
+                    )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return results

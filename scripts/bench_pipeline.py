@@ -50,11 +50,23 @@ def compose(task: str, steps: int, extra: list[str]):
     from rlhf.train import CONF_DIR
 
     register_configs()
-    overrides = ["+experiment=grpo", f"data.task={task}", f"trainer.total_steps={steps}",
-                 f"rollout.max_new_tokens={MAX_NEW_TOKENS[task]}", "learner.num_ranks=1",
-                 "rollout.num_workers=1", "ray.num_cpus=3", "logger.wandb.mode=disabled",
-                 "logger.console_every=1000", "trainer.report=false", "trainer.save_final=false",
-                 "trainer.save_every=0", "trainer.save_every_min=0", "eval.every=0", *extra]
+    overrides = [
+        "+experiment=grpo",
+        f"data.task={task}",
+        f"trainer.total_steps={steps}",
+        f"rollout.max_new_tokens={MAX_NEW_TOKENS[task]}",
+        "learner.num_ranks=1",
+        "rollout.num_workers=1",
+        "ray.num_cpus=3",
+        "logger.wandb.mode=disabled",
+        "logger.console_every=1000",
+        "trainer.report=false",
+        "trainer.save_final=false",
+        "trainer.save_every=0",
+        "trainer.save_every_min=0",
+        "eval.every=0",
+        *extra,
+    ]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         dcfg = hydra_compose(config_name="config", overrides=overrides)
     from omegaconf import OmegaConf
@@ -69,18 +81,20 @@ def run_summary(rows: list[dict], threshold: float) -> dict:
     elapsed, hit = 0.0, None
     for i, r in enumerate(rows):
         elapsed += r["timing/step_s"]
-        recent = [x["reward/mean"] for x in rows[max(0, i - WINDOW + 1): i + 1]]
+        recent = [x["reward/mean"] for x in rows[max(0, i - WINDOW + 1) : i + 1]]
         if i + 1 >= WINDOW and sum(recent) / len(recent) >= threshold:
             hit = elapsed
             break
-    return {"samples_per_s": samples / train_s,
-            "seconds_to_threshold": hit if hit is not None else elapsed,
-            "reached": hit is not None,
-            "learner_idle_frac": statistics.mean(r["perf/learner_idle_frac"] for r in timed),
-            "rollout_idle_frac": statistics.mean(r["perf/rollout_idle_frac"] for r in timed),
-            "staleness_mean": statistics.mean(r["rollout/staleness_mean"] for r in rows),
-            "reward_first_fifth": statistics.mean(r["reward/mean"] for r in rows[: len(rows) // 5]),
-            "reward_last_fifth": statistics.mean(r["reward/mean"] for r in rows[-(len(rows) // 5):])}
+    return {
+        "samples_per_s": samples / train_s,
+        "seconds_to_threshold": hit if hit is not None else elapsed,
+        "reached": hit is not None,
+        "learner_idle_frac": statistics.mean(r["perf/learner_idle_frac"] for r in timed),
+        "rollout_idle_frac": statistics.mean(r["perf/rollout_idle_frac"] for r in timed),
+        "staleness_mean": statistics.mean(r["rollout/staleness_mean"] for r in rows),
+        "reward_first_fifth": statistics.mean(r["reward/mean"] for r in rows[: len(rows) // 5]),
+        "reward_last_fifth": statistics.mean(r["reward/mean"] for r in rows[-(len(rows) // 5) :]),
+    }
 
 
 def bench_task(task: str, args, out: Path) -> list[dict]:
@@ -97,8 +111,14 @@ def bench_task(task: str, args, out: Path) -> list[dict]:
     results = []
     try:
         started = time.perf_counter()
-        trainer = build_trainer(cfg, out / f"{task}-startup", resolved,
-                                PromptSource(cfg.data, 0), model_path, runtime_env)
+        trainer = build_trainer(
+            cfg,
+            out / f"{task}-startup",
+            resolved,
+            PromptSource(cfg.data, 0),
+            model_path,
+            runtime_env,
+        )
         print(f"[{task}] roles up in {time.perf_counter() - started:.1f}s", flush=True)
         initial = out / f"{task}-initial"
         ray.get(trainer.learners.save(str(initial), "init"))
@@ -108,16 +128,34 @@ def bench_task(task: str, args, out: Path) -> list[dict]:
                 run_dir.mkdir(parents=True)
                 rcfg = dataclasses.replace(cfg.rollout, max_staleness=k)
                 trainer.restart(
-                    RolloutPipeline(rcfg, PromptSource(cfg.data, seed), trainer.pipeline.engines,
-                                    trainer.pipeline.rewards, seed=seed,
-                                    ledger_path=run_dir / "ledger.jsonl"),
-                    RunLogger(cfg.logger, run_dir, config=resolved, total_steps=args.steps,
-                              name=run_dir.name, group=None, tags=[], primary_metric="reward/mean"),
-                    str(initial))
+                    RolloutPipeline(
+                        rcfg,
+                        PromptSource(cfg.data, seed),
+                        trainer.pipeline.engines,
+                        trainer.pipeline.rewards,
+                        seed=seed,
+                        ledger_path=run_dir / "ledger.jsonl",
+                    ),
+                    RunLogger(
+                        cfg.logger,
+                        run_dir,
+                        config=resolved,
+                        total_steps=args.steps,
+                        name=run_dir.name,
+                        group=None,
+                        tags=[],
+                        primary_metric="reward/mean",
+                    ),
+                    str(initial),
+                )
                 trainer.fit()
                 rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
-                summary = {"task": task, "staleness": k, "seed": seed,
-                           **run_summary(rows, THRESHOLDS[task])}
+                summary = {
+                    "task": task,
+                    "staleness": k,
+                    "seed": seed,
+                    **run_summary(rows, THRESHOLDS[task]),
+                }
                 print(json.dumps(summary), flush=True)
                 results.append(summary)
     finally:
@@ -129,30 +167,39 @@ def table(results: list[dict], staleness: list[int]) -> str:
     def med(vals):
         return statistics.median(vals), min(vals), max(vals)
 
-    lines = ["| task | max_staleness | samples/s (min..max) | x vs 0 | s to threshold (min..max) "
-             "| x vs 0 | learner idle | engine idle | reward first -> last fifth |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | max_staleness | samples/s (min..max) | x vs 0 | s to threshold (min..max) "
+        "| x vs 0 | learner idle | engine idle | reward first -> last fifth |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for task in dict.fromkeys(r["task"] for r in results):
         base = {}
         for k in staleness:
             runs = [r for r in results if r["task"] == task and r["staleness"] == k]
-            sps, t = med([r["samples_per_s"] for r in runs]), med([r["seconds_to_threshold"] for r in runs])
+            sps, t = (
+                med([r["samples_per_s"] for r in runs]),
+                med([r["seconds_to_threshold"] for r in runs]),
+            )
             base.setdefault("sps", sps[0])
             base.setdefault("t", t[0])
             missed = sum(not r["reached"] for r in runs)
             lines.append(
-                f"| {task} (>= {THRESHOLDS[task]}) | {k} | {sps[0]:.0f} ({sps[1]:.0f}..{sps[2]:.0f}) "
+                f"| {task} (>= {THRESHOLDS[task]}) | {k} | "
+                f"{sps[0]:.0f} ({sps[1]:.0f}..{sps[2]:.0f}) "
                 f"| {sps[0] / base['sps']:.2f} | {t[0]:.1f} ({t[1]:.1f}..{t[2]:.1f})"
                 f"{f' [{missed} not reached]' if missed else ''} | {t[0] / base['t']:.2f} "
                 f"| {statistics.median(r['learner_idle_frac'] for r in runs):.2f} "
                 f"| {statistics.median(r['rollout_idle_frac'] for r in runs):.2f} "
                 f"| {statistics.median(r['reward_first_fifth'] for r in runs):.2f} -> "
-                f"{statistics.median(r['reward_last_fifth'] for r in runs):.2f} |")
+                f"{statistics.median(r['reward_last_fifth'] for r in runs):.2f} |"
+            )
     return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--tasks", nargs="+", default=["addition", "spell"], choices=sorted(THRESHOLDS))
     ap.add_argument("--staleness", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -170,8 +217,11 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"\n{machine}; {args.steps} steps per run, seeds {args.seeds}; medians (min..max)\n")
     print(text)
-    (out / "bench_pipeline.json").write_text(json.dumps(
-        {"machine": machine, "args": vars(args), "runs": results, "table": text}, indent=1))
+    (out / "bench_pipeline.json").write_text(
+        json.dumps(
+            {"machine": machine, "args": vars(args), "runs": results, "table": text}, indent=1
+        )
+    )
     print(f"\nwritten: {out / 'bench_pipeline.json'}")
 
 

@@ -35,9 +35,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Qwen2.5-0.5B's config.json (the shape only; weights are random).
 QWEN25_05B = dict(
-    vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-    num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-    rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
+    vocab_size=151936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    max_position_embeddings=32768,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    use_sliding_window=False,
     hidden_act="silu",
 )
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -52,14 +60,22 @@ def build_tokenizer(out: Path, vocab_size: int):
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
-    files = [str(p) for p in ROOT.rglob("*") if p.suffix in (".py", ".md") and ".venv" not in p.parts
-             and "outputs" not in p.parts]
+    files = [
+        str(p)
+        for p in ROOT.rglob("*")
+        if p.suffix in (".py", ".md") and ".venv" not in p.parts and "outputs" not in p.parts
+    ]
     bpe = ByteLevelBPETokenizer()
-    bpe.train(files, vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIALS,
-              show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>", model_max_length=32768,
-                                  clean_up_tokenization_spaces=False)
+    bpe.train(
+        files, vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIALS, show_progress=False
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+    )
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(out)
     return tok
@@ -70,11 +86,19 @@ def build_model(out: Path, tokenizer_vocab: int, dtype: str) -> int:
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     tok = build_tokenizer(out, tokenizer_vocab)
-    cfg = Qwen2Config(**QWEN25_05B, bos_token_id=None, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, dtype=dtype, architectures=["Qwen2ForCausalLM"])
+    cfg = Qwen2Config(
+        **QWEN25_05B,
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        dtype=dtype,
+        architectures=["Qwen2ForCausalLM"],
+    )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(cfg).to(getattr(torch, dtype))
-    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
     model.save_pretrained(out, safe_serialization=True)
     return sum(p.numel() for p in model.parameters())
 
@@ -86,10 +110,21 @@ def write_data(path: Path, n: int = 200) -> None:
     with path.open("w") as f:
         for _ in range(n):
             a, b = rng.randint(0, 99), rng.randint(0, 99)
-            f.write(json.dumps({"messages": [
-                {"role": "system", "content": "You are a careful calculator."},
-                {"role": "user", "content": f"What is {a} + {b}? Answer with the number only."}],
-                "answer": str(a + b)}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "system", "content": "You are a careful calculator."},
+                            {
+                                "role": "user",
+                                "content": f"What is {a} + {b}? Answer with the number only.",
+                            },
+                        ],
+                        "answer": str(a + b),
+                    }
+                )
+                + "\n"
+            )
 
 
 class RssSampler(threading.Thread):
@@ -142,24 +177,51 @@ def main() -> None:
         print(f"built {model_dir}: {n / 1e6:.1f}M parameters in {time.perf_counter() - t0:.0f}s")
         return
     # Build in a child so its ~2 GB are freed before the run starts.
-    subprocess.run([sys.executable, __file__, "--build-only", "--dtype", args.dtype,
-                    "--tokenizer-vocab", str(args.tokenizer_vocab), "--out", str(args.out)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--build-only",
+            "--dtype",
+            args.dtype,
+            "--tokenizer-vocab",
+            str(args.tokenizer_vocab),
+            "--out",
+            str(args.out),
+        ],
+        check=True,
+    )
     params = json.loads((model_dir / "bench_params.json").read_text())["params"]
     overrides = [
-        "+experiment=grpo", f"model.path={model_dir}", f"model.dtype={args.dtype}",
-        f"data.path={args.out / 'prompts.jsonl'}", "data.prompt_key=messages",
-        "reward.fn=rlhf.reward.rules:exact_match", "learner.num_ranks=1", "learner.zero_stage=0",
-        "learner.micro_batch_size=4", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
-        "rollout.max_new_tokens=16", "rollout.vllm.max_model_len=1024",
+        "+experiment=grpo",
+        f"model.path={model_dir}",
+        f"model.dtype={args.dtype}",
+        f"data.path={args.out / 'prompts.jsonl'}",
+        "data.prompt_key=messages",
+        "reward.fn=rlhf.reward.rules:exact_match",
+        "learner.num_ranks=1",
+        "learner.zero_stage=0",
+        "learner.micro_batch_size=4",
+        "rollout.prompts_per_step=4",
+        "rollout.samples_per_prompt=4",
+        "rollout.max_new_tokens=16",
+        "rollout.vllm.max_model_len=1024",
         f"trainer.total_steps={args.steps}",
-        "trainer.save_final=false", "trainer.report=false", "eval=off", "logger.wandb.mode=disabled",
-        "ray.num_cpus=3", f"hydra.run.dir={run_dir}",
+        "trainer.save_final=false",
+        "trainer.report=false",
+        "eval=off",
+        "logger.wandb.mode=disabled",
+        "ray.num_cpus=3",
+        f"hydra.run.dir={run_dir}",
     ]
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf.train", *overrides], cwd=ROOT,
-                            # An explicit 1 GiB KV cache: vLLM CPU's share-of-memory default
-                            # counts the 2 GB of weights against the share and fails.
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhf.train", *overrides],
+        cwd=ROOT,
+        # An explicit 1 GiB KV cache: vLLM CPU's share-of-memory default
+        # counts the 2 GB of weights against the share and fails.
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
     sampler = RssSampler(proc.pid)
     sampler.start()
     rc = proc.wait()
@@ -170,19 +232,37 @@ def main() -> None:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     rows = [r for r in rows if "timing/step_s" in r]
     later = rows[1:] or rows
-    phases = sorted({k for r in later for k in r if k.startswith("timing/") and k != "timing/step_s"})
+    phases = sorted(
+        {k for r in later for k in r if k.startswith("timing/") and k != "timing/step_s"}
+    )
     step_mean = sum(r["timing/step_s"] for r in later) / len(later)
-    print(f"\nbench_realistic: Qwen2.5-0.5B shape, random init, {params / 1e6:.1f}M parameters, "
-          f"{args.dtype}, 1 learner rank (ZeRO-0) + 1 vLLM engine, 16 samples x <=16 new tokens")
+    print(
+        f"\nbench_realistic: Qwen2.5-0.5B shape, random init, {params / 1e6:.1f}M parameters, "
+        f"{args.dtype}, 1 learner rank (ZeRO-0) + 1 vLLM engine, 16 samples x <=16 new tokens"
+    )
     print(f"wall time of the run (start-up included): {wall:.0f}s")
-    print("step times (s): " + ", ".join(f"{r['timing/step_s']:.1f}" for r in rows)
-          + f"  (mean of steps 2..: {step_mean:.1f}s)")
-    print("per-phase share of steps 2..: " + ", ".join(
-        f"{p[7:-2]} {sum(r.get(p, 0.0) for r in later) / (step_mean * len(later)):.0%}" for p in phases))
-    print("rollout/logprob_diff per step: " + ", ".join(
-        f"{r.get('rollout/logprob_diff', float('nan')):.2e}" for r in rows))
-    print("peak RSS per process: " + ", ".join(
-        f"{k} {v / 2**30:.2f} GiB" for k, v in sorted(sampler.peak.items(), key=lambda x: -x[1])))
+    print(
+        "step times (s): "
+        + ", ".join(f"{r['timing/step_s']:.1f}" for r in rows)
+        + f"  (mean of steps 2..: {step_mean:.1f}s)"
+    )
+    print(
+        "per-phase share of steps 2..: "
+        + ", ".join(
+            f"{p[7:-2]} {sum(r.get(p, 0.0) for r in later) / (step_mean * len(later)):.0%}"
+            for p in phases
+        )
+    )
+    print(
+        "rollout/logprob_diff per step: "
+        + ", ".join(f"{r.get('rollout/logprob_diff', float('nan')):.2e}" for r in rows)
+    )
+    print(
+        "peak RSS per process: "
+        + ", ".join(
+            f"{k} {v / 2**30:.2f} GiB" for k, v in sorted(sampler.peak.items(), key=lambda x: -x[1])
+        )
+    )
 
 
 if __name__ == "__main__":

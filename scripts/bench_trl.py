@@ -51,10 +51,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from metrics_tail import MetricsTail, interrupt
-from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -65,9 +66,14 @@ MAX_STEPS = 300  # the default run's length: a side that has not reached it by t
 SPS_STEPS = 3  # s/step rows: steps per run; the first is warm-up, the rest are timed
 SPS_TOKENS = 64  # max new tokens in the s/step rows
 SPS_PROMPTS = 2  # prompts per step in the s/step rows (x 8 samples)
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "HF_HUB_DISABLE_TELEMETRY": "1", "WANDB_MODE": "disabled",
-               "TOKENIZERS_PARALLELISM": "false"}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,7 +83,8 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
 
 def compose(overrides: list[str] = ()):
     """Our typed config for `+experiment=grpo` plus `overrides`, as rlhf.train sees it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     from rlhf.config import register_configs, to_schema
 
@@ -94,8 +101,10 @@ def prompt_rows(cfg, steps: int) -> list[dict[str, str]]:
     source = PromptSource(cfg.data, cfg.seed)
     rows = []
     for _ in range(steps):
-        rows += [{"prompt": p["prompt"], "answer": p["answer"]}
-                 for p in source.next(cfg.rollout.prompts_per_step)]
+        rows += [
+            {"prompt": p["prompt"], "answer": p["answer"]}
+            for p in source.next(cfg.rollout.prompts_per_step)
+        ]
     return rows
 
 
@@ -103,8 +112,9 @@ def prompt_dataset(cfg, steps: int):
     import datasets
 
     rows = prompt_rows(cfg, steps)
-    return datasets.Dataset.from_dict({"prompt": [r["prompt"] for r in rows],
-                                       "answer": [r["answer"] for r in rows]})
+    return datasets.Dataset.from_dict(
+        {"prompt": [r["prompt"] for r in rows], "answer": [r["answer"] for r in rows]}
+    )
 
 
 class TaskReward:
@@ -231,17 +241,24 @@ def trl_child(argv: list[str]) -> None:
             if not logs or "reward" not in logs:
                 return
             rewards.append(float(logs["reward"]))
-            trail = statistics.fmean(rewards[-args.window:])
+            trail = statistics.fmean(rewards[-args.window :])
             # full precision: the parent recomputes the trailing mean from these values
-            print(f"TRL_STEP {state.global_step} {rewards[-1]!r} {trail!r} "
-                  f"{time.time() - t0:.3f} {logs.get('completions/mean_length', float('nan')):.3f}",
-                  flush=True)
+            print(
+                f"TRL_STEP {state.global_step} {rewards[-1]!r} {trail!r} "
+                f"{time.time() - t0:.3f} {logs.get('completions/mean_length', float('nan')):.3f}",
+                flush=True,
+            )
             if len(rewards) >= args.window and trail >= args.threshold:
                 control.should_training_stop = True
 
-    trainer = GRPOTrainer(model=model, reward_funcs=[TaskReward(cfg.data.task)], args=gargs,
-                          train_dataset=prompt_dataset(cfg, args.max_steps), processing_class=tok,
-                          callbacks=[Until()])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[TaskReward(cfg.data.task)],
+        args=gargs,
+        train_dataset=prompt_dataset(cfg, args.max_steps),
+        processing_class=tok,
+        callbacks=[Until()],
+    )
     print(f"TRL_MARK trainer built {time.time() - t0:.3f}", flush=True)
     trainer.train()
     print(f"TRL_DONE {time.time() - t0:.3f}", flush=True)
@@ -252,33 +269,71 @@ def trl_child(argv: list[str]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _result(steps: list[tuple[int, float, float, float]], threshold: float, window: int,
-            t0: float, end_wall: float) -> dict[str, Any]:
+def _result(
+    steps: list[tuple[int, float, float, float]],
+    threshold: float,
+    window: int,
+    t0: float,
+    end_wall: float,
+) -> dict[str, Any]:
     """steps: (step, reward/mean, seconds since launch at the end of that step, mean response
     length in tokens)."""
     hit = None
     for i in range(window - 1, len(steps)):
-        if statistics.fmean(s[1] for s in steps[i - window + 1: i + 1]) >= threshold:
+        if statistics.fmean(s[1] for s in steps[i - window + 1 : i + 1]) >= threshold:
             hit = steps[i]
             break
     last = hit or (steps[-1] if steps else (0, float("nan"), end_wall - t0, float("nan")))
     ends = [s[2] for s in steps]
-    return {"reached": hit is not None, "steps": last[0], "s": last[2],
-            "first_step_s": ends[0] if ends else None,
-            # wall seconds between consecutive step ends, the first step (warm-up) left out
-            "step_s": [b - a for a, b in zip(ends, ends[1:])],
-            "rewards": [round(s[1], 4) for s in steps],
-            "response_len_mean": statistics.fmean(s[3] for s in steps) if steps else None}
+    return {
+        "reached": hit is not None,
+        "steps": last[0],
+        "s": last[2],
+        "first_step_s": ends[0] if ends else None,
+        # wall seconds between consecutive step ends, the first step (warm-up) left out
+        "step_s": [b - a for a, b in zip(ends, ends[1:])],
+        "rewards": [round(s[1], 4) for s in steps],
+        "response_len_mean": statistics.fmean(s[3] for s in steps) if steps else None,
+    }
 
 
-def run_trl(model: str, seed: int, overrides: list[str], *, threshold: float = THRESHOLD,
-            window: int = WINDOW, max_steps: int = MAX_STEPS, timeout_s: float = 600) -> dict:
+def run_trl(
+    model: str,
+    seed: int,
+    overrides: list[str],
+    *,
+    threshold: float = THRESHOLD,
+    window: int = WINDOW,
+    max_steps: int = MAX_STEPS,
+    timeout_s: float = 600,
+) -> dict:
     t0 = time.time()
-    cmd = [sys.executable, __file__, "--child", "--t0", repr(t0), "--model", model,
-           "--seed", str(seed), "--threshold", str(threshold), "--window", str(window),
-           "--max-steps", str(max_steps), *overrides]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, **OFFLINE_ENV})
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--t0",
+        repr(t0),
+        "--model",
+        model,
+        "--seed",
+        str(seed),
+        "--threshold",
+        str(threshold),
+        "--window",
+        str(window),
+        "--max-steps",
+        str(max_steps),
+        *overrides,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **OFFLINE_ENV},
+    )
     watchdog = threading.Timer(timeout_s, proc.kill)
     watchdog.start()
     steps, lines, marks = [], [], {}
@@ -299,28 +354,58 @@ def run_trl(model: str, seed: int, overrides: list[str], *, threshold: float = T
     return res
 
 
-def run_ours(seed: int, overrides: list[str], *, threshold: float = THRESHOLD,
-             window: int = WINDOW, max_steps: int = MAX_STEPS, timeout_s: float = 600) -> dict:
+def run_ours(
+    seed: int,
+    overrides: list[str],
+    *,
+    threshold: float = THRESHOLD,
+    window: int = WINDOW,
+    max_steps: int = MAX_STEPS,
+    timeout_s: float = 600,
+) -> dict:
     """`python -m rlhf.train +experiment=grpo` from launch; step ends are the moments each
     step's row appears in metrics.jsonl (polled every 10 ms); SIGINT once the threshold is hit."""
     run_dir = Path(tempfile.mkdtemp(prefix="bench-ttr-"))
     metrics = run_dir / "metrics.jsonl"
-    cmd = [sys.executable, "-m", "rlhf.train", "+experiment=grpo", f"seed={seed}", "eval=off",
-           f"trainer.total_steps={max_steps}", f"hydra.run.dir={run_dir}",
-           "logger.wandb.mode=disabled", "trainer.save_final=false", "trainer.report=false",
-           "trainer.save_every_min=0", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlhf.train",
+        "+experiment=grpo",
+        f"seed={seed}",
+        "eval=off",
+        f"trainer.total_steps={max_steps}",
+        f"hydra.run.dir={run_dir}",
+        "logger.wandb.mode=disabled",
+        "trainer.save_final=false",
+        "trainer.report=false",
+        "trainer.save_every_min=0",
+        *overrides,
+    ]
     t0 = time.time()
     log = open(run_dir / "bench.log", "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **OFFLINE_ENV})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **OFFLINE_ENV},
+    )
     steps: list[tuple[int, float, float, float]] = []
     tail = MetricsTail(metrics)
     try:
         while True:
             alive = proc.poll() is None
             for row, now in tail.new_rows():
-                steps.append((int(row["step"]), float(row["reward/mean"]), now - t0,
-                              float(row.get("rollout/response_len_mean", "nan"))))
+                steps.append(
+                    (
+                        int(row["step"]),
+                        float(row["reward/mean"]),
+                        now - t0,
+                        float(row.get("rollout/response_len_mean", "nan")),
+                    )
+                )
             trail = [s[1] for s in steps[-window:]]
             if len(trail) == window and statistics.fmean(trail) >= threshold:
                 break
@@ -332,7 +417,9 @@ def run_ours(seed: int, overrides: list[str], *, threshold: float = THRESHOLD,
         interrupt(proc, 60)
         log.close()
     if not steps:
-        raise RuntimeError(f"our run wrote no metrics:\n{(run_dir / 'bench.log').read_text()[-3000:]}")
+        raise RuntimeError(
+            f"our run wrote no metrics:\n{(run_dir / 'bench.log').read_text()[-3000:]}"
+        )
     return _result(steps, threshold, window, t0, end)
 
 
@@ -341,7 +428,7 @@ def run_ours(seed: int, overrides: list[str], *, threshold: float = THRESHOLD,
 # --------------------------------------------------------------------------------------------
 
 
-def trl_missing() -> Optional[str]:
+def trl_missing() -> str | None:
     try:
         import trl  # noqa: F401
     except ImportError:
@@ -354,20 +441,30 @@ def bench_rows(args, Row, model_path: Callable[..., str], sizes: dict[str, list[
     and 134M. `Row`, `model_path` and `sizes` are scripts/bench.py's."""
     missing = trl_missing()
     if missing:
-        return [Row("time_to_reward", "grpo default, reward 0.8", "s", target="<= 1.0x",
-                    note=missing)]
+        return [
+            Row("time_to_reward", "grpo default, reward 0.8", "s", target="<= 1.0x", note=missing)
+        ]
     quick = getattr(args, "quick", False)
     threshold = 0.5 if quick else THRESHOLD
     max_steps = 120 if quick else MAX_STEPS
     seeds = range(1 if quick else args.reps)
     crit = f"mean reward/mean of the last {WINDOW} steps >= {threshold:g}"
-    secs = Row("time_to_reward", f"grpo default, reward {threshold:g}", "s", target="<= 1.0x",
-               note=f"launch -> end of the first step where the {crit} (both sides fresh "
-                    f"subprocesses, eval off, cap {max_steps} steps); baseline: TRL GRPOTrainer, "
-                    f"matched settings (scripts/bench_trl.py)")
+    secs = Row(
+        "time_to_reward",
+        f"grpo default, reward {threshold:g}",
+        "s",
+        target="<= 1.0x",
+        note=f"launch -> end of the first step where the {crit} (both sides fresh "
+        f"subprocesses, eval off, cap {max_steps} steps); baseline: TRL GRPOTrainer, "
+        f"matched settings (scripts/bench_trl.py)",
+    )
     steps = Row("time_to_reward", f"steps to reward {threshold:g}", "steps")
-    per_step = Row("time_to_reward", "s/step, 128 x <= 8 tokens (tiny)", "s/step",
-                   note="wall time between step ends, first step left out")
+    per_step = Row(
+        "time_to_reward",
+        "s/step, 128 x <= 8 tokens (tiny)",
+        "s/step",
+        note="wall time between step ends, first step left out",
+    )
     missed = {"ours": 0, "TRL": 0}
     runs = []
     for seed in seeds:
@@ -383,10 +480,13 @@ def bench_rows(args, Row, model_path: Callable[..., str], sizes: dict[str, list[
             per_step.baseline.append(statistics.median(b["step_s"]))
             per_step.ours.append(statistics.median(o["step_s"]))
         runs.append({"seed": seed, "ours": o, "trl": b})
-        print(f"  time_to_reward seed {seed}: ours {o['s']:.1f}s / {o['steps']} steps "
-              f"(reached {o['reached']}, first step at {o['first_step_s']:.1f}s), "
-              f"TRL {b['s']:.1f}s / {b['steps']} steps (reached {b['reached']}, first step at "
-              f"{b['first_step_s']:.1f}s)", flush=True)
+        print(
+            f"  time_to_reward seed {seed}: ours {o['s']:.1f}s / {o['steps']} steps "
+            f"(reached {o['reached']}, first step at {o['first_step_s']:.1f}s), "
+            f"TRL {b['s']:.1f}s / {b['steps']} steps (reached {b['reached']}, first step at "
+            f"{b['first_step_s']:.1f}s)",
+            flush=True,
+        )
     if any(missed.values()):
         secs.note += f"; not reached within the cap (timed to the cap): {missed}"
     secs.extra["runs"] = runs
@@ -395,25 +495,34 @@ def bench_rows(args, Row, model_path: Callable[..., str], sizes: dict[str, list[
     # s/step at 17M / 134M (random init: the reward stays ~0, only the speed counts). A
     # smaller batch than the default's 128 rows keeps a 134M step near 10-20 s on 2 cores;
     # ours keeps one micro-batch per learner rank, as the default does.
-    for size in (["17M"] if quick else [s for s in args.sizes if s != "tiny"]):
+    for size in ["17M"] if quick else [s for s in args.sizes if s != "tiny"]:
         n = 2 if quick else SPS_STEPS
         rows_per_step = SPS_PROMPTS * 8
-        over = [*sizes[size], f"rollout.max_new_tokens={SPS_TOKENS}",
-                f"rollout.prompts_per_step={SPS_PROMPTS}",
-                f"learner.micro_batch_size={rows_per_step // 2}"]
+        over = [
+            *sizes[size],
+            f"rollout.max_new_tokens={SPS_TOKENS}",
+            f"rollout.prompts_per_step={SPS_PROMPTS}",
+            f"learner.micro_batch_size={rows_per_step // 2}",
+        ]
         path = model_path(size, 0)
-        row = Row("time_to_reward", f"s/step {size}, {rows_per_step} x <= {SPS_TOKENS} tokens",
-                  "s/step",
-                  note=f"random init, seed 0, {n} steps per side, the first left out; mean "
-                       f"response tokens ours / TRL: {{}}")
+        row = Row(
+            "time_to_reward",
+            f"s/step {size}, {rows_per_step} x <= {SPS_TOKENS} tokens",
+            "s/step",
+            note=f"random init, seed 0, {n} steps per side, the first left out; mean "
+            f"response tokens ours / TRL: {{}}",
+        )
         b = run_trl(path, 0, over, threshold=2.0, max_steps=n)
         o = run_ours(0, over, threshold=2.0, max_steps=n)
         row.baseline += b["step_s"]
         row.ours += o["step_s"]
         row.note = row.note.format(f"{o['response_len_mean']:.1f} / {b['response_len_mean']:.1f}")
         row.extra = {"ours": o, "trl": b}
-        print(f"  time_to_reward s/step {size}: ours {[round(x, 2) for x in o['step_s']]}, "
-              f"TRL {[round(x, 2) for x in b['step_s']]}", flush=True)
+        print(
+            f"  time_to_reward s/step {size}: ours {[round(x, 2) for x in o['step_s']]}, "
+            f"TRL {[round(x, 2) for x in b['step_s']]}",
+            flush=True,
+        )
         rows.append(row)
     return rows
 

@@ -1,7 +1,8 @@
 """Export a training checkpoint as a standard Hugging Face model folder.
 
     python scripts/export_hf.py outputs/.../checkpoints/step-000300 exported/
-    python scripts/export_hf.py CHECKPOINT OUT --base /path/to/base-model   # config/tokenizer from here
+    # config and tokenizer from the base model folder:
+    python scripts/export_hf.py CHECKPOINT OUT --base /path/to/base-model
 
 The learner state of any ZeRO stage is consolidated on the CPU (DeepSpeed's zero_to_fp32 for
 stages 1-3, the model-state file for stage 0), without Ray or a GPU. Every checkpoint file is
@@ -43,8 +44,9 @@ def consolidated_state_dict(learner_dir: Path) -> dict:
 
             state = get_fp32_state_dict_from_zero_checkpoint(str(learner_dir), tag=TAG)
         else:  # ZeRO stage 0: the full model is in the model-state file
-            state = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu",
-                               weights_only=True)["module"]
+            state = torch.load(
+                tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True
+            )["module"]
     return {k.removeprefix("lm."): v for k, v in state.items()}
 
 
@@ -75,8 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.checkpoint / "trainer_state.json").is_file():
         raise SystemExit(f"export_hf: {args.checkpoint} is not a complete checkpoint")
     base, dtype = (args.base, "float32") if args.base else run_model(args.checkpoint)
-    write_hf_folder(args.out, consolidated_state_dict(args.checkpoint / "learner"), base,
-                    args.dtype or dtype)
+    write_hf_folder(
+        args.out, consolidated_state_dict(args.checkpoint / "learner"), base, args.dtype or dtype
+    )
     print(f"exported {args.checkpoint} -> {args.out}")
 
 

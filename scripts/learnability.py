@@ -233,8 +233,10 @@ def main() -> None:
         print(f"seed {seed} reward per 10 steps: " + " ".join(f"{c:.2f}" for c in res["curve"]))
         sys.stdout.flush()
     print()
-    print("| seed | params | expected acc start | expected acc end | first fifth | last fifth "
-          "| rise | build s | RL s |")
+    print(
+        "| seed | params | expected acc start | expected acc end | first fifth | last fifth "
+        "| rise | build s | RL s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(

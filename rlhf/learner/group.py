@@ -18,19 +18,45 @@ from rlhf.placement import Slot, spawn
 
 
 class LearnerGroup:
-    def __init__(self, cfg: LearnerConfig, algo: AlgoConfig, model_cfg: ModelConfig,
-                 model_path: str, slots: list[Slot], *, rows_per_step: int, temperature: float,
-                 total_steps: int, seed: int, env_spec=None, runtime_env: dict | None = None):
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        algo: AlgoConfig,
+        model_cfg: ModelConfig,
+        model_path: str,
+        slots: list[Slot],
+        *,
+        rows_per_step: int,
+        temperature: float,
+        total_steps: int,
+        seed: int,
+        env_spec=None,
+        runtime_env: dict | None = None,
+    ):
         import ray
 
         self.cfg = cfg
         n = cfg.num_ranks
         # Rows each rank sees per optimizer step, in micro-batches (validate() checked this).
         grad_accum = rows_per_step // (algo.minibatches * n * cfg.micro_batch_size)
-        self.actors = spawn(LearnerWorker, slots, lambda i: ((cfg, algo, model_cfg, model_path), dict(
-            rank=i, world_size=n, temperature=temperature, total_steps=total_steps, seed=seed,
-            grad_accum_steps=grad_accum, env_spec=env_spec, threads=slots[i].threads)),
-            runtime_env)
+        self.actors = spawn(
+            LearnerWorker,
+            slots,
+            lambda i: (
+                (cfg, algo, model_cfg, model_path),
+                dict(
+                    rank=i,
+                    world_size=n,
+                    temperature=temperature,
+                    total_steps=total_steps,
+                    seed=seed,
+                    grad_accum_steps=grad_accum,
+                    env_spec=env_spec,
+                    threads=slots[i].threads,
+                ),
+            ),
+            runtime_env,
+        )
         master_addr, master_port = ray.get(self.actors[0].address.remote())
         ray.get([a.setup.remote(master_addr, master_port) for a in self.actors])
 

@@ -26,8 +26,9 @@ def pack_by_tokens(lengths: Tensor, budget: int) -> list[Tensor]:
     for i in order:
         n = int(lengths[i])
         if n > budget:
-            raise ValueError(f"a row of {n} tokens exceeds learner.max_tokens_per_micro_batch="
-                             f"{budget}")
+            raise ValueError(
+                f"a row of {n} tokens exceeds learner.max_tokens_per_micro_batch={budget}"
+            )
         # Rows come longest first: the group's longest row is its first.
         if groups and (len(groups[-1]) + 1) * int(lengths[groups[-1][0]]) <= budget:
             groups[-1].append(i)
@@ -44,10 +45,12 @@ def split_to_count(groups: list[Tensor], lengths: Tensor, count: int) -> list[Te
         raise ValueError(f"cannot cut {len(lengths)} rows into {count} micro-batches")
     groups = list(groups)
     while len(groups) < count:
-        i = max((j for j, g in enumerate(groups) if len(g) > 1),
-                key=lambda j: len(groups[j]) * int(lengths[groups[j]].max()))
+        i = max(
+            (j for j, g in enumerate(groups) if len(g) > 1),
+            key=lambda j: len(groups[j]) * int(lengths[groups[j]].max()),
+        )
         g, half = groups[i], (len(groups[i]) + 1) // 2
-        groups[i:i + 1] = [g[:half], g[half:]]
+        groups[i : i + 1] = [g[:half], g[half:]]
     return groups
 
 

@@ -12,7 +12,6 @@ import contextlib
 import math
 import os
 import random
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -24,16 +23,22 @@ from rlhf.learner.micro_batches import agree_on_count, pack_by_tokens, split_to_
 from rlhf.rollout.weight_sync import ParamMeta, WeightSyncGroup, describe, plan_buckets
 
 
-def build_policy(model_cfg: ModelConfig, model_path: str, temperature: float, env_spec=None,
-                 with_critic: bool = False):
+def build_policy(
+    model_cfg: ModelConfig,
+    model_path: str,
+    temperature: float,
+    env_spec=None,
+    with_critic: bool = False,
+):
     """The trainable module: a causal LM (scored per token; with a critic for GAE) or an MLP
     actor-critic (gym)."""
     if model_cfg.kind == "causal_lm":
         from rlhf.models.causal_lm import CausalLMPolicy
 
         critic_path = (model_cfg.critic_path or model_path) if with_critic else None
-        return CausalLMPolicy.from_pretrained(model_path, model_cfg.dtype, temperature,
-                                              model_cfg.gradient_checkpointing, critic_path)
+        return CausalLMPolicy.from_pretrained(
+            model_path, model_cfg.dtype, temperature, model_cfg.gradient_checkpointing, critic_path
+        )
     from rlhf.models.mlp import ActorCritic
 
     return ActorCritic(env_spec, model_cfg.mlp)
@@ -42,17 +47,35 @@ def build_policy(model_cfg: ModelConfig, model_path: str, temperature: float, en
 class LearnerWorker:
     """Wrapped with ray.remote by LearnerGroup."""
 
-    def __init__(self, cfg: LearnerConfig, algo: AlgoConfig, model_cfg: ModelConfig,
-                 model_path: str, *, rank: int, world_size: int, temperature: float,
-                 total_steps: int, seed: int, grad_accum_steps: int, env_spec=None,
-                 threads: int = 0):
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        algo: AlgoConfig,
+        model_cfg: ModelConfig,
+        model_path: str,
+        *,
+        rank: int,
+        world_size: int,
+        temperature: float,
+        total_steps: int,
+        seed: int,
+        grad_accum_steps: int,
+        env_spec=None,
+        threads: int = 0,
+    ):
         if threads:  # the placement's (rlhf/placement.py Slot.threads); else Ray's num_cpus
             torch.set_num_threads(threads)
         self.cfg, self.algo, self.rank, self.world_size = cfg, algo, rank, world_size
         self.grad_accum_steps = grad_accum_steps  # micro-batches per optimizer step
-        self._build = dict(model_cfg=model_cfg, model_path=model_path, temperature=temperature,
-                           total_steps=total_steps, seed=seed, env_spec=env_spec)
-        self.sync: Optional[WeightSyncGroup] = None
+        self._build = dict(
+            model_cfg=model_cfg,
+            model_path=model_path,
+            temperature=temperature,
+            total_steps=total_steps,
+            seed=seed,
+            env_spec=env_spec,
+        )
+        self.sync: WeightSyncGroup | None = None
         self.updates = 0  # update() calls so far, checkpointed: paces the diagnostics
 
     def address(self) -> tuple[str, int]:
@@ -71,46 +94,73 @@ class LearnerWorker:
         model_cfg, model_path, temperature = b["model_cfg"], b["model_path"], b["temperature"]
         total_steps, seed, env_spec = b["total_steps"], b["seed"], b["env_spec"]
         use_cuda = cfg.gpus_per_rank > 0
-        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port),
-                          RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
-        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo",
-                                   auto_mpi_discovery=False, verbose=False)
-        self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        os.environ.update(
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_RANK="0",
+        )
+        deepspeed.init_distributed(
+            dist_backend="nccl" if use_cuda else "gloo", auto_mpi_discovery=False, verbose=False
+        )
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+        )
         torch.manual_seed(seed)
         random.seed(seed + self.rank)
         self.shuffle_gen = torch.Generator().manual_seed(seed + self.rank)
 
         # GAE needs V(s): the LLM policy then carries a critic (the gym MLP always has one).
-        policy = build_policy(model_cfg, model_path, temperature, env_spec,
-                              with_critic=algo.advantage == "gae")
+        policy = build_policy(
+            model_cfg, model_path, temperature, env_spec, with_critic=algo.advantage == "gae"
+        )
         self.has_critic = policy.has_critic
         self.ds_config = self._deepspeed_config()
         optimizer_steps = total_steps * algo.epochs * algo.minibatches
-        params = (policy.param_groups(algo.lr, algo.critic_lr or algo.lr)
-                  if hasattr(policy, "param_groups") else
-                  [p for p in policy.parameters() if p.requires_grad])
+        params = (
+            policy.param_groups(algo.lr, algo.critic_lr or algo.lr)
+            if hasattr(policy, "param_groups")
+            else [p for p in policy.parameters() if p.requires_grad]
+        )
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=policy, model_parameters=params,
+            model=policy,
+            model_parameters=params,
             config=self.ds_config,
-            lr_scheduler=(lambda opt: torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: max(0.0, 1.0 - s / optimizer_steps))) if algo.lr_schedule == "linear" else None,
+            lr_scheduler=(
+                lambda opt: torch.optim.lr_scheduler.LambdaLR(
+                    opt, lambda s: max(0.0, 1.0 - s / optimizer_steps)
+                )
+            )
+            if algo.lr_schedule == "linear"
+            else None,
         )
         # A frozen copy of the starting policy, only when a KL term needs it.
         self.ref = None
         if algo.kl_coef > 0:
-            self.ref = build_policy(model_cfg, model_path, temperature, env_spec).to(self.device).eval()
+            self.ref = (
+                build_policy(model_cfg, model_path, temperature, env_spec).to(self.device).eval()
+            )
             self.ref.requires_grad_(False)
 
         # A registered name, or 'package.module:function' with the same signature.
-        self.policy_loss = (resolve_function(algo.policy_loss, key="algo.policy_loss")
-                            if ":" in algo.policy_loss else algos.POLICY_LOSSES.get(algo.policy_loss))
+        self.policy_loss = (
+            resolve_function(algo.policy_loss, key="algo.policy_loss")
+            if ":" in algo.policy_loss
+            else algos.POLICY_LOSSES.get(algo.policy_loss)
+        )
         self.aggregate = algos.LOSS_AGGREGATIONS.get(algo.loss_agg)
         self.kl_estimator = algos.KL_ESTIMATORS.get(algo.kl_estimator)
         self.loss_params = algos.PolicyLossParams(
-            clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip=algo.dual_clip,
-            cov_ratio=algo.cov_ratio, clip_cov_lb=algo.clip_cov_lb, clip_cov_ub=algo.clip_cov_ub,
+            clip_low=algo.clip_low,
+            clip_high=algo.clip_high,
+            dual_clip=algo.dual_clip,
+            cov_ratio=algo.cov_ratio,
+            clip_cov_lb=algo.clip_cov_lb,
+            clip_cov_ub=algo.clip_cov_ub,
             kl_cov_coef=algo.kl_cov_coef,
-            generator=torch.Generator().manual_seed(seed + 7919 * self.rank))  # clip_cov's choice
+            generator=torch.Generator().manual_seed(seed + 7919 * self.rank),
+        )  # clip_cov's choice
         self.kl_loss_coef = 0.0 if algo.kl_in_reward else algo.kl_coef
 
     # ---------------------------------------------------------------- set-up
@@ -122,11 +172,17 @@ class LearnerWorker:
         return {
             "train_micro_batch_size_per_gpu": c.micro_batch_size,
             "gradient_accumulation_steps": self.grad_accum_steps,
-            "optimizer": {"type": "AdamW", "params": {
-                "lr": a.lr, "weight_decay": a.weight_decay, "eps": a.adam_eps,
-                # The fused/CPU-Adam kernels need a compiler toolchain per accelerator; plain
-                # torch AdamW runs everywhere and is fast enough at these sizes.
-                "torch_adam": True}},
+            "optimizer": {
+                "type": "AdamW",
+                "params": {
+                    "lr": a.lr,
+                    "weight_decay": a.weight_decay,
+                    "eps": a.adam_eps,
+                    # The fused/CPU-Adam kernels need a compiler toolchain per accelerator; plain
+                    # torch AdamW runs everywhere and is fast enough at these sizes.
+                    "torch_adam": True,
+                },
+            },
             "gradient_clipping": a.grad_clip,
             "zero_optimization": zero,
             "bf16": {"enabled": False},
@@ -191,7 +247,7 @@ class LearnerWorker:
         full = {k: torch.zeros(shape, dtype=parts[0][1].dtype) for k, parts in out.items()}
         for k, parts in out.items():
             for rows, v in parts:
-                full[k][rows, :v.shape[1]] = v
+                full[k][rows, : v.shape[1]] = v
         return full
 
     # ---------------------------------------------------------------- update
@@ -203,9 +259,11 @@ class LearnerWorker:
         batch = batch.to(self.device)
         micro_per_minibatch = self.grad_accum_steps
         if len(batch) != a.minibatches * micro_per_minibatch * self.cfg.micro_batch_size:
-            raise ValueError(f"rank {self.rank} got {len(batch)} rows; expected algo.minibatches "
-                             f"x grad_accum_steps x micro_batch_size = {a.minibatches} x "
-                             f"{micro_per_minibatch} x {self.cfg.micro_batch_size}")
+            raise ValueError(
+                f"rank {self.rank} got {len(batch)} rows; expected algo.minibatches "
+                f"x grad_accum_steps x micro_batch_size = {a.minibatches} x "
+                f"{micro_per_minibatch} x {self.cfg.micro_batch_size}"
+            )
         norm_length = batch.action_mask.shape[1]
         metrics: list[dict[str, float]] = []
         grad_norms: list[float] = []
@@ -215,8 +273,11 @@ class LearnerWorker:
             for minibatch in batch.index(order).split(a.minibatches):
                 # Aggregation totals of the whole minibatch, so that the micro-batch losses add
                 # up to the minibatch loss exactly (see algos.LOSS_AGGREGATIONS).
-                totals = dict(total_tokens=float(minibatch.action_mask.sum()),
-                              total_seqs=len(minibatch), norm_length=norm_length)
+                totals = dict(
+                    total_tokens=float(minibatch.action_mask.sum()),
+                    total_seqs=len(minibatch),
+                    norm_length=norm_length,
+                )
                 micros = [m for _, m in self._micro_batches(minibatch)]
                 step_metrics, dropped = [], False
                 for i, micro in enumerate(micros):
@@ -244,8 +305,7 @@ class LearnerWorker:
                 metrics.append(_minibatch_metrics(step_metrics))
                 if norm is not None:
                     grad_norms.append(norm)
-        out = ({k: sum(d[k] for d in metrics) / len(metrics) for k in metrics[0]}
-               if metrics else {})
+        out = {k: sum(d[k] for d in metrics) / len(metrics) for k in metrics[0]} if metrics else {}
         self.updates += 1
         every = self.cfg.diagnostics_every
         if every and self.updates % every == 0:
@@ -261,8 +321,11 @@ class LearnerWorker:
     def _grads_finite(self) -> bool:
         """Stage 0 only (ZeRO partitions the gradients): all ranks hold the same all-reduced
         gradients, so all ranks reach the same answer."""
-        return all(bool(torch.isfinite(p.grad).all())
-                   for p in self.engine.module.parameters() if p.grad is not None)
+        return all(
+            bool(torch.isfinite(p.grad).all())
+            for p in self.engine.module.parameters()
+            if p.grad is not None
+        )
 
     @contextlib.contextmanager
     def _optimizer_step_disabled(self):
@@ -299,7 +362,10 @@ class LearnerWorker:
                 after = algos.value_loss(values, micro.values, micro.returns, mask, None)
                 v_gain += float((before - after).sum())
             tokens += float(mask.sum())
-        out = {"algo/update_kl": total / max(tokens, 1.0), "algo/update_gain": gain / max(tokens, 1.0)}
+        out = {
+            "algo/update_kl": total / max(tokens, 1.0),
+            "algo/update_gain": gain / max(tokens, 1.0),
+        }
         if self.has_critic:
             out["algo/value_update_gain"] = v_gain / max(tokens, 1.0)
         return out
@@ -307,8 +373,9 @@ class LearnerWorker:
     def _loss(self, micro: Batch, totals: dict) -> tuple[torch.Tensor, dict[str, float]]:
         a, mask = self.algo, micro.action_mask
         logprobs, entropy, values = self.engine(micro)
-        per_token, pg_metrics = self.policy_loss(logprobs, micro.old_logprobs, micro.advantages,
-                                                 mask, self.loss_params)
+        per_token, pg_metrics = self.policy_loss(
+            logprobs, micro.old_logprobs, micro.advantages, mask, self.loss_params
+        )
         if micro.is_weights is not None:  # off-policy correction (algos.ROLLOUT_CORRECTIONS)
             per_token = per_token * micro.is_weights
         pg_loss = self.aggregate(per_token, mask, **totals)
@@ -320,12 +387,16 @@ class LearnerWorker:
             loss = loss + self.kl_loss_coef * kl
             m["algo/kl"] = kl.item()
         if self.has_critic:
-            v_loss = self.aggregate(algos.value_loss(values, micro.values, micro.returns, mask,
-                                                     a.value_clip), mask, **totals)
+            v_loss = self.aggregate(
+                algos.value_loss(values, micro.values, micro.returns, mask, a.value_clip),
+                mask,
+                **totals,
+            )
             loss = loss + a.value_coef * v_loss
             m["algo/value_loss"] = v_loss.item()
-            m["algo/value_clip_frac"] = float(algos.value_clip_fraction(
-                values, micro.values, micro.returns, mask, a.value_clip))
+            m["algo/value_clip_frac"] = float(
+                algos.value_clip_fraction(values, micro.values, micro.returns, mask, a.value_clip)
+            )
         m.update({f"algo/{k}": float(v) for k, v in pg_metrics.items()})
         m["algo/loss"] = loss.item()
         # Each micro-batch's share is already folded into `totals`; scale_wrt_gas=False.
@@ -341,7 +412,9 @@ class LearnerWorker:
         sent = 0
         for bucket in self.sync_buckets:
             params = [named[i][1] for i in bucket]
-            gather = deepspeed.zero.GatheredParameters(params) if zero3 else contextlib.nullcontext()
+            gather = (
+                deepspeed.zero.GatheredParameters(params) if zero3 else contextlib.nullcontext()
+            )
             with gather:
                 if self.sync is not None:
                     sent += self.sync.send_bucket(bucket, params)
@@ -352,7 +425,11 @@ class LearnerWorker:
         import deepspeed
 
         params = list(self.engine.module.parameters())
-        ctx = deepspeed.zero.GatheredParameters(params) if self.cfg.zero_stage == 3 else contextlib.nullcontext()
+        ctx = (
+            deepspeed.zero.GatheredParameters(params)
+            if self.cfg.zero_stage == 3
+            else contextlib.nullcontext()
+        )
         with ctx:
             return float(sum(p.detach().double().abs().sum() for p in params))
 
@@ -374,14 +451,20 @@ class LearnerWorker:
     def save(self, folder: str, tag: str) -> None:
         # The random streams go with the weights, so that a resumed run shuffles and samples
         # exactly as the uninterrupted one would have.
-        self.engine.save_checkpoint(folder, tag=tag, save_latest=False,
-                                    client_state={"rng": self._rng_state(),
-                                                  "updates": self.updates})
+        self.engine.save_checkpoint(
+            folder,
+            tag=tag,
+            save_latest=False,
+            client_state={"rng": self._rng_state(), "updates": self.updates},
+        )
 
     def _rng_state(self) -> dict:
-        return {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "shuffle": self.shuffle_gen.get_state(),
-                "loss": self.loss_params.generator.get_state()}
+        return {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "shuffle": self.shuffle_gen.get_state(),
+            "loss": self.loss_params.generator.get_state(),
+        }
 
     def load(self, folder: str, tag: str) -> None:
         # DeepSpeed unpickles its checkpoint files with weights_only=False: arbitrary code from
@@ -417,7 +500,9 @@ class LearnerWorker:
                 if self.rank == 0:
                     state[name] = p.detach().to("cpu", copy=True)
         if self.rank == 0:
-            write_hf_folder(folder, state, self._build["model_path"], self._build["model_cfg"].dtype)
+            write_hf_folder(
+                folder, state, self._build["model_path"], self._build["model_cfg"].dtype
+            )
 
 
 # Metrics of _loss that are micro-batch shares of the minibatch's value (aggregated with the
@@ -429,8 +514,14 @@ def _minibatch_metrics(parts: list[tuple[dict[str, float], float]]) -> dict[str,
     """One minibatch's metrics from its micro-batches' (metrics, action tokens): the shares
     summed, the means weighted by tokens, so neither depends on how the rows were cut."""
     tokens = sum(n for _, n in parts) or 1.0
-    return {k: (sum(m[k] for m, _ in parts) if k in ADDITIVE_METRICS
-                else sum(m[k] * n for m, n in parts) / tokens) for k in parts[0][0]}
+    return {
+        k: (
+            sum(m[k] for m, _ in parts)
+            if k in ADDITIVE_METRICS
+            else sum(m[k] * n for m, n in parts) / tokens
+        )
+        for k in parts[0][0]
+    }
 
 
 def _load_weights_only(path: str, map_location=None):
@@ -446,4 +537,3 @@ def _full_view(p: torch.Tensor) -> torch.Tensor:
     """Under ZeRO-3 a parameter is a partitioned stub; its full shape is `ds_shape`."""
     shape = getattr(p, "ds_shape", None)
     return torch.empty(shape, dtype=p.dtype, device="meta") if shape is not None else p
-

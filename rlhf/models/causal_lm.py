@@ -14,7 +14,7 @@ learning rate; only the policy's parameters are sent to the rollout engines.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -35,11 +35,14 @@ class CausalLMCritic(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: str, gradient_checkpointing: bool = False
-                        ) -> "CausalLMCritic":
+    def from_pretrained(
+        cls, path: str, dtype: str, gradient_checkpointing: bool = False
+    ) -> CausalLMCritic:
         from transformers import AutoModel
 
-        backbone = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype), use_safetensors=True)
+        backbone = AutoModel.from_pretrained(
+            path, dtype=getattr(torch, dtype), use_safetensors=True
+        )
         if gradient_checkpointing:
             backbone.gradient_checkpointing_enable()
         backbone.config.use_cache = False
@@ -48,14 +51,16 @@ class CausalLMCritic(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """input_ids, attention_mask [B, T] -> values [B, A] (A = T - 1), float32."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               use_cache=False).last_hidden_state[:, :-1]
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state[:, :-1]
         return self.value_head(hidden).squeeze(-1).float()
 
 
 class CausalLMPolicy(nn.Module):
-    def __init__(self, lm: nn.Module, temperature: float = 1.0,
-                 critic: Optional[CausalLMCritic] = None):
+    def __init__(
+        self, lm: nn.Module, temperature: float = 1.0, critic: CausalLMCritic | None = None
+    ):
         super().__init__()
         self.lm = lm
         self.temperature = temperature
@@ -66,38 +71,58 @@ class CausalLMPolicy(nn.Module):
         return self.critic is not None
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: str, temperature: float,
-                        gradient_checkpointing: bool = False,
-                        critic_path: Optional[str] = None) -> "CausalLMPolicy":
+    def from_pretrained(
+        cls,
+        path: str,
+        dtype: str,
+        temperature: float,
+        gradient_checkpointing: bool = False,
+        critic_path: str | None = None,
+    ) -> CausalLMPolicy:
         """critic_path: build a critic from that model folder (the policy's own path for a
         copy of its architecture and weights); None: no critic."""
         from transformers import AutoModelForCausalLM
 
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
-                                                  use_safetensors=True)
+        lm = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype), use_safetensors=True
+        )
         if gradient_checkpointing:
             lm.gradient_checkpointing_enable()
         lm.config.use_cache = False
-        critic = (CausalLMCritic.from_pretrained(critic_path, dtype, gradient_checkpointing)
-                  if critic_path else None)
+        critic = (
+            CausalLMCritic.from_pretrained(critic_path, dtype, gradient_checkpointing)
+            if critic_path
+            else None
+        )
         return cls(lm, temperature, critic)
 
     def param_groups(self, lr: float, critic_lr: float) -> list[dict]:
         """Optimizer param groups: the policy at lr, the critic (if any) at critic_lr."""
         groups = [{"params": [p for p in self.lm.parameters() if p.requires_grad], "lr": lr}]
         if self.critic is not None:
-            groups.append({"params": [p for p in self.critic.parameters() if p.requires_grad],
-                           "lr": critic_lr})
+            groups.append(
+                {
+                    "params": [p for p in self.critic.parameters() if p.requires_grad],
+                    "lr": critic_lr,
+                }
+            )
         return groups
 
-    def forward(self, batch: Batch, with_entropy: bool = True
-                 ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    def forward(
+        self, batch: Batch, with_entropy: bool = True
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """-> logprobs [B, A], entropy [B, A] (or None), values [B, A] (None without a critic)."""
-        logits = self.lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         use_cache=False).logits[:, :-1].float() / self.temperature
+        logits = (
+            self.lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            .logits[:, :-1]
+            .float()
+            / self.temperature
+        )
         logprobs = logprobs_from_logits(logits, batch.input_ids[:, 1:])
         entropy = entropy_from_logits(logits) if with_entropy else None
-        values = self.critic(batch.input_ids, batch.attention_mask) if self.critic is not None else None
+        values = (
+            self.critic(batch.input_ids, batch.attention_mask) if self.critic is not None else None
+        )
         return logprobs, entropy, values
 
     def rollout_state(self) -> Iterator[tuple[str, nn.Parameter]]:

@@ -15,7 +15,8 @@ layers, 0.01 for the policy head and 1 for the value head, zero biases.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterator, Optional
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +48,7 @@ def _init(layer: nn.Linear, gain: float) -> nn.Linear:
 class ActorCritic(nn.Module):
     has_critic = True
 
-    def __init__(self, env_spec: "EnvSpec", cfg: MlpConfig):
+    def __init__(self, env_spec: EnvSpec, cfg: MlpConfig):
         super().__init__()
         if cfg.obs_norm:
             # Running statistics would have to agree between learner ranks and runners;
@@ -69,8 +70,9 @@ class ActorCritic(nn.Module):
         lead = obs.shape[: obs.dim() - len(self.obs_shape)]
         return obs.reshape(*lead, -1).float()
 
-    def _logprob_entropy(self, out: Tensor, actions: Tensor, with_entropy: bool
-                         ) -> tuple[Tensor, Optional[Tensor]]:
+    def _logprob_entropy(
+        self, out: Tensor, actions: Tensor, with_entropy: bool
+    ) -> tuple[Tensor, Tensor | None]:
         """out: actor output [*lead, n] ; actions [*lead] (long) or [*lead, act_dim]."""
         if self.discrete:
             logp_all = torch.log_softmax(out, dim=-1)
@@ -84,8 +86,9 @@ class ActorCritic(nn.Module):
         return logp, entropy
 
     # ------------------------------------------------------------------ learner side
-    def forward(self, batch: Batch, with_entropy: bool = True
-                ) -> tuple[Tensor, Optional[Tensor], Tensor]:
+    def forward(
+        self, batch: Batch, with_entropy: bool = True
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
         """batch.obs [B, A, *obs], batch.actions [B, A] or [B, A, act_dim] ->
         logprobs [B, A], entropy [B, A] (or None), values [B, A]."""
         x = self._flat(batch.obs)
@@ -94,8 +97,9 @@ class ActorCritic(nn.Module):
 
     # ------------------------------------------------------------------ runner side
     @torch.no_grad()
-    def act(self, obs: Tensor, generator: Optional[torch.Generator] = None
-            ) -> tuple[Tensor, Tensor, Tensor]:
+    def act(
+        self, obs: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """obs [N, *obs] -> sampled actions [N] or [N, act_dim] (unclipped), their logprobs [N],
         values [N]. `generator` makes the sampling reproducible per runner."""
         x = self._flat(obs)

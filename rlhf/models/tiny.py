@@ -273,8 +273,10 @@ def check_saved_tokenizer(folder: str | Path, task: Task) -> None:
     chat = [{"role": "user", "content": p.prompt}]
     rendered = theirs.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     if rendered != p.prompt:
-        raise RuntimeError(f"the chat template loaded from {folder} renders {chat} as "
-                           f"{rendered!r}, not {p.prompt!r}")
+        raise RuntimeError(
+            f"the chat template loaded from {folder} renders {chat} as "
+            f"{rendered!r}, not {p.prompt!r}"
+        )
 
 
 def task_fingerprint(task: Task) -> str:

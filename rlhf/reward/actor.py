@@ -16,8 +16,9 @@ component, when composed), is recorded in `sample.info["reward_error"]` ("except
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from rlhf.batch import Sample
 from rlhf.config import REWARD_KINDS, RewardComponent, RewardConfig
@@ -93,8 +94,9 @@ class RewardActor:
         self.cfg = cfg
         comps = cfg.components or [RewardComponent(name="", kind=cfg.kind, fn=cfg.fn, weight=1.0)]
         self.composed = bool(cfg.components)
-        self.terms = [_Term(component_name(c), c.weight, SCORERS[c.kind](cfg, c.fn, task_name))
-                      for c in comps]
+        self.terms = [
+            _Term(component_name(c), c.weight, SCORERS[c.kind](cfg, c.fn, task_name)) for c in comps
+        ]
 
     def score(self, samples: list[Sample]) -> list[Sample]:
         if not samples:
@@ -137,17 +139,32 @@ class RewardGroup:
     to the next actor round-robin (the pipeline calls it per finished generation chunk, so
     scoring overlaps generation). Both return ObjectRefs of `list[Sample]`."""
 
-    def __init__(self, cfg: RewardConfig, task_name: str, slots: list[Slot],
-                 runtime_env: dict | None = None, max_restarts: int = 0):
+    def __init__(
+        self,
+        cfg: RewardConfig,
+        task_name: str,
+        slots: list[Slot],
+        runtime_env: dict | None = None,
+        max_restarts: int = 0,
+    ):
         # Scoring is safe to repeat: after a crash Ray restarts the actor and re-runs the calls
         # that were in flight on it (max_task_retries=-1: as often as it restarts).
-        self.actors = spawn(RewardActor, slots, lambda i: ((cfg, task_name), {}), runtime_env,
-                            max_restarts=max_restarts, max_task_retries=-1 if max_restarts else 0)
+        self.actors = spawn(
+            RewardActor,
+            slots,
+            lambda i: ((cfg, task_name), {}),
+            runtime_env,
+            max_restarts=max_restarts,
+            max_task_retries=-1 if max_restarts else 0,
+        )
         self._next = 0
 
     def score(self, samples: list[Sample]) -> list[Any]:
-        return [a.score.remote(part) for a, part in zip(self.actors, shard(samples, len(self.actors)))
-                if part]
+        return [
+            a.score.remote(part)
+            for a, part in zip(self.actors, shard(samples, len(self.actors)))
+            if part
+        ]
 
     def submit(self, samples: list[Sample]) -> Any:
         actor = self.actors[self._next % len(self.actors)]
@@ -169,7 +186,9 @@ def reward_metrics(samples: list[Sample]) -> dict[str, float]:
         "reward/mean": mean,
         "reward/std": (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5,
         "reward/all_equal_group_frac": sum(len(v) == 1 for v in groups.values()) / len(groups),
-        "reward/errors": float(sum(e.startswith("exception") or e.startswith("bad") for e in errors)),
+        "reward/errors": float(
+            sum(e.startswith("exception") or e.startswith("bad") for e in errors)
+        ),
         "reward/timeouts": float(sum(e == "timeout" for e in errors)),
         "reward/nans": float(sum(e == "nan" for e in errors)),
         "reward/crashes": float(sum(e.startswith("crash") for e in errors)),

@@ -25,19 +25,26 @@ class JudgeScorer:
 
         self.cfg = cfg
         self.pattern = re.compile(cfg.score_pattern)
-        self.llm = LLM(model=cfg.path, dtype=cfg.dtype, seed=0, enforce_eager=True,
-                       gpu_memory_utilization=cfg.gpu_memory_utilization,
-                       max_model_len=cfg.max_model_len)
+        self.llm = LLM(
+            model=cfg.path,
+            dtype=cfg.dtype,
+            seed=0,
+            enforce_eager=True,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            max_model_len=cfg.max_model_len,
+        )
         self.tokenizer = self.llm.get_tokenizer()
         # greedy: the same sample always gets the same score
         self.params = SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens)
 
     def render(self, sample) -> str:
-        text = self.cfg.template.format(prompt=sample.prompt, response=sample.response,
-                                        answer=sample.answer)
+        text = self.cfg.template.format(
+            prompt=sample.prompt, response=sample.response, answer=sample.answer
+        )
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                      tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
         return text
 
     def parse(self, output: str) -> tuple[Any, str | None]:

@@ -48,7 +48,8 @@ def render(tokenizer, prompt: str, response: str) -> str:
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-            tokenize=False)
+            tokenize=False,
+        )
     return prompt + response
 
 
@@ -61,11 +62,18 @@ class RewardModelScorer:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.path)
         self.tokenizer.truncation_side = "left"  # keep the response
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            cfg.path, dtype=getattr(torch, cfg.dtype)).to(self.device).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(
+                cfg.path, dtype=getattr(torch, cfg.dtype)
+            )
+            .to(self.device)
+            .eval()
+        )
         if self.model.config.num_labels != 1:
-            raise ValueError(f"reward.model.path={cfg.path}: a reward model has one output label, "
-                             f"this one has {self.model.config.num_labels}")
+            raise ValueError(
+                f"reward.model.path={cfg.path}: a reward model has one output label, "
+                f"this one has {self.model.config.num_labels}"
+            )
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:
@@ -79,15 +87,22 @@ class RewardModelScorer:
         out: list[float] = []
         with torch.no_grad():
             for i in range(0, len(texts), self.cfg.batch_size):
-                enc = self.tokenizer(texts[i:i + self.cfg.batch_size], return_tensors="pt",
-                                     padding=True, truncation=True, max_length=self.cfg.max_length,
-                                     add_special_tokens=False).to(self.device)
+                enc = self.tokenizer(
+                    texts[i : i + self.cfg.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=self.cfg.max_length,
+                    add_special_tokens=False,
+                ).to(self.device)
                 out += self.model(**enc).logits[:, 0].float().cpu().tolist()
         return out
 
     def score(self, samples: list) -> list[tuple[Any, str | None]]:
         try:
-            values = self.raw_scores([render(self.tokenizer, s.prompt, s.response) for s in samples])
+            values = self.raw_scores(
+                [render(self.tokenizer, s.prompt, s.response) for s in samples]
+            )
         except Exception as e:  # e.g. CUDA OOM on one batch: those samples get the fallback
             err = f"exception: {type(e).__name__}: {e}"[:200]
             return [(None, err)] * len(samples)
@@ -109,11 +124,22 @@ def build_tiny_reward_model(folder: str | Path, task: str = "addition", seed: in
     folder = Path(folder)
     tok = build_tokenizer(get_task(task).alphabet)
     torch.manual_seed(seed)
-    model = Qwen2ForSequenceClassification(Qwen2Config(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-        num_labels=1, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, dtype="float32")).float()
+    model = Qwen2ForSequenceClassification(
+        Qwen2Config(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            num_labels=1,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            dtype="float32",
+        )
+    ).float()
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder

@@ -20,7 +20,8 @@ import ctypes
 import functools
 import multiprocessing
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Outcome = tuple[Any, "str | None"]  # (value, None) or (None, error)
 
@@ -35,7 +36,7 @@ def _die_with_parent() -> None:
         pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_fn(fn: str, task_name: str) -> Callable[..., Any]:
     """The reward function named by `fn` ('task' or a dotted path), resolved in the worker."""
     if fn == "task":
@@ -70,15 +71,29 @@ class FunctionScorer:
         # fork: a replacement for a killed worker starts in milliseconds, and nothing re-runs
         # the actor's __main__ (spawn/forkserver would). The child only runs pebble's loop and
         # the user's function, never the actor's threads or Ray.
-        self.pool = pebble.ProcessPool(max_workers=workers, initializer=_die_with_parent,
-                                       context=multiprocessing.get_context("fork"))
+        self.pool = pebble.ProcessPool(
+            max_workers=workers,
+            initializer=_die_with_parent,
+            context=multiprocessing.get_context("fork"),
+        )
 
     def score(self, samples: list) -> list[Outcome]:
         import pebble
 
-        futures = [self.pool.schedule(_call, args=(self.fn, self.task_name, s.prompt, s.response,
-                                                   {"answer": s.answer, **s.fields}),
-                                      timeout=self.timeout_s) for s in samples]
+        futures = [
+            self.pool.schedule(
+                _call,
+                args=(
+                    self.fn,
+                    self.task_name,
+                    s.prompt,
+                    s.response,
+                    {"answer": s.answer, **s.fields},
+                ),
+                timeout=self.timeout_s,
+            )
+            for s in samples
+        ]
         out: list[Outcome] = []
         for f in futures:
             try:

@@ -41,19 +41,24 @@ class RemoteScorer:
 
         cfg = self.cfg
         sem = asyncio.Semaphore(cfg.max_concurrency)
-        chunks = [samples[i:i + cfg.batch_size] for i in range(0, len(samples), cfg.batch_size)]
+        chunks = [samples[i : i + cfg.batch_size] for i in range(0, len(samples), cfg.batch_size)]
         limits = httpx.Limits(max_connections=cfg.max_concurrency)
-        async with httpx.AsyncClient(timeout=cfg.timeout_s, limits=limits, headers=self._headers,
-                                     trust_env=False) as client:
+        async with httpx.AsyncClient(
+            timeout=cfg.timeout_s, limits=limits, headers=self._headers, trust_env=False
+        ) as client:
             results = await asyncio.gather(*(self._post(client, sem, c) for c in chunks))
         return [o for r in results for o in r]
 
-    async def _post(self, client, sem: asyncio.Semaphore, chunk: list) -> list[tuple[Any, str | None]]:
+    async def _post(
+        self, client, sem: asyncio.Semaphore, chunk: list
+    ) -> list[tuple[Any, str | None]]:
         import httpx
 
         cfg = self.cfg
-        rows = [{"prompt": s.prompt, "response": s.response, "answer": s.answer,
-                 "fields": s.fields} for s in chunk]
+        rows = [
+            {"prompt": s.prompt, "response": s.response, "answer": s.answer, "fields": s.fields}
+            for s in chunk
+        ]
         body = rows if cfg.batch_size > 1 else rows[0]
         error, retries = "", 0
         for attempt in range(cfg.max_retries + 1):
@@ -70,12 +75,16 @@ class RemoteScorer:
                 error = f"exception: RemoteRewardError: POST {cfg.url}: {type(e).__name__}: {e}"
                 continue
             if resp.status_code >= 500:
-                error = (f"exception: RemoteRewardError: POST {cfg.url} -> HTTP {resp.status_code}"
-                         f" after {attempt + 1} attempts: {resp.text[:100]}")
+                error = (
+                    f"exception: RemoteRewardError: POST {cfg.url} -> HTTP {resp.status_code}"
+                    f" after {attempt + 1} attempts: {resp.text[:100]}"
+                )
                 continue
             if resp.status_code >= 400:
-                error = (f"exception: RemoteRewardError: POST {cfg.url} -> HTTP {resp.status_code}"
-                         f" (not retried): {resp.text[:100]}")
+                error = (
+                    f"exception: RemoteRewardError: POST {cfg.url} -> HTTP {resp.status_code}"
+                    f" (not retried): {resp.text[:100]}"
+                )
                 break
             out = self._parse(resp, len(chunk))
             for s in chunk:
@@ -90,12 +99,22 @@ class RemoteScorer:
         try:
             data = resp.json()
         except ValueError:
-            return [(None, f"exception: RemoteRewardError: POST {url} -> HTTP {resp.status_code}: "
-                           f"reply is not JSON: {resp.text[:80]!r}")] * n
+            return [
+                (
+                    None,
+                    f"exception: RemoteRewardError: POST {url} -> HTTP {resp.status_code}: "
+                    f"reply is not JSON: {resp.text[:80]!r}",
+                )
+            ] * n
         if self.cfg.batch_size > 1:
             if not isinstance(data, list) or len(data) != n:
                 got = f"a list of {len(data)}" if isinstance(data, list) else type(data).__name__
-                return [(None, f"exception: RemoteRewardError: POST {url}: expected a list of {n} "
-                               f"rewards, got {got}")] * n
+                return [
+                    (
+                        None,
+                        f"exception: RemoteRewardError: POST {url}: expected a list of {n} "
+                        f"rewards, got {got}",
+                    )
+                ] * n
             return [(_value(d), None) for d in data]
         return [(_value(data), None)]

@@ -89,7 +89,8 @@ def extract_code(completion: str) -> str:
 
 
 def _tail_reader(stream, keep: int, out: list[bytes]) -> None:
-    """Drain `stream` (so the program never blocks on a full pipe), keeping its last `keep` bytes."""
+    """Drain `stream` (so the program never blocks on a full pipe), keeping its last `keep`
+    bytes."""
     buf = b""
     while True:
         chunk = stream.read(65536)
@@ -102,16 +103,18 @@ def _tail_reader(stream, keep: int, out: list[bytes]) -> None:
 class SandboxScorer:
     def __init__(self, cfg: SandboxConfig):
         self.cfg = cfg
-        self.python = cfg.python or ("/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK)
-                                     else sys.executable)
+        self.python = cfg.python or (
+            "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+        )
         self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency)  # threads only wait
         # Not a secret: marks this scorer's sandbox processes (RLHF_SANDBOX_TAG in their
         # environment) so that tests can find any left behind.
         self.tag = secrets.token_hex(8)
         self.isolation, self.unavailable = self._probe()
         if self.unavailable:
-            log.warning("sandbox rewards are OFF (every sample gets the fallback): %s",
-                        self.unavailable)
+            log.warning(
+                "sandbox rewards are OFF (every sample gets the fallback): %s", self.unavailable
+            )
 
     # -- set-up ------------------------------------------------------------------------------
     def _command(self, rootless: bool) -> list[str]:
@@ -125,17 +128,22 @@ class SandboxScorer:
         Returns (description, '') or ('', why nothing works)."""
         if shutil.which("unshare") is None:
             return "", "the `unshare` tool (util-linux) is not installed"
-        probe = ("import os, socket\n"
-                 "s = socket.socket()\n"
-                 "try:\n    s.connect(('1.1.1.1', 53)); print('NET')\nexcept OSError:\n    pass\n")
+        probe = (
+            "import os, socket\n"
+            "s = socket.socket()\n"
+            "try:\n    s.connect(('1.1.1.1', 53)); print('NET')\nexcept OSError:\n    pass\n"
+        )
         tests = "assert os.getpid() == 1\n"
         tried = []
-        for rootless in ([False, True] if os.geteuid() == 0 else [True]):
+        for rootless in [False, True] if os.geteuid() == 0 else [True]:
             self._rootless = rootless
             status, out, err = self.run_program(probe, tests)
             if status == "passed" and "NET" not in out:
-                what = ("user namespace (rootless)" if rootless else
-                        f"root namespaces, uid {SANDBOX_UID}")
+                what = (
+                    "user namespace (rootless)"
+                    if rootless
+                    else f"root namespaces, uid {SANDBOX_UID}"
+                )
                 return f"unshare mount+net+pid namespaces, {what}, rlimits", ""
             tried.append(f"{'rootless' if rootless else 'root'}: {status} {err[-200:]!r}")
         return "", "no isolation could be set up (" + "; ".join(tried) + ")"
@@ -146,20 +154,39 @@ class SandboxScorer:
         'passed', 'failed (exit N)', 'killed by signal N', 'timeout' or 'no result'."""
         c = self.cfg
         nonce = secrets.token_hex(16)
-        limits = {"RLIMIT_CPU": c.cpu_s, "RLIMIT_AS": c.memory_mb << 20,
-                  "RLIMIT_FSIZE": c.file_size_mb << 20, "RLIMIT_NPROC": c.max_processes,
-                  "RLIMIT_CORE": 0}
-        spec = {"uid": None if self._rootless else SANDBOX_UID, "limits": limits,
-                "nonce": nonce, "code": code, "tests": tests, "tag": self.tag}
+        limits = {
+            "RLIMIT_CPU": c.cpu_s,
+            "RLIMIT_AS": c.memory_mb << 20,
+            "RLIMIT_FSIZE": c.file_size_mb << 20,
+            "RLIMIT_NPROC": c.max_processes,
+            "RLIMIT_CORE": 0,
+        }
+        spec = {
+            "uid": None if self._rootless else SANDBOX_UID,
+            "limits": limits,
+            "nonce": nonce,
+            "code": code,
+            "tests": tests,
+            "tag": self.tag,
+        }
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "RLHF_SANDBOX_TAG": self.tag}
-        proc = subprocess.Popen(self._command(self._rootless), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/",
-                                start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            self._command(self._rootless),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd="/",
+            start_new_session=True,
+            close_fds=True,
+        )
         keep = c.max_output_kb << 10
         outs: list[bytes] = []
         errs: list[bytes] = []
-        readers = [threading.Thread(target=_tail_reader, args=(proc.stdout, keep, outs), daemon=True),
-                   threading.Thread(target=_tail_reader, args=(proc.stderr, keep, errs), daemon=True)]
+        readers = [
+            threading.Thread(target=_tail_reader, args=(proc.stdout, keep, outs), daemon=True),
+            threading.Thread(target=_tail_reader, args=(proc.stderr, keep, errs), daemon=True),
+        ]
         for t in readers:
             t.start()
         timed_out = False
@@ -214,7 +241,9 @@ class SandboxScorer:
 
     def score(self, samples: list) -> list[tuple[Any, str | None]]:
         if self.unavailable:
-            return [(None, f"exception: SandboxUnavailable: {self.unavailable}"[:300])] * len(samples)
+            return [(None, f"exception: SandboxUnavailable: {self.unavailable}"[:300])] * len(
+                samples
+            )
         return list(self.pool.map(self._one, samples))
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ import collections
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,9 +66,13 @@ def env_spec_of(gym_cfg: GymConfig) -> EnvSpec:
             raise ValueError(f"{gym_cfg.env_id}: Discrete action space must start at 0, got {act}")
         return EnvSpec(gym_cfg.env_id, tuple(obs.shape), n_actions=int(act.n))
     if isinstance(act, spaces.Box):
-        return EnvSpec(gym_cfg.env_id, tuple(obs.shape), act_dim=int(np.prod(act.shape)),
-                       low=tuple(float(x) for x in act.low.reshape(-1)),
-                       high=tuple(float(x) for x in act.high.reshape(-1)))
+        return EnvSpec(
+            gym_cfg.env_id,
+            tuple(obs.shape),
+            act_dim=int(np.prod(act.shape)),
+            low=tuple(float(x) for x in act.low.reshape(-1)),
+            high=tuple(float(x) for x in act.high.reshape(-1)),
+        )
     raise ValueError(f"{gym_cfg.env_id}: action space {act} is neither Discrete nor Box")
 
 
@@ -91,8 +95,15 @@ class GymRunner:
     """Wrapped with ray.remote by `rlhf.placement.spawn`; a plain class, so tests can drive it
     in-process."""
 
-    def __init__(self, cfg: GymConfig, mlp_cfg: MlpConfig, env_spec: EnvSpec, seed: int,
-                 index: int, gamma: float):
+    def __init__(
+        self,
+        cfg: GymConfig,
+        mlp_cfg: MlpConfig,
+        env_spec: EnvSpec,
+        seed: int,
+        index: int,
+        gamma: float,
+    ):
         from rlhf.models.mlp import ActorCritic
 
         torch.set_num_threads(1)  # tiny matmuls: threads only add contention on shared cores
@@ -129,8 +140,11 @@ class GymRunner:
         T, N = self.cfg.steps_per_env, self.cfg.envs_per_worker
         spec = self.spec
         obs_buf = np.empty((T, N, *spec.obs_shape), dtype=np.float32)
-        act_buf = (np.empty((T, N), dtype=np.int64) if spec.discrete
-                   else np.empty((T, N, spec.act_dim), dtype=np.float32))
+        act_buf = (
+            np.empty((T, N), dtype=np.int64)
+            if spec.discrete
+            else np.empty((T, N, spec.act_dim), dtype=np.float32)
+        )
         rew_buf = np.empty((T, N), dtype=np.float32)  # env rewards + truncation bootstrap
         raw_return = np.zeros(N)  # env rewards only
         done_buf = np.empty((T, N), dtype=np.float32)
@@ -164,21 +178,25 @@ class GymRunner:
         elapsed = time.perf_counter() - start
         samples = []
         for e in range(N):
-            samples.append(Sample(
-                group_id=self.index * N + e,
-                rollout_logprobs=logp_buf[:, e].tolist(),
-                weight_version=self.version,
-                reward=float(raw_return[e]),
-                obs=obs_buf[:, e].copy(),
-                actions=act_buf[:, e].copy(),
-                step_rewards=rew_buf[:, e].copy(),
-                dones=done_buf[:, e].copy(),
-                values=val_buf[:, e].copy(),
-                last_value=float(last[e]),
-                info={"episode_returns": [r for r, _ in episodes[e]],
-                      "episode_lengths": [n for _, n in episodes[e]],
-                      "collect_s": elapsed},
-            ))
+            samples.append(
+                Sample(
+                    group_id=self.index * N + e,
+                    rollout_logprobs=logp_buf[:, e].tolist(),
+                    weight_version=self.version,
+                    reward=float(raw_return[e]),
+                    obs=obs_buf[:, e].copy(),
+                    actions=act_buf[:, e].copy(),
+                    step_rewards=rew_buf[:, e].copy(),
+                    dones=done_buf[:, e].copy(),
+                    values=val_buf[:, e].copy(),
+                    last_value=float(last[e]),
+                    info={
+                        "episode_returns": [r for r, _ in episodes[e]],
+                        "episode_lengths": [n for _, n in episodes[e]],
+                        "collect_s": elapsed,
+                    },
+                )
+            )
         return samples
 
     def _env_actions(self, actions: np.ndarray) -> np.ndarray:
@@ -187,8 +205,15 @@ class GymRunner:
         return np.clip(actions, self.low, self.high)
 
     # ------------------------------------------------------------------ weights
-    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int,
-                         meta: list[tuple[str, tuple[int, ...], str]], bucket_bytes: int) -> None:
+    def init_weight_sync(
+        self,
+        host: str,
+        port: int,
+        rank_offset: int,
+        world_size: int,
+        meta: list[tuple[str, tuple[int, ...], str]],
+        bucket_bytes: int,
+    ) -> None:
         """Join the learner's weight-sync group as rank `rank_offset` (same signature as
         VllmEngine.init_weight_sync)."""
         from rlhf.rollout.weight_sync import ParamMeta, WeightSyncGroup
@@ -198,8 +223,9 @@ class GymRunner:
         missing = [m.name for m in meta if m.name not in own]
         if missing:
             raise ValueError(f"the learner sends parameters this runner's policy lacks: {missing}")
-        self.sync = WeightSyncGroup(host, port, rank_offset, world_size, torch.device("cpu"),
-                                    meta, bucket_bytes)
+        self.sync = WeightSyncGroup(
+            host, port, rank_offset, world_size, torch.device("cpu"), meta, bucket_bytes
+        )
 
     @torch.no_grad()
     def receive_weights(self, version: int) -> int:
@@ -227,30 +253,47 @@ class GymRollout:
 
     exports_hf = False  # checkpoints can carry a Hugging Face export of the policy
 
-    def __init__(self, cfg: RolloutConfig, mlp_cfg: MlpConfig, env_spec: EnvSpec, seed: int,
-                 slots, runtime_env: dict | None = None, *, gamma: float, max_restarts: int = 0):
+    def __init__(
+        self,
+        cfg: RolloutConfig,
+        mlp_cfg: MlpConfig,
+        env_spec: EnvSpec,
+        seed: int,
+        slots,
+        runtime_env: dict | None = None,
+        *,
+        gamma: float,
+        max_restarts: int = 0,
+    ):
         from rlhf.placement import spawn
 
         self.cfg = cfg
-        self.workers = spawn(GymRunner, slots, lambda i: (
-            (cfg.gym, mlp_cfg, env_spec, seed, i, gamma), {}), runtime_env,
-            max_restarts=max_restarts)
+        self.workers = spawn(
+            GymRunner,
+            slots,
+            lambda i: ((cfg.gym, mlp_cfg, env_spec, seed, i, gamma), {}),
+            runtime_env,
+            max_restarts=max_restarts,
+        )
         self.sync_ranks = len(self.workers)
         self.env_steps = 0
         self.episodes = 0
         self.recent_returns: collections.deque[float] = collections.deque(maxlen=RETURN_WINDOW)
         self.recent_lengths: collections.deque[int] = collections.deque(maxlen=RETURN_WINDOW)
-        self._last_metrics_at: Optional[float] = None
+        self._last_metrics_at: float | None = None
 
     def collect(self) -> list[Any]:
         if self._last_metrics_at is None:
             self._last_metrics_at = time.perf_counter()
         return [r.collect.remote() for r in self.workers]
 
-    def init_weight_sync(self, host: str, port: int, world_size: int, meta, bucket_bytes: int
-                         ) -> list[Any]:
-        return [r.init_weight_sync.remote(host, port, 1 + i, world_size, meta, bucket_bytes)
-                for i, r in enumerate(self.workers)]
+    def init_weight_sync(
+        self, host: str, port: int, world_size: int, meta, bucket_bytes: int
+    ) -> list[Any]:
+        return [
+            r.init_weight_sync.remote(host, port, 1 + i, world_size, meta, bucket_bytes)
+            for i, r in enumerate(self.workers)
+        ]
 
     def receive_weights(self, version: int) -> list[Any]:
         return [r.receive_weights.remote(version) for r in self.workers]
@@ -274,10 +317,12 @@ class GymRollout:
         collect_s = max(s.info["collect_s"] for s in samples)
         nan = math.nan
         return {
-            "env/episode_return_mean": (sum(self.recent_returns) / len(self.recent_returns)
-                                        if self.recent_returns else nan),
-            "env/episode_len_mean": (sum(self.recent_lengths) / len(self.recent_lengths)
-                                     if self.recent_lengths else nan),
+            "env/episode_return_mean": (
+                sum(self.recent_returns) / len(self.recent_returns) if self.recent_returns else nan
+            ),
+            "env/episode_len_mean": (
+                sum(self.recent_lengths) / len(self.recent_lengths) if self.recent_lengths else nan
+            ),
             "env/episodes": float(self.episodes),
             "env/steps": float(self.env_steps),
             "perf/env_steps_per_s": steps / since if since > 0 else nan,
@@ -286,9 +331,12 @@ class GymRollout:
         }
 
     def state(self) -> dict[str, Any]:
-        return {"env_steps": self.env_steps, "episodes": self.episodes,
-                "recent_returns": list(self.recent_returns),
-                "recent_lengths": list(self.recent_lengths)}
+        return {
+            "env_steps": self.env_steps,
+            "episodes": self.episodes,
+            "recent_returns": list(self.recent_returns),
+            "recent_lengths": list(self.recent_lengths),
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.env_steps, self.episodes = state["env_steps"], state["episodes"]
@@ -297,7 +345,9 @@ class GymRollout:
 
     def sample_rows(self, samples: list[Sample], k: int = 8) -> list[dict[str, Any]]:
         """Episodes that finished in this step (up to k), for the W&B table / samples.jsonl."""
-        rows = [{"env": s.group_id, "episode_return": r, "episode_len": n}
-                for s in samples
-                for r, n in zip(s.info["episode_returns"], s.info["episode_lengths"])]
+        rows = [
+            {"env": s.group_id, "episode_return": r, "episode_len": n}
+            for s in samples
+            for r, n in zip(s.info["episode_returns"], s.info["episode_lengths"])
+        ]
         return rows[:k]

@@ -72,39 +72,63 @@ class VllmEngine:
             raise NotSynced(self.index)
         start = time.perf_counter()
         c = self.cfg
-        params = [SamplingParams(
-            n=1, seed=r.seed, logprobs=0, top_p=c.top_p, top_k=c.top_k,
-            temperature=c.temperature if r.temperature is None else r.temperature,
-            max_tokens=c.max_new_tokens if r.max_new_tokens is None else r.max_new_tokens)
-            for r in requests]
-        prompts = [TokensPrompt(prompt_token_ids=r.prompt_token_ids)
-                   if r.prompt_token_ids is not None else r.prompt for r in requests]
+        params = [
+            SamplingParams(
+                n=1,
+                seed=r.seed,
+                logprobs=0,
+                top_p=c.top_p,
+                top_k=c.top_k,
+                temperature=c.temperature if r.temperature is None else r.temperature,
+                max_tokens=c.max_new_tokens if r.max_new_tokens is None else r.max_new_tokens,
+            )
+            for r in requests
+        ]
+        prompts = [
+            TokensPrompt(prompt_token_ids=r.prompt_token_ids)
+            if r.prompt_token_ids is not None
+            else r.prompt
+            for r in requests
+        ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         elapsed = time.perf_counter() - start
         samples = []
         for r, out in zip(requests, outputs):
             o = out.outputs[0]
             token_ids = list(o.token_ids)
-            samples.append(Sample(
-                group_id=r.prompt_id,
-                prompt_ids=list(out.prompt_token_ids),
-                response_ids=token_ids,
-                rollout_logprobs=[lp[t].logprob for t, lp in zip(token_ids, o.logprobs)],
-                prompt=r.prompt if r.prompt else (out.prompt or ""),
-                response=o.text,
-                answer=r.answer,
-                fields=r.fields,
-                finish_reason=o.finish_reason or "",
-                weight_version=self.version,
-                info={"sample_index": r.sample_index, "engine": self.index,
-                      "engine_call_s": elapsed},
-            ))
+            samples.append(
+                Sample(
+                    group_id=r.prompt_id,
+                    prompt_ids=list(out.prompt_token_ids),
+                    response_ids=token_ids,
+                    rollout_logprobs=[lp[t].logprob for t, lp in zip(token_ids, o.logprobs)],
+                    prompt=r.prompt if r.prompt else (out.prompt or ""),
+                    response=o.text,
+                    answer=r.answer,
+                    fields=r.fields,
+                    finish_reason=o.finish_reason or "",
+                    weight_version=self.version,
+                    info={
+                        "sample_index": r.sample_index,
+                        "engine": self.index,
+                        "engine_call_s": elapsed,
+                    },
+                )
+            )
         return samples
 
-    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int,
-                         meta: list[tuple[str, tuple[int, ...], str]], bucket_bytes: int) -> None:
-        self.llm.collective_rpc("init_weight_sync",
-                                args=(host, port, rank_offset, world_size, meta, bucket_bytes))
+    def init_weight_sync(
+        self,
+        host: str,
+        port: int,
+        rank_offset: int,
+        world_size: int,
+        meta: list[tuple[str, tuple[int, ...], str]],
+        bucket_bytes: int,
+    ) -> None:
+        self.llm.collective_rpc(
+            "init_weight_sync", args=(host, port, rank_offset, world_size, meta, bucket_bytes)
+        )
         self.sync_ready = True
 
     def receive_weights(self, version: int) -> int:
@@ -130,22 +154,37 @@ class VllmRollout:
 
     exports_hf = True  # checkpoints can carry a Hugging Face export of the policy
 
-    def __init__(self, cfg: RolloutConfig, model_path: str, dtype: str, seed: int,
-                 slots, runtime_env: dict | None = None, max_restarts: int = 0):
+    def __init__(
+        self,
+        cfg: RolloutConfig,
+        model_path: str,
+        dtype: str,
+        seed: int,
+        slots,
+        runtime_env: dict | None = None,
+        max_restarts: int = 0,
+    ):
         from rlhf.placement import spawn
 
         self.cfg = cfg
-        self.workers = spawn(VllmEngine, slots,
-                             lambda i: ((cfg, model_path, dtype, seed, i), {}), runtime_env,
-                             max_restarts=max_restarts)
+        self.workers = spawn(
+            VllmEngine,
+            slots,
+            lambda i: ((cfg, model_path, dtype, seed, i), {}),
+            runtime_env,
+            max_restarts=max_restarts,
+        )
         # Every tensor-parallel worker of every engine is a receiver in the weight-sync group.
         self.sync_ranks = len(self.workers) * cfg.vllm.tensor_parallel_size
 
-    def init_weight_sync(self, host: str, port: int, world_size: int, meta, bucket_bytes: int
-                         ) -> list[Any]:
+    def init_weight_sync(
+        self, host: str, port: int, world_size: int, meta, bucket_bytes: int
+    ) -> list[Any]:
         tp = self.cfg.vllm.tensor_parallel_size
-        return [e.init_weight_sync.remote(host, port, 1 + i * tp, world_size, meta, bucket_bytes)
-                for i, e in enumerate(self.workers)]
+        return [
+            e.init_weight_sync.remote(host, port, 1 + i * tp, world_size, meta, bucket_bytes)
+            for i, e in enumerate(self.workers)
+        ]
 
     def receive_weights(self, version: int) -> list[Any]:
         return [e.receive_weights.remote(version) for e in self.workers]
@@ -158,7 +197,8 @@ class VllmRollout:
         return {
             "rollout/response_len_mean": sum(lengths) / len(lengths),
             "rollout/response_len_max": float(max(lengths)),
-            "rollout/truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples),
+            "rollout/truncated_frac": sum(s.finish_reason == "length" for s in samples)
+            / len(samples),
             "rollout/tokens": float(sum(lengths)),
         }
 
@@ -170,5 +210,13 @@ class VllmRollout:
 
     def sample_rows(self, samples: list[Sample], k: int = 8) -> list[dict[str, Any]]:
         """A few samples for the W&B table / samples.jsonl."""
-        return [{"prompt": s.prompt, "response": s.response, "answer": s.answer,
-                 "reward": s.reward, "finish": s.finish_reason} for s in samples[:k]]
+        return [
+            {
+                "prompt": s.prompt,
+                "response": s.response,
+                "answer": s.answer,
+                "reward": s.reward,
+                "finish": s.finish_reason,
+            }
+            for s in samples[:k]
+        ]

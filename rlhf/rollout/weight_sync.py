@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import datetime
 import socket
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -43,7 +43,9 @@ WeightMeta = list[ParamMeta]
 
 
 def describe(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> WeightMeta:
-    return [ParamMeta(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in named_tensors]
+    return [
+        ParamMeta(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in named_tensors
+    ]
 
 
 def plan_buckets(meta: WeightMeta, bucket_bytes: int) -> list[list[int]]:
@@ -75,8 +77,17 @@ def free_port() -> int:
 class WeightSyncGroup:
     """A process group of learner rank 0 (rank 0) and the rollout workers (ranks 1..N)."""
 
-    def __init__(self, host: str, port: int, rank: int, world_size: int, device: torch.device,
-                 meta: WeightMeta, bucket_bytes: int, timeout_s: float = 600.0):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        meta: WeightMeta,
+        bucket_bytes: int,
+        timeout_s: float = 600.0,
+    ):
         self.rank, self.device, self.meta = rank, device, meta
         self._in_flight = None  # rank 0: the Work of the bucket being sent
         self._slot = 0  # rank 0: which of the two staging buffers the next bucket uses
@@ -85,8 +96,9 @@ class WeightSyncGroup:
         timeout = datetime.timedelta(seconds=timeout_s)
         # Rank 0 hosts the store and must not wait for the others here: they join while the
         # process group is being created.
-        store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout,
-                              wait_for_workers=False)
+        store = dist.TCPStore(
+            host, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False
+        )
         if device.type == "cuda":
             self.group = dist.ProcessGroupNCCL(store, rank, world_size)
         else:
@@ -108,7 +120,9 @@ class WeightSyncGroup:
         bucket is in flight, and the last bucket of the plan is waited for before returning."""
         for i, t in zip(bucket, tensors):
             if tuple(t.shape) != self.meta[i].shape:
-                raise ValueError(f"{self.meta[i].name}: shape {tuple(t.shape)} != {self.meta[i].shape}")
+                raise ValueError(
+                    f"{self.meta[i].name}: shape {tuple(t.shape)} != {self.meta[i].shape}"
+                )
         numel = sum(self.meta[i].numel for i in bucket)
         # Alternate between two staging buffers: one on the wire, one being filled.
         self._slot ^= 1
@@ -172,13 +186,21 @@ class VllmWeightReceiver:
     """vLLM worker extension (`LLM(worker_extension_cls=...)`): methods run inside each vLLM
     worker and are reached through `llm.collective_rpc(name, args=...)`."""
 
-    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int,
-                         meta: list[tuple[str, tuple[int, ...], str]], bucket_bytes: int) -> None:
+    def init_weight_sync(
+        self,
+        host: str,
+        port: int,
+        rank_offset: int,
+        world_size: int,
+        meta: list[tuple[str, tuple[int, ...], str]],
+        bucket_bytes: int,
+    ) -> None:
         # Tensor-free arguments only: collective_rpc serialises them (STACK.md).
         rank = rank_offset + _tp_rank()
         meta = [ParamMeta(n, tuple(s), d) for n, s, d in meta]
-        self._rlhf_sync = WeightSyncGroup(host, port, rank, world_size, self.device, meta,
-                                          bucket_bytes)
+        self._rlhf_sync = WeightSyncGroup(
+            host, port, rank, world_size, self.device, meta, bucket_bytes
+        )
 
     def receive_weights(self) -> None:
         from vllm.model_executor.model_loader.reload import (
@@ -195,7 +217,9 @@ class VllmWeightReceiver:
 
     def weight_checksum(self) -> float:
         """Sum of |w| over the model's parameters, for tests."""
-        return float(sum(p.detach().float().abs().sum() for p in self.model_runner.get_model().parameters()))
+        return float(
+            sum(p.detach().float().abs().sum() for p in self.model_runner.get_model().parameters())
+        )
 
 
 def _tp_rank() -> int:

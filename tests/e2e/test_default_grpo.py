@@ -22,10 +22,14 @@ REQUIRED_RISE = 0.2
 
 def test_default_grpo_run_learns(tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "rlhf.train", "+experiment=grpo",
-                           f"hydra.run.dir={run_dir}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf.train", "+experiment=grpo", f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rewards = [json.loads(line)["reward/mean"] for line in (run_dir / "metrics.jsonl").open()]
     fifth = len(rewards) // 5

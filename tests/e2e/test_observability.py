@@ -12,13 +12,24 @@ from rlhf.metrics import _wandb_records, read_offline_run
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-       "WANDB_API_KEY": ""}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "WANDB_API_KEY": "",
+}
 
 
 def _run(args, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "rlhf.train", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf.train", *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -31,15 +42,30 @@ def _run_record(run_dir: Path):
 def test_wandb_offline_run_logs_config_and_every_step(tmp_path):
     run_dir = tmp_path / "run"
     steps = 4
-    _run(["+experiment=grpo", f"trainer.total_steps={steps}", "logger.wandb.mode=offline",
-          "logger.samples_every=2", f"hydra.run.dir={run_dir}"])
+    _run(
+        [
+            "+experiment=grpo",
+            f"trainer.total_steps={steps}",
+            "logger.wandb.mode=offline",
+            "logger.samples_every=2",
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
     config, history = read_offline_run(run_dir)
     assert config["algo"]["advantage"] == "grpo" and config["trainer"]["total_steps"] == steps
     metric_rows = [h for h in history if "reward/mean" in h]
     assert [h["trainer/step"] for h in metric_rows] == list(range(1, steps + 1))
     for h in metric_rows:
-        for key in ("reward/mean", "rollout/response_len_mean", "algo/entropy", "learner/grad_norm",
-                    "timing/rollout_s", "timing/update_s", "perf/tokens_per_s", "perf/samples_per_s"):
+        for key in (
+            "reward/mean",
+            "rollout/response_len_mean",
+            "algo/entropy",
+            "learner/grad_norm",
+            "timing/rollout_s",
+            "timing/update_s",
+            "perf/tokens_per_s",
+            "perf/samples_per_s",
+        ):
             assert key in h, key
     assert any("samples" in h for h in history), "no sample table logged"
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
@@ -51,8 +77,17 @@ def test_wandb_offline_run_logs_config_and_every_step(tmp_path):
 
 def test_two_point_sweep_groups_runs_and_summarises(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    proc = _run(["-m", "+experiment=grpo", "trainer.total_steps=2", "seed=1,2",
-                 "logger.wandb.mode=offline", f"hydra.sweep.dir={sweep_dir}"], timeout=900)
+    proc = _run(
+        [
+            "-m",
+            "+experiment=grpo",
+            "trainer.total_steps=2",
+            "seed=1,2",
+            "logger.wandb.mode=offline",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        timeout=900,
+    )
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "metrics.jsonl").exists())
     assert [p.name for p in jobs] == ["0", "1"]
     groups = {_run_record(j).run_group for j in jobs}

@@ -22,8 +22,19 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-PRESETS = ["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp", "ppo",
-           "cispo", "gmpo", "clip_cov", "kl_cov"]
+PRESETS = [
+    "grpo",
+    "dr_grpo",
+    "dapo",
+    "gspo",
+    "rloo",
+    "reinforce_pp",
+    "ppo",
+    "cispo",
+    "gmpo",
+    "clip_cov",
+    "kl_cov",
+]
 STEPS = 8
 
 
@@ -36,11 +47,25 @@ def test_every_llm_preset_is_covered():
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("presets")
     proc = subprocess.run(
-        [sys.executable, "-m", "rlhf.train", "-m", "+experiment=grpo", f"algo={','.join(PRESETS)}",
-         f"trainer.total_steps={STEPS}", "logger.wandb.mode=disabled", "trainer.report=false",
-         f"hydra.sweep.dir={out}", "hydra.sweep.subdir=${algo.name}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        [
+            sys.executable,
+            "-m",
+            "rlhf.train",
+            "-m",
+            "+experiment=grpo",
+            f"algo={','.join(PRESETS)}",
+            f"trainer.total_steps={STEPS}",
+            "logger.wandb.mode=disabled",
+            "trainer.report=false",
+            f"hydra.sweep.dir={out}",
+            "hydra.sweep.subdir=${algo.name}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -70,15 +95,22 @@ def test_ppo_critic_learns(sweep):
     # Each update lowers the critic's loss on its batch. (Over 8 steps the value loss on fresh
     # batches does not fall reliably: the reward's variance grows as the policy learns.)
     rows = _rows(sweep, "ppo")
-    assert all("algo/value_clip_frac" in r and "algo/value_explained_var" in r
-               and "learner/critic_lr" in r for r in rows)
+    assert all(
+        "algo/value_clip_frac" in r and "algo/value_explained_var" in r and "learner/critic_lr" in r
+        for r in rows
+    )
     gains = [r["algo/value_update_gain"] for r in rows]
     assert sum(g > 0 for g in gains) >= STEPS - 1, gains
 
 
-@pytest.mark.parametrize("preset,key", [("dapo", "algo/overlong_penalty_mean"),
-                                        ("kl_cov", "algo/kl_cov_frac"),
-                                        ("clip_cov", "algo/cov_clip_frac"),
-                                        ("cispo", "algo/clip_frac_high")])
+@pytest.mark.parametrize(
+    "preset,key",
+    [
+        ("dapo", "algo/overlong_penalty_mean"),
+        ("kl_cov", "algo/kl_cov_frac"),
+        ("clip_cov", "algo/cov_clip_frac"),
+        ("cispo", "algo/clip_frac_high"),
+    ],
+)
 def test_preset_specific_metrics_are_logged(sweep, preset, key):
     assert all(key in r for r in _rows(sweep, preset)), key

@@ -26,8 +26,12 @@ def ray_local():
 
     # DeepSpeed's CPU comm op, built into the venv by `make install` (as rlhf.train uses it).
     ops = os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING",
-                                                            "TORCH_EXTENSIONS_DIR": ops}})
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING", "TORCH_EXTENSIONS_DIR": ops}},
+    )
     yield ray
     ray.shutdown()

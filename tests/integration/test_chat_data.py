@@ -29,12 +29,26 @@ REQUIRED_RISE = 0.15
 def _chat_parquet(path: Path) -> Path:
     import datasets
 
-    rows = [{"prompt": [{"role": "system", "content": "Add the numbers."},
-                        {"role": "user", "content": f"{a}+{b}="}],
-             "reward_model": {"ground_truth": str(a + b), "style": "rule"},
-             "data_source": "addition"} for a in range(7) for b in range(7)]
-    rows.insert(17, {"prompt": None, "reward_model": {"ground_truth": "3", "style": "rule"},
-                     "data_source": "addition"})
+    rows = [
+        {
+            "prompt": [
+                {"role": "system", "content": "Add the numbers."},
+                {"role": "user", "content": f"{a}+{b}="},
+            ],
+            "reward_model": {"ground_truth": str(a + b), "style": "rule"},
+            "data_source": "addition",
+        }
+        for a in range(7)
+        for b in range(7)
+    ]
+    rows.insert(
+        17,
+        {
+            "prompt": None,
+            "reward_model": {"ground_truth": "3", "style": "rule"},
+            "data_source": "addition",
+        },
+    )
     datasets.Dataset.from_list(rows).to_parquet(str(path))
     return path
 
@@ -43,11 +57,26 @@ def test_chat_parquet_trains_end_to_end(tmp_path):
     data = _chat_parquet(tmp_path / "train.parquet")
     run_dir = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "rlhf.train", "+experiment=grpo", "data=chat", f"data.path={data}",
-         "data.on_bad_row=skip", "data.max_bad_frac=0.05", "reward.fn=rlhf.reward.rules:exact_match",
-         f"trainer.total_steps={STEPS}", "eval=off", f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"})
+        [
+            sys.executable,
+            "-m",
+            "rlhf.train",
+            "+experiment=grpo",
+            "data=chat",
+            f"data.path={data}",
+            "data.on_bad_row=skip",
+            "data.max_bad_frac=0.05",
+            "reward.fn=rlhf.reward.rules:exact_match",
+            f"trainer.total_steps={STEPS}",
+            "eval=off",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"},
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert "skipped 1 bad rows of 50" in log and "row 18" in log

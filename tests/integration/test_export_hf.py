@@ -42,9 +42,15 @@ def _samples(tokenizer, n: int, seed: int = 0) -> list[Sample]:
     for i in range(n):
         prompt = f"{i % 7}+{(i * 3) % 7}="
         resp = [digits[int(j)] for j in torch.randint(0, 10, (3,), generator=g)]
-        out.append(Sample(group_id=i // 4, prompt_ids=tokenizer.encode(prompt, add_special_tokens=False),
-                          response_ids=resp + [tokenizer.eos_token_id], rollout_logprobs=[0.0] * 4,
-                          prompt=prompt))
+        out.append(
+            Sample(
+                group_id=i // 4,
+                prompt_ids=tokenizer.encode(prompt, add_special_tokens=False),
+                response_ids=resp + [tokenizer.eos_token_id],
+                rollout_logprobs=[0.0] * 4,
+                prompt=prompt,
+            )
+        )
     return out
 
 
@@ -67,27 +73,53 @@ def exported(ray_local, tiny_model_path, tmp_path_factory):
     cfg.algo.lr = 1e-2
     pg = ray.util.placement_group([{"CPU": 1}] * 2 + [{"CPU": 1.5}])
     ray.get(pg.ready())
-    learners = LearnerGroup(cfg.learner, cfg.algo, cfg.model, tiny_model_path,
-                            [Slot(pg, i, 1, 0) for i in range(2)], rows_per_step=32,
-                            temperature=1.0, total_steps=10, seed=0)
+    learners = LearnerGroup(
+        cfg.learner,
+        cfg.algo,
+        cfg.model,
+        tiny_model_path,
+        [Slot(pg, i, 1, 0) for i in range(2)],
+        rows_per_step=32,
+        temperature=1.0,
+        total_steps=10,
+        seed=0,
+    )
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     batch = collate(_samples(tok, 32))
     batch = LearnerGroup.attach(batch, ray.get(learners.compute_logprobs(batch)))
     base_logprobs = batch.old_logprobs
-    batch.advantages = torch.randn(batch.old_logprobs.shape, generator=torch.Generator().manual_seed(1)) * batch.action_mask
+    batch.advantages = (
+        torch.randn(batch.old_logprobs.shape, generator=torch.Generator().manual_seed(1))
+        * batch.action_mask
+    )
     batch.returns = batch.advantages.clone()
     ray.get(learners.update(batch))
     after = LearnerGroup.attach(batch, ray.get(learners.compute_logprobs(batch))).old_logprobs
 
     root = tmp_path_factory.mktemp("run")
     ckpt = Checkpoints(root / "checkpoints", keep_last=1).save(
-        1, lambda f: ray.get(learners.save(f, "state")), {"step": 1},
-        export_hf=lambda f: ray.get(learners.export_hf(f)))
-    engine = ray.remote(VllmEngine).options(**Slot(pg, 2, 1, 0).options()).remote(
-        cfg.rollout, str(ckpt / "hf"), "float32", 0, 0)
+        1,
+        lambda f: ray.get(learners.save(f, "state")),
+        {"step": 1},
+        export_hf=lambda f: ray.get(learners.export_hf(f)),
+    )
+    engine = (
+        ray.remote(VllmEngine)
+        .options(**Slot(pg, 2, 1, 0).options())
+        .remote(cfg.rollout, str(ckpt / "hf"), "float32", 0, 0)
+    )
     rewards = RewardGroup(cfg.reward, "addition", [Slot(pg, 2, 0.25, 0)])
-    yield dict(ckpt=ckpt, batch=batch, base=base_logprobs, after=after, engine=engine,
-               rewards=rewards, tok=tok, base_path=tiny_model_path, cfg=cfg)
+    yield dict(
+        ckpt=ckpt,
+        batch=batch,
+        base=base_logprobs,
+        after=after,
+        engine=engine,
+        rewards=rewards,
+        tok=tok,
+        base_path=tiny_model_path,
+        cfg=cfg,
+    )
     for actor in learners.actors + [engine] + rewards.actors:
         ray.kill(actor)
     ray.util.remove_placement_group(pg)
@@ -100,23 +132,33 @@ def test_export_loads_in_transformers_with_the_learner_logprobs(exported):
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json"):
         assert (hf / name).is_file(), name
     batch, mask = exported["batch"], exported["batch"].action_mask
-    assert _max_diff(exported["after"], exported["base"], mask) > MOVED_MIN, "the update did nothing"
+    assert _max_diff(exported["after"], exported["base"], mask) > MOVED_MIN, (
+        "the update did nothing"
+    )
     policy = CausalLMPolicy(AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval())
     assert _max_diff(_logprobs(policy, batch), exported["after"], mask) < LEARNER_TOL
 
 
 def test_export_serves_in_vllm_with_the_learner_logprobs(exported):
     tok, batch = exported["tok"], exported["batch"]
-    requests = [GenerationRequest(prompt_id=i, sample_index=0, seed=i, prompt=f"{i % 7}+{i % 5}=",
-                                  prompt_token_ids=tok.encode(f"{i % 7}+{i % 5}=", add_special_tokens=False))
-                for i in range(16)]
+    requests = [
+        GenerationRequest(
+            prompt_id=i,
+            sample_index=0,
+            seed=i,
+            prompt=f"{i % 7}+{i % 5}=",
+            prompt_token_ids=tok.encode(f"{i % 7}+{i % 5}=", add_special_tokens=False),
+        )
+        for i in range(16)
+    ]
     samples = ray.get(exported["engine"].generate.remote(requests))
     assert all(s.response_ids for s in samples)
     from transformers import AutoModelForCausalLM
 
     gen = collate(samples)
-    policy = CausalLMPolicy(AutoModelForCausalLM.from_pretrained(exported["ckpt"] / "hf",
-                                                                 dtype=torch.float32).eval())
+    policy = CausalLMPolicy(
+        AutoModelForCausalLM.from_pretrained(exported["ckpt"] / "hf", dtype=torch.float32).eval()
+    )
     assert _max_diff(_logprobs(policy, gen), gen.rollout_logprobs, gen.action_mask) < VLLM_TOL
     del batch
 
@@ -125,8 +167,19 @@ def test_export_script_rebuilds_the_same_weights_from_the_checkpoint(exported, t
     from safetensors.torch import load_file
 
     out = tmp_path / "offline"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "export_hf.py"), str(exported["ckpt"]),
-                    str(out), "--base", exported["base_path"]], check=True, cwd=REPO, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "export_hf.py"),
+            str(exported["ckpt"]),
+            str(out),
+            "--base",
+            exported["base_path"],
+        ],
+        check=True,
+        cwd=REPO,
+        timeout=300,
+    )
     live = load_file(exported["ckpt"] / "hf" / "model.safetensors")
     offline = load_file(out / "model.safetensors")
     assert sorted(live) == sorted(offline)
@@ -147,16 +200,25 @@ def test_evaluator_on_the_engine_equals_a_direct_computation(exported):
     metrics = ev.run([exported["engine"]], exported["rewards"], step=0)
 
     tok = exported["tok"]
-    model = AutoModelForCausalLM.from_pretrained(exported["ckpt"] / "hf", dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        exported["ckpt"] / "hf", dtype=torch.float32
+    ).eval()
     direct = []
     for p in prompts:
         ids = torch.tensor([tok.encode(p["prompt"], add_special_tokens=False)])
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=exported["cfg"].rollout.max_new_tokens,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        direct.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=exported["cfg"].rollout.max_new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        direct.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
     right = sum(exact_match(text, p["answer"]) for text, p in zip(direct, prompts))
-    greedy = ray.get(exported["engine"].generate.remote([r for r in ev.requests if r.sample_index == 0]))
+    greedy = ray.get(
+        exported["engine"].generate.remote([r for r in ev.requests if r.sample_index == 0])
+    )
     assert [s.response for s in greedy] == direct
     assert metrics["eval/prompts"] == len(prompts) == 49
     assert metrics["eval/greedy_accuracy"] == pytest.approx(right / len(prompts))

@@ -34,8 +34,9 @@ def test_cartpole_ppo_learns_through_the_full_system(tmp_path):
     # The runners act with exactly the learner's weights (the initial sync, then one per step):
     # their logprobs equal the learner's recomputation up to float rounding.
     assert max(r["rollout/logprob_diff"] for r in rows) < 1e-4
-    returns = [r["env/episode_return_mean"] for r in rows
-               if r["env/episode_return_mean"] is not None]
+    returns = [
+        r["env/episode_return_mean"] for r in rows if r["env/episode_return_mean"] is not None
+    ]
     assert returns[0] < 50, returns[:3]  # starts near random
     assert max(returns) > THRESHOLD, f"no learning: last-20-episode mean returns {returns}"
     assert (tmp_path / "checkpoints").is_dir()
@@ -47,8 +48,9 @@ def test_pendulum_ppo_improves_continuous_control(tmp_path):
     last-20-episode mean -1450 over the first fifth of the run, -296 over the last fifth
     (random play scores about -1200 to -1500; rl-zoo's tuned PPO reaches about -200)."""
     rows = _train(tmp_path, "pendulum_ppo")
-    returns = [r["env/episode_return_mean"] for r in rows
-               if r["env/episode_return_mean"] is not None]
+    returns = [
+        r["env/episode_return_mean"] for r in rows if r["env/episode_return_mean"] is not None
+    ]
     fifth = len(returns) // 5
     first, last = sum(returns[:fifth]) / fifth, sum(returns[-fifth:]) / fifth
     assert first < -1000, first
@@ -57,16 +59,30 @@ def test_pendulum_ppo_improves_continuous_control(tmp_path):
 
 
 def _train(run_dir: Path, experiment: str, *overrides: str) -> list[dict]:
-    cmd = [sys.executable, "-m", "rlhf.train", f"+experiment={experiment}", *overrides,
-           f"hydra.run.dir={run_dir}", "logger.wandb.mode=disabled", "trainer.report=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlhf.train",
+        f"+experiment={experiment}",
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+        "logger.wandb.mode=disabled",
+        "trainer.report=false",
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-4000:]
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_gym_config_errors_name_the_key_before_ray_starts(tmp_path):
-    cmd = [sys.executable, "-m", "rlhf.train", "+experiment=cartpole_ppo",
-           "model.mlp.obs_norm=true", f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlhf.train",
+        "+experiment=cartpole_ppo",
+        "model.mlp.obs_norm=true",
+        f"hydra.run.dir={tmp_path}",
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "model.mlp.obs_norm" in out.stderr and "no Ray process was started" in out.stderr

@@ -22,15 +22,32 @@ HERE = Path(__file__).resolve().parent
 
 def _batch(rows=32):
     # 8 prompts x 4 answers; the first answer of each prompt is rewarded.
-    samples = [Sample(group_id=i // 4, prompt_ids=[5, 6, 7, 8], response_ids=[9 + i % 4, 2],
-                      rollout_logprobs=[0.0, 0.0], reward=float(i % 4 == 0)) for i in range(rows)]
+    samples = [
+        Sample(
+            group_id=i // 4,
+            prompt_ids=[5, 6, 7, 8],
+            response_ids=[9 + i % 4, 2],
+            rollout_logprobs=[0.0, 0.0],
+            reward=float(i % 4 == 0),
+        )
+        for i in range(rows)
+    ]
     return collate(samples)
 
 
 def _group(cfg, pg, runtime_env=None):
-    return LearnerGroup(cfg.learner, cfg.algo, cfg.model, cfg.model.path,
-                        [Slot(pg, i, 1, 0) for i in range(cfg.learner.num_ranks)], rows_per_step=32,
-                        temperature=1.0, total_steps=10, seed=0, runtime_env=runtime_env)
+    return LearnerGroup(
+        cfg.learner,
+        cfg.algo,
+        cfg.model,
+        cfg.model.path,
+        [Slot(pg, i, 1, 0) for i in range(cfg.learner.num_ranks)],
+        rows_per_step=32,
+        temperature=1.0,
+        total_steps=10,
+        seed=0,
+        runtime_env=runtime_env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +59,10 @@ def bundles(ray_local):
 
 
 def _checksums(learners):
-    return (ray.get([a.state_checksum.remote() for a in learners.actors]),
-            ray.get([a.optimizer_checksum.remote() for a in learners.actors]))
+    return (
+        ray.get([a.state_checksum.remote() for a in learners.actors]),
+        ray.get([a.optimizer_checksum.remote() for a in learners.actors]),
+    )
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2])
@@ -55,8 +74,12 @@ def test_nan_loss_on_one_rank_skips_the_step_everywhere(bundles, tiny_model_path
     cfg.algo.lr = 3e-3
     cfg.algo.policy_loss = "nan_loss:nan_on_calls"
     # Calls 3 and 4 are the second update's two micro-batches; rank 0 poisons only the first.
-    env = {"env_vars": {"RLHF_TEST_NAN_CALLS": "3",
-                        "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}}
+    env = {
+        "env_vars": {
+            "RLHF_TEST_NAN_CALLS": "3",
+            "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        }
+    }
     learners = _group(cfg, bundles, env)
     batch = _batch()
     batch.advantages = torch.where(batch.seq_rewards > 0, 1.0, -1.0)[:, None] * batch.action_mask
@@ -100,14 +123,18 @@ def test_llm_critic_learns_under_zero3_and_is_not_synced(bundles, tiny_model_pat
     for _ in range(8):
         fresh = LearnerGroup.attach(batch, ray.get(learners.compute_logprobs(batch)))
         assert fresh.values.shape == batch.action_mask.shape
-        adv, ret = algos.ADVANTAGE_ESTIMATORS.get("gae")(algos.AdvantageInputs(
-            fresh.token_rewards, fresh.action_mask, values=fresh.values), algos.AdvantageParams(lam=0.95))
+        adv, ret = algos.ADVANTAGE_ESTIMATORS.get("gae")(
+            algos.AdvantageInputs(fresh.token_rewards, fresh.action_mask, values=fresh.values),
+            algos.AdvantageParams(lam=0.95),
+        )
         fresh.advantages, fresh.returns = adv, ret
         explained.append(float(algos.explained_variance(fresh.values, ret, fresh.action_mask)))
         m = LearnerGroup.reduce(ray.get(learners.update(fresh)))
         value_losses.append(m["algo/value_loss"])
         assert 0.0 <= m["algo/value_clip_frac"] <= 1.0
-        assert m["learner/critic_lr"] == pytest.approx(1e-3) and m["learner/lr"] == pytest.approx(1e-4)
+        assert m["learner/critic_lr"] == pytest.approx(1e-3) and m["learner/lr"] == pytest.approx(
+            1e-4
+        )
     # The critic's loss (what its optimizer minimises) falls; its predictions explain more.
     # (The first action's state is the shared prompt: about half the initial loss is the
     # irreducible variance of the reward there.)

@@ -24,8 +24,14 @@ def batch():
     samples = []
     for i in range(8):
         ids = torch.randint(5, 15, (4 + 3,), generator=g).tolist()
-        samples.append(Sample(group_id=i // 4, prompt_ids=ids[:4], response_ids=ids[4:],
-                              rollout_logprobs=[-1.0] * 3))
+        samples.append(
+            Sample(
+                group_id=i // 4,
+                prompt_ids=ids[:4],
+                response_ids=ids[4:],
+                rollout_logprobs=[-1.0] * 3,
+            )
+        )
     b = collate(samples)
     b.advantages = torch.randn(b.action_mask.shape, generator=g) * b.action_mask
     return b
@@ -37,9 +43,18 @@ def rank_main(port: int, model_path: str, ckpt: str, out) -> None:
         from rlhf.config import AlgoConfig, LearnerConfig, ModelConfig
         from rlhf.learner.worker import LearnerWorker
 
-        w = LearnerWorker(LearnerConfig(num_ranks=1, micro_batch_size=8, diagnostics_every=2),
-                          AlgoConfig(lr=1e-3), ModelConfig(), model_path, rank=0, world_size=1,
-                          temperature=1.0, total_steps=10, seed=0, grad_accum_steps=1)
+        w = LearnerWorker(
+            LearnerConfig(num_ranks=1, micro_batch_size=8, diagnostics_every=2),
+            AlgoConfig(lr=1e-3),
+            ModelConfig(),
+            model_path,
+            rank=0,
+            world_size=1,
+            temperature=1.0,
+            total_steps=10,
+            seed=0,
+            grad_accum_steps=1,
+        )
         w.setup("127.0.0.1", port)
         b = batch()
         b = replace(b, **w.compute_logprobs(b))
@@ -59,8 +74,17 @@ def rank_main(port: int, model_path: str, ckpt: str, out) -> None:
 def test_diagnostics_every_second_update_and_across_a_checkpoint(tmp_path):
     from rlhf.models.tiny import build_tiny_model
 
-    model_path = str(build_tiny_model(tmp_path / "tiny", hidden_size=64, num_layers=2, num_heads=2,
-                                      head_dim=32, intermediate_size=128, warmup_steps=0))
+    model_path = str(
+        build_tiny_model(
+            tmp_path / "tiny",
+            hidden_size=64,
+            num_layers=2,
+            num_heads=2,
+            head_dim=32,
+            intermediate_size=128,
+            warmup_steps=0,
+        )
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

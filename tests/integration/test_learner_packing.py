@@ -27,11 +27,20 @@ def shard(rank: int):
     samples = []
     for rnk in range(2):
         for i in range(16):
-            n = int(torch.randint(30, 41, (1,), generator=g)) if rnk == 1 and i % 4 == 1 else \
-                int(torch.randint(2, 7, (1,), generator=g))
+            n = (
+                int(torch.randint(30, 41, (1,), generator=g))
+                if rnk == 1 and i % 4 == 1
+                else int(torch.randint(2, 7, (1,), generator=g))
+            )
             ids = torch.randint(5, 15, (4 + n,), generator=g).tolist()
-            samples.append(Sample(group_id=i // 4, prompt_ids=ids[:4], response_ids=ids[4:],
-                                  rollout_logprobs=[-1.0] * n))
+            samples.append(
+                Sample(
+                    group_id=i // 4,
+                    prompt_ids=ids[:4],
+                    response_ids=ids[4:],
+                    rollout_logprobs=[-1.0] * n,
+                )
+            )
     batch = collate(samples)
     batch.advantages = torch.randn(batch.action_mask.shape, generator=g) * batch.action_mask
     batch.returns = batch.advantages.clone()
@@ -51,11 +60,22 @@ def run_case(rank: int, port: int, model_path: str, stage: int, agg: str, budget
     from rlhf.learner.micro_batches import pack_by_tokens
     from rlhf.learner.worker import LearnerWorker
 
-    cfg = LearnerConfig(num_ranks=2, zero_stage=stage, micro_batch_size=4,
-                        max_tokens_per_micro_batch=budget)
+    cfg = LearnerConfig(
+        num_ranks=2, zero_stage=stage, micro_batch_size=4, max_tokens_per_micro_batch=budget
+    )
     algo = AlgoConfig(loss_agg=agg, minibatches=2, epochs=1, lr=1e-3)
-    w = LearnerWorker(cfg, algo, ModelConfig(), model_path, rank=rank, world_size=2,
-                      temperature=1.0, total_steps=10, seed=0, grad_accum_steps=2)
+    w = LearnerWorker(
+        cfg,
+        algo,
+        ModelConfig(),
+        model_path,
+        rank=rank,
+        world_size=2,
+        temperature=1.0,
+        total_steps=10,
+        seed=0,
+        grad_accum_steps=2,
+    )
     w.setup("127.0.0.1", port)
     counts = []  # (this rank's packed count, the count it ran)
     cut = w._micro_batches
@@ -63,8 +83,9 @@ def run_case(rank: int, port: int, model_path: str, stage: int, agg: str, budget
     def recorded(batch):
         micros = cut(batch)
         if budget:
-            counts.append((len(pack_by_tokens(batch.attention_mask.sum(1).cpu(), budget)),
-                           len(micros)))
+            counts.append(
+                (len(pack_by_tokens(batch.attention_mask.sum(1).cpu(), budget)), len(micros))
+            )
         return micros
 
     w._micro_batches = recorded
@@ -81,8 +102,13 @@ def run_case(rank: int, port: int, model_path: str, stage: int, agg: str, budget
     batch = shard(rank)
     scores = w.compute_logprobs(batch)
     metrics = w.update(replace(batch, **scores))
-    return dict(old_logprobs=scores["old_logprobs"] * batch.action_mask, metrics=metrics,
-                grads=grads, weights=flat(w.engine.module.parameters()), counts=counts)
+    return dict(
+        old_logprobs=scores["old_logprobs"] * batch.action_mask,
+        metrics=metrics,
+        grads=grads,
+        weights=flat(w.engine.module.parameters()),
+        counts=counts,
+    )
 
 
 def rank_main(rank: int, port: int, model_path: str, out) -> None:
@@ -94,14 +120,22 @@ def rank_main(rank: int, port: int, model_path: str, out) -> None:
                 fixed = run_case(rank, port, model_path, stage, agg, 0)
                 packed = run_case(rank, port, model_path, stage, agg, BUDGET)
                 res[(stage, agg)] = dict(
-                    logprob_diff=float((packed["old_logprobs"] - fixed["old_logprobs"]).abs().max()),
+                    logprob_diff=float(
+                        (packed["old_logprobs"] - fixed["old_logprobs"]).abs().max()
+                    ),
                     grad_rel=[rel(p, f) for p, f in zip(packed["grads"], fixed["grads"])],
                     # ZeRO reports the pre-clip norm; stage 0 none (its gradients are compared).
-                    norm_rel=abs(packed["metrics"].get("learner/grad_norm", 1.0) /
-                                 fixed["metrics"].get("learner/grad_norm", 1.0) - 1),
-                    loss_rel=abs(packed["metrics"]["algo/loss"] / fixed["metrics"]["algo/loss"] - 1),
+                    norm_rel=abs(
+                        packed["metrics"].get("learner/grad_norm", 1.0)
+                        / fixed["metrics"].get("learner/grad_norm", 1.0)
+                        - 1
+                    ),
+                    loss_rel=abs(
+                        packed["metrics"]["algo/loss"] / fixed["metrics"]["algo/loss"] - 1
+                    ),
                     weight_rel=rel(packed["weights"], fixed["weights"]),
-                    counts=packed["counts"])
+                    counts=packed["counts"],
+                )
         out.put((rank, res))
     except BaseException as e:  # surface the rank's failure in the parent
         out.put((rank, repr(e)))
@@ -112,9 +146,17 @@ def rank_main(rank: int, port: int, model_path: str, out) -> None:
 def model_path(tmp_path_factory):
     from rlhf.models.tiny import build_tiny_model
 
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=64, num_layers=2,
-                                num_heads=2, head_dim=32, intermediate_size=128,
-                                warmup_steps=0))
+    return str(
+        build_tiny_model(
+            tmp_path_factory.mktemp("tiny"),
+            hidden_size=64,
+            num_layers=2,
+            num_heads=2,
+            head_dim=32,
+            intermediate_size=128,
+            warmup_steps=0,
+        )
+    )
 
 
 def test_token_budget_update_equals_the_fixed_row_split(model_path):

@@ -16,8 +16,15 @@ pytestmark = pytest.mark.integration
 def _fixed_batch():
     # Prompt "1+2=" with response "3" + eos rewarded, "4" + eos not: ids come from the tiny
     # tokenizer's alphabet, but any ids in range work for this test.
-    samples = [Sample(group_id=i // 4, prompt_ids=[5, 6, 7, 8], response_ids=[9 + i % 4, 2],
-                      rollout_logprobs=[0.0, 0.0]) for i in range(32)]
+    samples = [
+        Sample(
+            group_id=i // 4,
+            prompt_ids=[5, 6, 7, 8],
+            response_ids=[9 + i % 4, 2],
+            rollout_logprobs=[0.0, 0.0],
+        )
+        for i in range(32)
+    ]
     batch = collate(samples)
     adv = torch.tensor([1.0 if i % 4 == 0 else -1.0 for i in range(32)])[:, None]
     batch.advantages = adv * batch.action_mask
@@ -33,9 +40,17 @@ def test_zero_stage_trains_and_ranks_agree(ray_local, tiny_model_path, zero_stag
     cfg.algo.lr = 3e-3
     pg = ray.util.placement_group([{"CPU": 1}] * 2)
     ray.get(pg.ready())
-    learners = LearnerGroup(cfg.learner, cfg.algo, cfg.model, tiny_model_path,
-                            [Slot(pg, i, 1, 0) for i in range(2)], rows_per_step=32,
-                            temperature=1.0, total_steps=10, seed=0)
+    learners = LearnerGroup(
+        cfg.learner,
+        cfg.algo,
+        cfg.model,
+        tiny_model_path,
+        [Slot(pg, i, 1, 0) for i in range(2)],
+        rows_per_step=32,
+        temperature=1.0,
+        total_steps=10,
+        seed=0,
+    )
     batch = _fixed_batch()
     before = ray.get([a.state_checksum.remote() for a in learners.actors])
     losses = []

@@ -18,17 +18,32 @@ def test_rollout_and_learner_on_different_nodes(tmp_path, tiny_model_path):
 
     # Both nodes on this machine. (Not pinned to 127.0.0.1: a driver in another process finds
     # its local raylet by the machine's address.)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False}
+    )
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     try:
         run_dir = tmp_path / "run"
         proc = subprocess.run(
-            [sys.executable, "-m", "rlhf.train", "+experiment=grpo", "trainer.total_steps=3",
-             f"ray.address={cluster.address}", "ray.num_cpus=null", "placement.strategy=STRICT_PACK",
-             "logger.wandb.mode=disabled", f"hydra.run.dir={run_dir}"],
-            cwd=ROOT, capture_output=True, text=True, timeout=600,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            [
+                sys.executable,
+                "-m",
+                "rlhf.train",
+                "+experiment=grpo",
+                "trainer.total_steps=3",
+                f"ray.address={cluster.address}",
+                "ray.num_cpus=null",
+                "placement.strategy=STRICT_PACK",
+                "logger.wandb.mode=disabled",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         nodes = json.loads((run_dir / "placement.json").read_text())
         assert len(set(nodes["learner"])) == 1

@@ -48,19 +48,35 @@ def runs(tmp_path_factory, tiny_model_path):
         ray.shutdown()
     env = init_ray(cfg)
     try:
-        trainer = build_trainer(cfg, root / "startup", {}, PromptSource(cfg.data, 0),
-                                tiny_model_path, env)
+        trainer = build_trainer(
+            cfg, root / "startup", {}, PromptSource(cfg.data, 0), tiny_model_path, env
+        )
         ray.get(trainer.learners.save(str(root / "initial"), "init"))
         out = {}
         for k in (1, 2):
             run = root / f"k{k}"
             rcfg = dataclasses.replace(cfg.rollout, max_staleness=k)
             trainer.restart(
-                RolloutPipeline(rcfg, PromptSource(cfg.data, 0), trainer.pipeline.engines,
-                                trainer.pipeline.rewards, seed=0, ledger_path=run / "ledger.jsonl"),
-                RunLogger(cfg.logger, run, config={}, total_steps=STEPS, name=run.name, group=None,
-                          tags=[], primary_metric="reward/mean"),
-                str(root / "initial"))
+                RolloutPipeline(
+                    rcfg,
+                    PromptSource(cfg.data, 0),
+                    trainer.pipeline.engines,
+                    trainer.pipeline.rewards,
+                    seed=0,
+                    ledger_path=run / "ledger.jsonl",
+                ),
+                RunLogger(
+                    cfg.logger,
+                    run,
+                    config={},
+                    total_steps=STEPS,
+                    name=run.name,
+                    group=None,
+                    tags=[],
+                    primary_metric="reward/mean",
+                ),
+                str(root / "initial"),
+            )
             trainer.fit()
             out[k] = run
         yield out

@@ -38,10 +38,15 @@ def slots(ray_local):
 
 def test_submit_round_robin_and_workers_die_with_their_actor(ray_local, slots, tmp_path):
     pid_log = tmp_path / "pids.log"
-    env = {"env_vars": {"PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-                        "RLHF_TEST_REWARD_PIDS": str(pid_log)}}
-    group = RewardGroup(RewardConfig(fn="reward_group_fns:parent_pid", num_actors=2), "addition",
-                        slots, env)
+    env = {
+        "env_vars": {
+            "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "RLHF_TEST_REWARD_PIDS": str(pid_log),
+        }
+    }
+    group = RewardGroup(
+        RewardConfig(fn="reward_group_fns:parent_pid", num_actors=2), "addition", slots, env
+    )
     chunks = [[Sample(group_id=c, prompt="1+1=", response="2", answer="2")] * 3 for c in range(4)]
     refs = [group.submit(chunk) for chunk in chunks]
     owners = [{s.reward for s in part} for part in ray_local.get(refs)]
@@ -51,12 +56,17 @@ def test_submit_round_robin_and_workers_die_with_their_actor(ray_local, slots, t
     for a in group.actors:
         ray_local.kill(a)
 
-    hung = RewardGroup(RewardConfig(fn="reward_group_fns:hang_and_log", num_actors=1,
-                                    timeout_s=600, workers=2), "addition", slots[:1], env)
+    hung = RewardGroup(
+        RewardConfig(fn="reward_group_fns:hang_and_log", num_actors=1, timeout_s=600, workers=2),
+        "addition",
+        slots[:1],
+        env,
+    )
     hung.submit([Sample(group_id=0, prompt="1+1=")] * 2)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not pid_log.exists() or
-                                           len(pid_log.read_text().split()) < 2):
+    while time.monotonic() < deadline and (
+        not pid_log.exists() or len(pid_log.read_text().split()) < 2
+    ):
         time.sleep(0.1)
     workers = [int(p) for p in pid_log.read_text().split()]
     assert len(workers) == 2 and all(_alive(p) for p in workers)
@@ -77,23 +87,39 @@ def test_generative_judge_in_a_reward_actor(ray_local, slots, tiny_model_path):
 
     from rlhf.config import JudgeConfig
 
-    judge = JudgeConfig(path=tiny_model_path, template="{prompt}{response}", score_pattern=r"^(\d+)",
-                        scale=1.0, max_new_tokens=4, max_model_len=64)
-    group = RewardGroup(RewardConfig(kind="judge", judge=judge, fallback=-1.0), "addition",
-                        slots[:1], {"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING"}})
+    judge = JudgeConfig(
+        path=tiny_model_path,
+        template="{prompt}{response}",
+        score_pattern=r"^(\d+)",
+        scale=1.0,
+        max_new_tokens=4,
+        max_model_len=64,
+    )
+    group = RewardGroup(
+        RewardConfig(kind="judge", judge=judge, fallback=-1.0),
+        "addition",
+        slots[:1],
+        {"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING"}},
+    )
     prompts = ["1+2=", "3+3=", "6+5=", "0+0=", "4+2=", "5+6="]
-    out = ray_local.get(group.submit([Sample(group_id=i, prompt=p, response="")
-                                      for i, p in enumerate(prompts)]))
+    out = ray_local.get(
+        group.submit([Sample(group_id=i, prompt=p, response="") for i, p in enumerate(prompts)])
+    )
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     with torch.no_grad():
         for s in out:
             ids = tok(s.prompt, return_tensors="pt", add_special_tokens=False).input_ids
-            gen = model.generate(ids, max_new_tokens=4, do_sample=False,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-            text = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
+            gen = model.generate(
+                ids,
+                max_new_tokens=4,
+                do_sample=False,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+            text = tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
             assert s.info["judge_output"] == text
-            lead = text[:len(text) - len(text.lstrip("0123456789"))]  # what ^(\d+) captures
+            lead = text[: len(text) - len(text.lstrip("0123456789"))]  # what ^(\d+) captures
             if lead:
                 assert s.reward == float(lead) and "reward_error" not in s.info
             else:

@@ -30,8 +30,14 @@ def built(tmp_path_factory):
 
 def test_folder_contents(built):
     _, path, _ = built
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "generation_config.json", "rlhf_tiny.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "rlhf_tiny.json",
+    ):
         assert (path / name).is_file(), name
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["architectures"] == ["Qwen2ForCausalLM"]
@@ -63,10 +69,11 @@ def test_loads_and_generates_with_transformers(built):
     prompts = [p.prompt for p in task.sample(0, 8)]
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(0)
-    out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=None, top_p=None,
-                         max_new_tokens=4)
+    out = model.generate(
+        **enc, do_sample=True, temperature=1.0, top_k=None, top_p=None, max_new_tokens=4
+    )
     assert out.shape[0] == 8 and out.shape[1] > enc["input_ids"].shape[1]
-    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert all(set(t) <= set(task.alphabet) for t in texts)
 
 
@@ -155,11 +162,18 @@ def test_vllm_cpu_loads_and_logprobs_match_transformers(built, tmp_path):
     script = tmp_path / "vllm_child.py"
     script.write_text(VLLM_SCRIPT)
     out = tmp_path / "out.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
     proc = subprocess.run(
         [sys.executable, str(script), str(path), json.dumps(prompts), str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -184,6 +198,8 @@ def test_vllm_cpu_loads_and_logprobs_match_transformers(built, tmp_path):
         ref = logp[n - 1 :].gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
         diff = (ref - torch.tensor(row["logprobs"])).abs().max().item()
         max_diff = max(max_diff, diff)
-    print(f"vLLM start-up {result['startup_s']:.1f}s, generate {result['generate_s']:.2f}s, "
-          f"max |logprob diff| {max_diff:.2e}")
+    print(
+        f"vLLM start-up {result['startup_s']:.1f}s, generate {result['generate_s']:.2f}s, "
+        f"max |logprob diff| {max_diff:.2e}"
+    )
     assert max_diff < 1e-4

@@ -40,8 +40,9 @@ class _OneEngineRollout:
 
 def _diff(batch, learners) -> float:
     batch = LearnerGroup.attach(batch, ray.get(learners.compute_logprobs(batch)))
-    return float(algos.masked_mean((batch.rollout_logprobs - batch.old_logprobs).abs(),
-                                   batch.action_mask))
+    return float(
+        algos.masked_mean((batch.rollout_logprobs - batch.old_logprobs).abs(), batch.action_mask)
+    )
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
@@ -53,19 +54,34 @@ def test_engine_serves_learner_weights_after_sync(ray_local, tiny_model_path, ze
     cfg.algo.lr = 1e-2
     pg = ray.util.placement_group([{"CPU": 1}] * 3)
     ray.get(pg.ready())
-    learners = LearnerGroup(cfg.learner, cfg.algo, cfg.model, tiny_model_path,
-                            [Slot(pg, i, 1, 0) for i in range(2)], rows_per_step=64,
-                            temperature=1.0, total_steps=10, seed=0)
-    engine = ray.remote(VllmEngine).options(**Slot(pg, 2, 1, 0).options()).remote(
-        cfg.rollout, tiny_model_path, "float32", 0, 0)
+    learners = LearnerGroup(
+        cfg.learner,
+        cfg.algo,
+        cfg.model,
+        tiny_model_path,
+        [Slot(pg, i, 1, 0) for i in range(2)],
+        rows_per_step=64,
+        temperature=1.0,
+        total_steps=10,
+        seed=0,
+    )
+    engine = (
+        ray.remote(VllmEngine)
+        .options(**Slot(pg, 2, 1, 0).options())
+        .remote(cfg.rollout, tiny_model_path, "float32", 0, 0)
+    )
     rollout = _OneEngineRollout(engine)
     trainer = Trainer.__new__(Trainer)  # only the weight-sync methods are used
     trainer.learners, trainer.rollout, trainer.version = learners, rollout, 0
     trainer._init_weight_sync()
 
-    prompts = [GenerationRequest(prompt_id=i, sample_index=j, seed=100 * i + j,
-                                 prompt=f"{a}+{b}=", answer=str(a + b))
-               for i, (a, b) in enumerate([(1, 2), (3, 4), (5, 6), (7, 8)] * 2) for j in range(8)]
+    prompts = [
+        GenerationRequest(
+            prompt_id=i, sample_index=j, seed=100 * i + j, prompt=f"{a}+{b}=", answer=str(a + b)
+        )
+        for i, (a, b) in enumerate([(1, 2), (3, 4), (5, 6), (7, 8)] * 2)
+        for j in range(8)
+    ]
     batch = collate([s for s in ray.get(engine.generate.remote(prompts))])
     assert _diff(batch, learners) < SYNCED_TOL, "same weights on both sides should agree"
 
@@ -83,6 +99,8 @@ def test_engine_serves_learner_weights_after_sync(ray_local, tiny_model_path, ze
     trainer.sync_weights()
     assert ray.get(engine.weight_version.remote()) == 1
     fresh = collate(ray.get(engine.generate.remote(prompts)))
-    assert all(v == 1 for v in [s.weight_version for s in ray.get(engine.generate.remote(prompts[:2]))])
+    assert all(
+        v == 1 for v in [s.weight_version for s in ray.get(engine.generate.remote(prompts[:2]))]
+    )
     assert _diff(fresh, learners) < SYNCED_TOL
     ray.util.remove_placement_group(pg)

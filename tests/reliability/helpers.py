@@ -20,9 +20,21 @@ def launch(run_dir: Path, *overrides: str) -> subprocess.Popen:
     log = open(run_dir.parent / f"{run_dir.name}.log", "a")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     return subprocess.Popen(
-        [sys.executable, "-m", "rlhf.train", *overrides, "logger.wandb.mode=disabled",
-         "trainer.report=false", f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "rlhf.train",
+            *overrides,
+            "logger.wandb.mode=disabled",
+            "trainer.report=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def log_of(run_dir: Path) -> str:
@@ -35,8 +47,11 @@ def rows(run_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
     path = run_dir / name
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines(keepends=True)
-            if line.endswith("\n") and line.strip()]
+    return [
+        json.loads(line)
+        for line in path.read_text().splitlines(keepends=True)
+        if line.endswith("\n") and line.strip()
+    ]
 
 
 def wait_until(proc: subprocess.Popen, condition, timeout_s: float = 300.0, what: str = "") -> None:
@@ -101,5 +116,7 @@ def hard_kill(proc: subprocess.Popen) -> None:
 
 def learned(run_rows: list[dict]) -> list[dict]:
     """The comparable metrics of each step (not times: keys under VOLATILE or ending in _s)."""
-    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE) and not k.endswith("_s")}
-            for r in run_rows]
+    return [
+        {k: v for k, v in r.items() if not k.startswith(VOLATILE) and not k.endswith("_s")}
+        for r in run_rows
+    ]

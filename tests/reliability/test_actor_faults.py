@@ -15,7 +15,6 @@ import os
 import signal
 
 import pytest
-
 from helpers import actor_pids, launch, log_of, rows, steps_logged, wait_until
 
 pytestmark = pytest.mark.integration
@@ -26,8 +25,11 @@ KILL_AT = 5
 def kill_mid_run(run, actor_class: str, at_step: int, *overrides: str):
     """Launch a run and, once step `at_step` is logged, kill -9 its one `actor_class` process."""
     proc = launch(run, *overrides)
-    wait_until(proc, lambda: steps_logged(run) >= at_step and actor_pids(proc, actor_class),
-               what=f"step {at_step}")
+    wait_until(
+        proc,
+        lambda: steps_logged(run) >= at_step and actor_pids(proc, actor_class),
+        what=f"step {at_step}",
+    )
     [pid] = actor_pids(proc, actor_class)
     os.kill(pid, signal.SIGKILL)
     return proc
@@ -36,8 +38,14 @@ def kill_mid_run(run, actor_class: str, at_step: int, *overrides: str):
 def test_vllm_engine_killed_mid_run(tmp_path):
     run = tmp_path / "engine"
     # Staleness 1: the engine holds the next step's prompts when it dies.
-    proc = kill_mid_run(run, "VllmEngine", KILL_AT, "+experiment=grpo",
-                        f"trainer.total_steps={STEPS}", "rollout.max_staleness=1")
+    proc = kill_mid_run(
+        run,
+        "VllmEngine",
+        KILL_AT,
+        "+experiment=grpo",
+        f"trainer.total_steps={STEPS}",
+        "rollout.max_staleness=1",
+    )
     assert proc.wait(timeout=600) == 0, log_of(run)[-3000:]
 
     metrics = rows(run)
@@ -54,8 +62,9 @@ def test_vllm_engine_killed_mid_run(tmp_path):
 
 def test_gym_env_runner_killed_mid_run(tmp_path):
     run = tmp_path / "gym"
-    proc = kill_mid_run(run, "GymRunner", KILL_AT, "+experiment=cartpole_ppo",
-                        "trainer.total_steps=12")
+    proc = kill_mid_run(
+        run, "GymRunner", KILL_AT, "+experiment=cartpole_ppo", "trainer.total_steps=12"
+    )
     assert proc.wait(timeout=600) == 0, log_of(run)[-3000:]
     metrics = rows(run)
     assert [r["step"] for r in metrics] == list(range(1, 13))
@@ -66,8 +75,14 @@ def test_gym_env_runner_killed_mid_run(tmp_path):
 
 def test_learner_rank_killed_ends_the_run_with_a_resume_hint(tmp_path):
     run = tmp_path / "learner"
-    proc = kill_mid_run(run, "LearnerWorker", 3, "+experiment=cartpole_ppo",
-                        "trainer.total_steps=40", "trainer.save_every=2")
+    proc = kill_mid_run(
+        run,
+        "LearnerWorker",
+        3,
+        "+experiment=cartpole_ppo",
+        "trainer.total_steps=40",
+        "trainer.save_every=2",
+    )
     assert proc.wait(timeout=300) == 1, log_of(run)[-3000:]
     log = log_of(run)
     assert "learner rank 0 died" in log and "to resume from" in log and "checkpoints/step-" in log

@@ -31,12 +31,24 @@ def _jsonl(path: Path, rows, extra: dict[int, bytes] | None = None) -> Path:
 
 
 def _run(tmp_path: Path, *overrides: str, env: dict | None = None):
-    args = [sys.executable, "-m", "rlhf.train", "+experiment=grpo", f"hydra.run.dir={tmp_path / 'run'}",
-            "reward.fn=rlhf.reward.rules:exact_match", *overrides]
+    args = [
+        sys.executable,
+        "-m",
+        "rlhf.train",
+        "+experiment=grpo",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "reward.fn=rlhf.reward.rules:exact_match",
+        *overrides,
+    ]
     start = time.perf_counter()
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-                               **(env or {})})
+    proc = subprocess.run(
+        args,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **(env or {})},
+    )
     return proc, time.perf_counter() - start
 
 
@@ -51,12 +63,18 @@ def _assert_config_error(proc, elapsed, *needles):
 
 CASES = {
     # fault injected -> (rows inserted at line numbers, extra overrides, what the message names)
-    "invalid_utf8": ({5: b'{"prompt": "1+\xff=", "answer": 2}'}, [], ["bad.jsonl:line 5", "not valid UTF-8"]),
+    "invalid_utf8": (
+        {5: b'{"prompt": "1+\xff=", "answer": 2}'},
+        [],
+        ["bad.jsonl:line 5", "not valid UTF-8"],
+    ),
     "wrong_type": ({9: b'{"prompt": ["1+1="], "answer": 2}'}, [], ["bad.jsonl:line 9", "'prompt'"]),
     "missing_field": ({12: b'{"prompt": "1+1="}'}, [], ["bad.jsonl:line 12", "no field 'answer'"]),
-    "too_many_skipped": ({2: b"{not json", 3: b'{"answer": 1}'},
-                         ["data.on_bad_row=skip", "data.max_bad_frac=0.02"],
-                         ["data.max_bad_frac", "2 of 51 rows are bad"]),
+    "too_many_skipped": (
+        {2: b"{not json", 3: b'{"answer": 1}'},
+        ["data.on_bad_row=skip", "data.max_bad_frac=0.02"],
+        ["data.max_bad_frac", "2 of 51 rows are bad"],
+    ),
 }
 
 
@@ -69,7 +87,9 @@ def test_bad_rows_name_file_and_line(tmp_path, case):
 
 
 def test_generation_longer_than_the_engine_context(tmp_path):
-    proc, elapsed = _run(tmp_path, "rollout.max_new_tokens=100000", "rollout.vllm.max_model_len=128")
+    proc, elapsed = _run(
+        tmp_path, "rollout.max_new_tokens=100000", "rollout.vllm.max_model_len=128"
+    )
     _assert_config_error(proc, elapsed, "rollout.max_new_tokens", "max_model_len=128")
 
 

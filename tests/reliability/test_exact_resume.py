@@ -17,13 +17,27 @@ import signal
 import time
 
 import pytest
-
-from helpers import alive, hard_kill, launch, learned, log_of, rows, run_processes, steps_logged, wait_until
+from helpers import (
+    alive,
+    hard_kill,
+    launch,
+    learned,
+    log_of,
+    rows,
+    run_processes,
+    steps_logged,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 STEPS = 12
-ARGS = ("+experiment=grpo", f"trainer.total_steps={STEPS}", "trainer.save_every=4",
-        "trainer.save_every_min=0", "rollout.max_staleness=1")
+ARGS = (
+    "+experiment=grpo",
+    f"trainer.total_steps={STEPS}",
+    "trainer.save_every=4",
+    "trainer.save_every_min=0",
+    "rollout.max_staleness=1",
+)
 TOLERANCE = 1e-6
 SIGTERM_GRACE_S = 60
 
@@ -36,7 +50,7 @@ def _checkpoints(run):
 def _assert_same(got: list[dict], want: list[dict]) -> None:
     assert len(got) == len(want)
     for g, w in zip(got, want):
-        assert g.keys() == w.keys(), (g.keys() ^ w.keys())
+        assert g.keys() == w.keys(), g.keys() ^ w.keys()
         for k in w:
             if isinstance(w[k], float):
                 assert g[k] == pytest.approx(w[k], rel=TOLERANCE, abs=TOLERANCE), (w["step"], k)
@@ -59,7 +73,9 @@ def test_kills_and_sigterm_then_resume_reproduce_the_uninterrupted_run(tmp_path,
     proc = launch(run, *ARGS)
     wait_until(proc, lambda: steps_logged(run) >= 6, what="step 6")
     hard_kill(proc)
-    assert [c for c in _checkpoints(run) if c.startswith("step-")][-1] == "step-000004", _checkpoints(run)
+    assert [c for c in _checkpoints(run) if c.startswith("step-")][-1] == "step-000004", (
+        _checkpoints(run)
+    )
 
     # 2. Resume, and SIGKILL while the checkpoint of step 8 is being written.
     proc = launch(run, *ARGS)
@@ -75,8 +91,11 @@ def test_kills_and_sigterm_then_resume_reproduce_the_uninterrupted_run(tmp_path,
 
     # 3. Resume; SIGTERM at step 10: the run finishes the step, saves, shuts Ray down, exits 143.
     proc = launch(run, *ARGS)
-    wait_until(proc, lambda: steps_logged(run) >= 10 and "resumed from" in log_of(run),
-               what="step 10 of the resumed run")
+    wait_until(
+        proc,
+        lambda: steps_logged(run) >= 10 and "resumed from" in log_of(run),
+        what="step 10 of the resumed run",
+    )
     tree = run_processes(proc)
     proc.send_signal(signal.SIGTERM)
     start = time.monotonic()

@@ -10,19 +10,21 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from helpers import ROOT, launch, log_of, rows
 
 pytestmark = pytest.mark.integration
 
 
 def test_nan_loss_skips_the_update_and_three_in_a_row_stop_the_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'tests' / 'integration'}{os.pathsep}"
-                                     f"{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        f"{ROOT / 'tests' / 'integration'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    )
     monkeypatch.setenv("RLHF_TEST_NAN_CALLS", "2,5,6,7")  # one loss call per step and rank
     run = tmp_path / "nan"
-    proc = launch(run, "+experiment=grpo", "trainer.total_steps=10",
-                  "algo.policy_loss=nan_loss:nan_on_calls")
+    proc = launch(
+        run, "+experiment=grpo", "trainer.total_steps=10", "algo.policy_loss=nan_loss:nan_on_calls"
+    )
     assert proc.wait(timeout=600) == 1, log_of(run)[-3000:]
     assert "3 steps in a row ended in a non-finite loss" in log_of(run)
     metrics = rows(run)

@@ -33,25 +33,64 @@ def _alive(pid: int) -> bool:
 
 
 def test_reward_worker_faults(tmp_path):
-    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "fault": ""}
-            for a, b in [(1, 2), (2, 3), (3, 3), (4, 1), (5, 0), (6, 2), (0, 4), (2, 2),
-                         (3, 1), (1, 5), (4, 4), (6, 0), (2, 6), (5, 1), (0, 0), (3, 4)]]
+    rows = [
+        {"prompt": f"{a}+{b}=", "answer": str(a + b), "fault": ""}
+        for a, b in [
+            (1, 2),
+            (2, 3),
+            (3, 3),
+            (4, 1),
+            (5, 0),
+            (6, 2),
+            (0, 4),
+            (2, 2),
+            (3, 1),
+            (1, 5),
+            (4, 4),
+            (6, 0),
+            (2, 6),
+            (5, 1),
+            (0, 0),
+            (3, 4),
+        ]
+    ]
     for row, fault in zip(rows, FAULTS):
         row["fault"] = fault
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     log, run_dir = tmp_path / "calls.log", tmp_path / "run"
-    env = {**os.environ, "RLHF_TEST_REWARD_LOG": str(log), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {
+        **os.environ,
+        "RLHF_TEST_REWARD_LOG": str(log),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "rlhf.train", "+experiment=grpo", f"trainer.total_steps={STEPS}",
-         f"data.path={data}", "reward.fn=reward_faults:faulty", f"reward.timeout_s={TIMEOUT_S}",
-         f"reward.workers={WORKERS}", "reward.fallback=0.0", "rollout.prompts_per_step=8",
-         "rollout.samples_per_prompt=2", "learner.micro_batch_size=8",
-         "eval=off",  # held-out evaluation would score more samples with the same function
-         "logger.wandb.mode=disabled", f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "rlhf.train",
+            "+experiment=grpo",
+            f"trainer.total_steps={STEPS}",
+            f"data.path={data}",
+            "reward.fn=reward_faults:faulty",
+            f"reward.timeout_s={TIMEOUT_S}",
+            f"reward.workers={WORKERS}",
+            "reward.fallback=0.0",
+            "rollout.prompts_per_step=8",
+            "rollout.samples_per_prompt=2",
+            "learner.micro_batch_size=8",
+            "eval=off",  # held-out evaluation would score more samples with the same function
+            "logger.wandb.mode=disabled",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
@@ -82,5 +121,7 @@ def test_reward_worker_faults(tmp_path):
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.2)
     assert not [p for p in pids if _alive(p)]
-    print(f"reward fault run: {wall:.1f}s wall, injected {dict(injected)}, "
-          f"step_s {[round(m['timing/step_s'], 2) for m in metrics]}")
+    print(
+        f"reward fault run: {wall:.1f}s wall, injected {dict(injected)}, "
+        f"step_s {[round(m['timing/step_s'], 2) for m in metrics]}"
+    )

@@ -208,15 +208,20 @@ def ref_pg(lp, olp, A, m, p: PolicyLossParams, seq_level: bool):
             kl += math.exp(tlr) - 1 - tlr
             rsum += ratio
     d = max(n, 1)
-    metrics = {"clip_frac": clipped / d, "clip_frac_low": low / d, "clip_frac_high": high / d,
-               "approx_kl": kl / d, "ratio_mean": rsum / d}
+    metrics = {
+        "clip_frac": clipped / d,
+        "clip_frac_low": low / d,
+        "clip_frac_high": high / d,
+        "approx_kl": kl / d,
+        "ratio_mean": rsum / d,
+    }
     if p.dual_clip is not None:
         metrics["dual_clip_frac"] = dual / d
     return loss, grad, metrics
 
 
 def ref_aggregate(mode, l, m, total_tokens=None, total_seqs=None, norm_length=None):
-    B, T = len(l), len(l[0])
+    T = len(l[0])
     tok = sum(lv for row, mrow in zip(l, m) for lv, mv in zip(row, mrow) if mv)
     ntok = sum(sum(1 for mv in mrow if mv) for mrow in m)
     nseq = sum(1 for mrow in m if any(mrow))
@@ -292,11 +297,24 @@ def test_registry_unknown_name_lists_known():
 @pytest.mark.parametrize(
     "reg,expected",
     [
-        (ADVANTAGE_ESTIMATORS, {"gae", "grpo", "grpo_no_std", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"}),
+        (
+            ADVANTAGE_ESTIMATORS,
+            {
+                "gae",
+                "grpo",
+                "grpo_no_std",
+                "dr_grpo",
+                "rloo",
+                "reinforce_pp",
+                "reinforce_pp_baseline",
+            },
+        ),
         (POLICY_LOSSES, {"ppo_clip", "gspo", "cispo", "gmpo", "clip_cov", "kl_cov"}),
         (KL_ESTIMATORS, {"k1", "k2", "k3"}),
-        (LOSS_AGGREGATIONS, {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
-                             "seq-mean-token-sum-norm"}),
+        (
+            LOSS_AGGREGATIONS,
+            {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"},
+        ),
         (algos.ROLLOUT_CORRECTIONS, {"none", "tis", "mask"}),
     ],
 )
@@ -414,7 +432,9 @@ def test_grpo_known_values():
 def test_gae_matches_loop_reference(seed, gamma, lam):
     x = make_rl_batch(seed)
     adv, ret = ADVANTAGE_ESTIMATORS.get("gae")(x, AdvantageParams(gamma=gamma, lam=lam))
-    ea, er = ref_gae(L(x.token_rewards), L(x.values), L(x.mask), L(x.dones), L(x.last_values), gamma, lam)
+    ea, er = ref_gae(
+        L(x.token_rewards), L(x.values), L(x.mask), L(x.dones), L(x.last_values), gamma, lam
+    )
     assert_close(adv, torch.tensor(ea, dtype=torch.float64))
     assert_close(ret, torch.tensor(er, dtype=torch.float64))
     assert (adv[x.mask == 0] == 0).all() and (ret[x.mask == 0] == 0).all()
@@ -507,7 +527,10 @@ def test_reinforce_pp_ignores_last_values_and_whitens_constant_to_zero():
     assert torch.equal(adv, torch.zeros(4, 3))
 
 
-@pytest.mark.parametrize("name", ["gae", "grpo", "grpo_no_std", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"])
+@pytest.mark.parametrize(
+    "name",
+    ["gae", "grpo", "grpo_no_std", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"],
+)
 def test_every_estimator_handles_empty_rows_and_empty_batch(name):
     assert name in ADVANTAGE_ESTIMATORS
     x = make_rl_batch(3)
@@ -525,7 +548,13 @@ def test_every_estimator_handles_empty_rows_and_empty_batch(name):
 def test_estimator_names_covered_by_empty_row_test():
     # keeps the parametrised list above honest when an estimator is added
     assert set(ADVANTAGE_ESTIMATORS.names()) == {
-        "gae", "grpo", "grpo_no_std", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"
+        "gae",
+        "grpo",
+        "grpo_no_std",
+        "dr_grpo",
+        "rloo",
+        "reinforce_pp",
+        "reinforce_pp_baseline",
     }
 
 
@@ -561,10 +590,21 @@ def test_policy_loss_value_grad_metrics(name, p, seed):
         # one sign per sequence so rows 0 and 1 clip; magnitudes vary per token so the
         # per-token gradient differs from that of a plain exp(mean log-ratio)
         sign = torch.tensor([[1.0], [-1.0], [1.0], [1.0]], dtype=torch.float64)
-        adv = adv[:, :1].abs() * sign * (0.5 + torch.rand(adv.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+        adv = (
+            adv[:, :1].abs()
+            * sign
+            * (
+                0.5
+                + torch.rand(
+                    adv.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+                )
+            )
+        )
     lp = lp.requires_grad_(True)
     loss, metrics = POLICY_LOSSES.get(name)(lp, old, adv, mask, p)
-    e_loss, e_grad, e_metrics = ref_pg(L(lp.detach()), L(old), L(adv), L(mask), p, seq_level=name == "gspo")
+    e_loss, e_grad, e_metrics = ref_pg(
+        L(lp.detach()), L(old), L(adv), L(mask), p, seq_level=name == "gspo"
+    )
     assert_close(loss, torch.tensor(e_loss, dtype=torch.float64))
     (grad,) = torch.autograd.grad(loss.sum(), lp)
     assert_close(grad, torch.tensor(e_grad, dtype=torch.float64))
@@ -627,7 +667,9 @@ def test_policy_losses_finite_on_all_empty_mask():
     lp, old, adv, _ = make_pg_batch(0)
     mask = torch.zeros_like(lp)
     for name in POLICY_LOSSES.names():
-        loss, metrics = POLICY_LOSSES.get(name)(lp.requires_grad_(True), old, adv, mask, PolicyLossParams())
+        loss, metrics = POLICY_LOSSES.get(name)(
+            lp.requires_grad_(True), old, adv, mask, PolicyLossParams()
+        )
         assert torch.equal(loss.detach(), torch.zeros_like(loss))
         assert all(torch.isfinite(v) for v in metrics.values())
         (g,) = torch.autograd.grad(loss.sum(), lp)
@@ -680,13 +722,19 @@ def test_aggregation_microbatch_sum_equals_minibatch(mode, seed):
         parts.append(agg(loss[lo:hi, :width], m[:, :width], **totals))
     total = torch.stack(parts).sum()
     assert total.item() == pytest.approx(whole.item(), rel=1e-12)
-    g_whole, = torch.autograd.grad(whole, loss)
-    g_parts, = torch.autograd.grad(total, loss)
+    (g_whole,) = torch.autograd.grad(whole, loss)
+    (g_parts,) = torch.autograd.grad(total, loss)
     assert_close(g_parts, g_whole)
     assert torch.isfinite(g_whole).all()
     # a tensor total (as after an all-reduce) works the same
     t_tok = torch.tensor(float(totals["total_tokens"]))
-    again = agg(loss, mask, total_tokens=t_tok, total_seqs=totals["total_seqs"], norm_length=totals["norm_length"])
+    again = agg(
+        loss,
+        mask,
+        total_tokens=t_tok,
+        total_seqs=totals["total_seqs"],
+        norm_length=totals["norm_length"],
+    )
     assert again.item() == pytest.approx(whole.item(), rel=1e-12)
 
 
@@ -707,7 +755,9 @@ def test_seq_mean_token_mean_weights_sequences_equally():
     mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
     assert LOSS_AGGREGATIONS.get("seq-mean-token-mean")(loss, mask).item() == pytest.approx(3.0)
     assert LOSS_AGGREGATIONS.get("token-mean")(loss, mask).item() == pytest.approx(9.0 / 5)
-    assert LOSS_AGGREGATIONS.get("seq-mean-token-sum-norm")(loss, mask).item() == pytest.approx(9.0 / 8)
+    assert LOSS_AGGREGATIONS.get("seq-mean-token-sum-norm")(loss, mask).item() == pytest.approx(
+        9.0 / 8
+    )
 
 
 # --------------------------------------------------------------------------- KL
@@ -766,7 +816,9 @@ def test_entropy_and_logprobs_match_reference(seed, scale):
     assert_close(ent.flatten(), torch.tensor(e_ent, dtype=torch.float64))
     assert_close(lp.flatten(), torch.tensor(e_lp, dtype=torch.float64))
     x = logits.clone().requires_grad_(True)
-    (gr,) = torch.autograd.grad(algos.entropy_from_logits(x).sum() + algos.logprobs_from_logits(x, tokens).sum(), x)
+    (gr,) = torch.autograd.grad(
+        algos.entropy_from_logits(x).sum() + algos.logprobs_from_logits(x, tokens).sum(), x
+    )
     assert torch.isfinite(gr).all()
 
 

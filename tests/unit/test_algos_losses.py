@@ -54,7 +54,11 @@ def ref_cispo(lp, old, A, m, p):
         loss[b][t] = -w * A[b][t] * lp[b][t]
         grad[b][t] = -w * A[b][t]  # the weight is a constant (stop-gradient)
     n = len(valid_tokens(m))
-    return loss, grad, {"clip_frac": (lo + hi) / n, "clip_frac_low": lo / n, "clip_frac_high": hi / n}
+    return (
+        loss,
+        grad,
+        {"clip_frac": (lo + hi) / n, "clip_frac_low": lo / n, "clip_frac_high": hi / n},
+    )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -186,8 +190,20 @@ def test_clip_cov_detaches_chosen_candidates_only(seed, ratio):
 
 def test_clip_cov_is_reproducible_with_a_generator():
     lp, old, adv, mask = cov_batch(0)
-    a = POLICY_LOSSES.get("clip_cov")(lp, old, adv, mask, PolicyLossParams(cov_ratio=0.1, generator=torch.Generator().manual_seed(5)))[0]
-    b = POLICY_LOSSES.get("clip_cov")(lp, old, adv, mask, PolicyLossParams(cov_ratio=0.1, generator=torch.Generator().manual_seed(5)))[0]
+    a = POLICY_LOSSES.get("clip_cov")(
+        lp,
+        old,
+        adv,
+        mask,
+        PolicyLossParams(cov_ratio=0.1, generator=torch.Generator().manual_seed(5)),
+    )[0]
+    b = POLICY_LOSSES.get("clip_cov")(
+        lp,
+        old,
+        adv,
+        mask,
+        PolicyLossParams(cov_ratio=0.1, generator=torch.Generator().manual_seed(5)),
+    )[0]
     assert torch.equal(a, b)
 
 
@@ -225,7 +241,9 @@ def test_kl_cov_matches_reference(seed, ratio, coef):
 
 @pytest.mark.parametrize("name", ["cispo", "gmpo", "clip_cov", "kl_cov"])
 def test_new_losses_all_masked_and_extreme_ratios_are_finite(name):
-    lp = torch.tensor([[0.0, -60.0, 0.0], [-1.0, -1.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    lp = torch.tensor(
+        [[0.0, -60.0, 0.0], [-1.0, -1.0, -1.0]], dtype=torch.float64, requires_grad=True
+    )
     old = torch.tensor([[-60.0, 0.0, 0.0], [-1.0, -1.0, -1.0]], dtype=torch.float64)
     adv = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
     for mask in (torch.tensor([[1, 1, 1], [0, 0, 0]]), torch.zeros(2, 3, dtype=torch.long)):
@@ -249,6 +267,6 @@ def test_seq_mean_token_sum_matches_reference_and_microbatches_add_up(seed):
     nseq = sum(1 for mrow in m if any(mrow))
     assert agg(per_token, mask).item() == pytest.approx(sum(seqs) / nseq)
     # micro-batches with the minibatch's total_seqs sum to the minibatch value
-    parts = [agg(per_token[i:i + 2], mask[i:i + 2], total_seqs=nseq) for i in (0, 2, 4)]
+    parts = [agg(per_token[i : i + 2], mask[i : i + 2], total_seqs=nseq) for i in (0, 2, 4)]
     assert sum(p.item() for p in parts) == pytest.approx(sum(seqs) / nseq)
     assert agg(per_token, torch.zeros_like(mask)).item() == 0.0

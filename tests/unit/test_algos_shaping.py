@@ -28,7 +28,11 @@ def make_is_batch(seed, B=6, T=8):
     old = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
     # per-row drift: some rows far off-policy in either direction
     drift = torch.tensor([0.0, 1.5, -1.5, 0.3, -0.2, 0.0], dtype=torch.float64)[:B, None]
-    rollout = old - drift * torch.rand(B, T, generator=g, dtype=torch.float64) - 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    rollout = (
+        old
+        - drift * torch.rand(B, T, generator=g, dtype=torch.float64)
+        - 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    )
     mask = (torch.rand(B, T, generator=g) < 0.8).long()
     mask[:, 0] = 1
     rollout[1, 0], rollout[2, 0] = old[1, 0] - 1.5, old[2, 0] + 1.5  # token ratios 4.5 and 0.22
@@ -128,7 +132,7 @@ def make_gap_batch(seed, B=6, T=12):
     rng = random.Random(seed)
     m = []
     for b in range(B):
-        row, t = [], 0
+        row = []
         while len(row) < T:
             row += [1] * rng.randint(1, 3) + [0] * rng.randint(1, 3)
         row = row[:T]
@@ -143,8 +147,11 @@ def make_gap_batch(seed, B=6, T=12):
     d[0, T - 1] = 0
     return AdvantageInputs(
         token_rewards=torch.randn(B, T, generator=g, dtype=torch.float64),
-        mask=torch.tensor(m), values=torch.randn(B, T, generator=g, dtype=torch.float64),
-        dones=d, last_values=torch.randn(B, generator=g, dtype=torch.float64))
+        mask=torch.tensor(m),
+        values=torch.randn(B, T, generator=g, dtype=torch.float64),
+        dones=d,
+        last_values=torch.randn(B, generator=g, dtype=torch.float64),
+    )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -153,8 +160,9 @@ def test_gae_carries_value_across_interior_gaps(seed, gamma, lam):
     x = make_gap_batch(seed)
     assert any(0 in row[: max(i for i, v in enumerate(row) if v)] for row in L(x.mask) if any(row))
     adv, ret = ADVANTAGE_ESTIMATORS.get("gae")(x, AdvantageParams(gamma=gamma, lam=lam))
-    e_adv, e_ret = ref_gae_gaps(L(x.token_rewards), L(x.values), L(x.mask), L(x.dones),
-                                L(x.last_values), gamma, lam)
+    e_adv, e_ret = ref_gae_gaps(
+        L(x.token_rewards), L(x.values), L(x.mask), L(x.dones), L(x.last_values), gamma, lam
+    )
     assert_close(adv, torch.tensor(e_adv, dtype=torch.float64))
     assert_close(ret, torch.tensor(e_ret, dtype=torch.float64))
 
@@ -187,14 +195,20 @@ def ref_discounted_gaps(r, m, d, gamma):
 def test_reinforce_pp_returns_carry_across_gaps(seed):
     x = make_gap_batch(seed)
     _, g = ADVANTAGE_ESTIMATORS.get("reinforce_pp")(x, AdvantageParams(gamma=0.9))
-    assert_close(g, torch.tensor(ref_discounted_gaps(L(x.token_rewards), L(x.mask), L(x.dones), 0.9),
-                                 dtype=torch.float64))
+    assert_close(
+        g,
+        torch.tensor(
+            ref_discounted_gaps(L(x.token_rewards), L(x.mask), L(x.dones), 0.9), dtype=torch.float64
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- empty responses
 
 
-@pytest.mark.parametrize("name", ["grpo", "grpo_no_std", "dr_grpo", "rloo", "reinforce_pp_baseline"])
+@pytest.mark.parametrize(
+    "name", ["grpo", "grpo_no_std", "dr_grpo", "rloo", "reinforce_pp_baseline"]
+)
 def test_empty_response_reward_counts_in_the_group(name):
     # Group 0: an empty response penalised with -1 and two answers scoring 1 and 0.
     mask = torch.tensor([[0, 0, 0], [1, 1, 0], [1, 0, 0]])
@@ -214,7 +228,9 @@ def test_empty_response_reward_counts_in_the_group(name):
     else:
         expect = [s - mean for s in scores]
     target = raw if name == "reinforce_pp_baseline" else adv  # the baseline one whitens after
-    assert target[1, 0].item() == pytest.approx(expect[1]) and target[2, 0].item() == pytest.approx(expect[2])
+    assert target[1, 0].item() == pytest.approx(expect[1]) and target[2, 0].item() == pytest.approx(
+        expect[2]
+    )
     assert (adv[0] == 0).all()  # the empty row has no token to train
     # before the fix the -1 was dropped: the empty response counted as reward 0
     assert not torch.allclose(raw, old_raw)
@@ -223,7 +239,9 @@ def test_empty_response_reward_counts_in_the_group(name):
 def test_seq_rewards_ignored_for_non_empty_rows_and_shape_checked():
     mask = torch.tensor([[1, 1], [1, 0]])
     tok = torch.tensor([[0, 1.0], [0.0, 0]])
-    x = AdvantageInputs(tok, mask, group_ids=torch.tensor([0, 0]), seq_rewards=torch.tensor([7.0, 7.0]))
+    x = AdvantageInputs(
+        tok, mask, group_ids=torch.tensor([0, 0]), seq_rewards=torch.tensor([7.0, 7.0])
+    )
     adv, _ = ADVANTAGE_ESTIMATORS.get("grpo_no_std")(x, AdvantageParams())
     assert_close(adv, torch.tensor([[0.5, 0.5], [-0.5, 0.0]]))
     x.seq_rewards = torch.zeros(3)
@@ -258,7 +276,7 @@ def test_add_sequence_reward_on_last_valid_token_and_empty_rows_unchanged():
     assert out.tolist() == [[0, 0, -0.5, 0, 0], [0] * 5, [0, 0, 0, 0, 2.0]]
 
 
-# --------------------------------------------------------------------------- KL controller / value clip
+# ------------------------------------------------------------------ KL controller / value clip
 
 
 def test_adaptive_kl_controller_matches_ziegler_update():
@@ -284,7 +302,8 @@ def test_value_clip_fraction():
     ret = torch.tensor([[1.0, 1.0, -1.0, 0.0]])
     mask = torch.tensor([[1, 1, 1, 0]])
     # token 0: v moved +1 past clip 0.2 toward the return -> clipped branch (worse) taken
-    # token 1: v unchanged -> not clipped; token 2: moved +0.5 away from the return -> unclipped worse
+    # token 1: v unchanged -> not clipped; token 2: moved +0.5 away from the return ->
+    # unclipped worse
     frac = algos.value_clip_fraction(v, old, ret, mask, 0.2)
     assert frac.item() == pytest.approx(1 / 3)
     assert algos.value_clip_fraction(v, old, ret, mask, None).item() == 0.0
@@ -297,11 +316,25 @@ def _samples():
     """Two prompts x 3 answers: (response length, finish_reason, reward). max_new_tokens = 6."""
     from rlhf.batch import Sample
 
-    spec = [(2, "stop", 1.0), (5, "stop", 1.0), (6, "length", 0.0),  # group 0
-            (0, "stop", -1.0), (3, "stop", 0.0), (6, "length", 1.0)]  # group 1: an empty response
-    return [Sample(group_id=i // 3, prompt_ids=[1, 5, 6], response_ids=list(range(7, 7 + n)),
-                   rollout_logprobs=[-1.0] * n, finish_reason=fr, reward=r)
-            for i, (n, fr, r) in enumerate(spec)]
+    spec = [
+        (2, "stop", 1.0),
+        (5, "stop", 1.0),
+        (6, "length", 0.0),  # group 0
+        (0, "stop", -1.0),
+        (3, "stop", 0.0),
+        (6, "length", 1.0),
+    ]  # group 1: an empty response
+    return [
+        Sample(
+            group_id=i // 3,
+            prompt_ids=[1, 5, 6],
+            response_ids=list(range(7, 7 + n)),
+            rollout_logprobs=[-1.0] * n,
+            finish_reason=fr,
+            reward=r,
+        )
+        for i, (n, fr, r) in enumerate(spec)
+    ]
 
 
 def _driver(**algo):
@@ -311,9 +344,13 @@ def _driver(**algo):
     from rlhf.config import AlgoConfig
 
     a = AlgoConfig(overlong_max_len=6, **algo)
-    return SimpleNamespace(algo=a, advantage_fn=ADVANTAGE_ESTIMATORS.get(a.advantage),
-                           advantage_params=AdvantageParams(), kl_estimator=algos.KL_ESTIMATORS.get("k3"),
-                           kl_ctrl=algos.KLController(a.kl_coef, a.kl_target, a.kl_horizon))
+    return SimpleNamespace(
+        algo=a,
+        advantage_fn=ADVANTAGE_ESTIMATORS.get(a.advantage),
+        advantage_params=AdvantageParams(),
+        kl_estimator=algos.KL_ESTIMATORS.get("k3"),
+        kl_ctrl=algos.KLController(a.kl_coef, a.kl_target, a.kl_horizon),
+    )
 
 
 def test_collate_marks_truncation_and_keeps_sequence_rewards():
@@ -332,12 +369,16 @@ def test_driver_overlong_shaping_and_truncation_mask_on_constructed_samples():
 
     b = collate(_samples())
     b.old_logprobs = b.rollout_logprobs.clone()
-    drv = _driver(advantage="grpo_no_std", overlong_buffer=2, overlong_penalty=1.0, mask_truncated=True)
+    drv = _driver(
+        advantage="grpo_no_std", overlong_buffer=2, overlong_penalty=1.0, mask_truncated=True
+    )
     out = Trainer.compute_advantages(drv, b)
     # penalties: L=5 -> -0.5 (inside the 2-token buffer), L=6 -> -1, others 0; the empty
     # response keeps its -1 through seq_rewards
     scores = [1.0, 0.5, -1.0, -1.0, 0.0, 0.0]
-    per_row = [s - sum(scores[g * 3:g * 3 + 3]) / 3 for g in (0, 1) for s in scores[g * 3:g * 3 + 3]]
+    per_row = [
+        s - sum(scores[g * 3 : g * 3 + 3]) / 3 for g in (0, 1) for s in scores[g * 3 : g * 3 + 3]
+    ]
     lengths = [2, 5, 6, 0, 3, 6]
     for i, (a, n) in enumerate(zip(per_row, lengths)):
         row = out.advantages[i][b.action_mask[i] == 1]
@@ -356,8 +397,14 @@ def test_driver_rollout_is_and_adaptive_kl():
     b = collate(_samples())
     b.old_logprobs = b.rollout_logprobs + 1.0 * b.action_mask  # learner thinks e^1 likelier
     b.ref_logprobs = b.old_logprobs - 0.5 * b.action_mask
-    drv = _driver(rollout_is="tis", rollout_is_cap=2.0, kl_coef=0.1, kl_in_reward=True,
-                  kl_target=0.01, kl_horizon=6)
+    drv = _driver(
+        rollout_is="tis",
+        rollout_is_cap=2.0,
+        kl_coef=0.1,
+        kl_in_reward=True,
+        kl_target=0.01,
+        kl_horizon=6,
+    )
     out = Trainer.compute_advantages(drv, b)
     assert torch.equal(out.is_weights, 2.0 * b.action_mask)  # e^1 > cap 2 -> truncated
     assert drv.advantage_metrics["algo/rollout_is_clipped_frac"] == 1.0

@@ -9,10 +9,20 @@ from rlhf.batch import Batch, Sample, collate
 
 def _llm_samples():
     return [
-        Sample(group_id=0, prompt_ids=[5, 6, 7], response_ids=[8, 2], rollout_logprobs=[-0.1, -0.2],
-               reward=1.0),
-        Sample(group_id=0, prompt_ids=[5, 6], response_ids=[9, 10, 2], rollout_logprobs=[-1.0, -2.0, -3.0],
-               reward=0.0),
+        Sample(
+            group_id=0,
+            prompt_ids=[5, 6, 7],
+            response_ids=[8, 2],
+            rollout_logprobs=[-0.1, -0.2],
+            reward=1.0,
+        ),
+        Sample(
+            group_id=0,
+            prompt_ids=[5, 6],
+            response_ids=[9, 10, 2],
+            rollout_logprobs=[-1.0, -2.0, -3.0],
+            reward=0.0,
+        ),
         Sample(group_id=1, prompt_ids=[5], response_ids=[], reward=0.5),  # empty response
     ]
 
@@ -46,11 +56,16 @@ def test_split_and_cat_round_trip():
 
 def _trajectory(group_id, T=4, obs_dim=3):
     rng = np.random.default_rng(group_id)
-    return Sample(group_id=group_id, rollout_logprobs=list(rng.normal(size=T)),
-                  obs=rng.normal(size=(T, obs_dim)).astype(np.float32),
-                  actions=rng.integers(0, 2, size=T), step_rewards=np.ones(T, np.float32),
-                  dones=np.array([0, 1, 0, 0], np.float32), values=rng.normal(size=T),
-                  last_value=0.5)
+    return Sample(
+        group_id=group_id,
+        rollout_logprobs=list(rng.normal(size=T)),
+        obs=rng.normal(size=(T, obs_dim)).astype(np.float32),
+        actions=rng.integers(0, 2, size=T),
+        step_rewards=np.ones(T, np.float32),
+        dones=np.array([0, 1, 0, 0], np.float32),
+        values=rng.normal(size=T),
+        last_value=0.5,
+    )
 
 
 def test_gym_collate_and_flatten_steps():

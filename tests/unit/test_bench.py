@@ -35,8 +35,12 @@ def test_row_ratio_is_median_over_median_with_spread():
 
 
 def test_table_prints_ratios_and_rows_that_did_not_run(capsys):
-    skipped = bench.Row("time_to_reward", "grpo default, reward 0.8", "s",
-                        note="not run: TRL is not installed (pip install '.[bench]')")
+    skipped = bench.Row(
+        "time_to_reward",
+        "grpo default, reward 0.8",
+        "s",
+        note="not run: TRL is not installed (pip install '.[bench]')",
+    )
     assert skipped.ratio is None
     bench.print_table([skipped, bench.Row("learner", "17M", "tokens/s", [90.0], [100.0])])
     out = capsys.readouterr().out
@@ -65,8 +69,13 @@ def test_gpu_model_sizes_and_mfu():
 
 def test_gpu_benchmark_fails_clearly_without_cuda():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu.py"), "--sizes", "0.5B"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_gpu.py"), "--sizes", "0.5B"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "needs a CUDA GPU" in out.stderr and "Traceback" not in out.stderr
 

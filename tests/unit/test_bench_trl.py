@@ -26,12 +26,20 @@ def test_reward_function_equals_the_task_reward(cfg):
     ours = task_reward(cfg.data.task)
     trl_fn = bench_trl.TaskReward(cfg.data.task)
     problems = get_task(cfg.data.task).sample(0, 20)
-    completions = [p.answer for p in problems[:8]] + [" " + p.answer + "\n" for p in problems[8:12]] \
+    completions = (
+        [p.answer for p in problems[:8]]
+        + [" " + p.answer + "\n" for p in problems[8:12]]
         + ["", "1", "12", "x", problems[12].answer + "0", "+", "==", "7 "]
+    )
     prompts = [p.prompt for p in problems]
     answers = [p.answer for p in problems]
-    got = trl_fn(completions=completions, answer=answers, prompts=prompts, completion_ids=None,
-                 trainer_state=None)
+    got = trl_fn(
+        completions=completions,
+        answer=answers,
+        prompts=prompts,
+        completion_ids=None,
+        trainer_state=None,
+    )
     want = [ours(p, c, a) for p, c, a in zip(prompts, completions, answers)]
     assert got == want
     assert set(got) == {0.0, 1.0} and sum(got) >= 12
@@ -66,7 +74,10 @@ def test_config_mapping_sets_the_matched_values(cfg, tmp_path):
     assert g.optim == "adamw_torch" and g.adam_epsilon == 1e-8 and g.weight_decay == 0.0
     assert (g.adam_beta1, g.adam_beta2) == (0.9, 0.999)
     assert g.max_grad_norm == 1.0
-    assert getattr(g.lr_scheduler_type, "value", g.lr_scheduler_type) == "constant" and g.warmup_steps == 0
+    assert (
+        getattr(g.lr_scheduler_type, "value", g.lr_scheduler_type) == "constant"
+        and g.warmup_steps == 0
+    )
     assert not g.bf16 and not g.fp16 and not g.gradient_checkpointing
     assert g.use_vllm is False and g.shuffle_dataset is False
     assert g.report_to in ([], "none", ["none"]) and g.logging_steps == 1
@@ -74,13 +85,16 @@ def test_config_mapping_sets_the_matched_values(cfg, tmp_path):
 
 
 def test_config_mapping_follows_overrides_and_refuses_unmatched(tmp_path):
-    c = bench_trl.compose(["rollout.max_new_tokens=64", "rollout.prompts_per_step=2",
-                           "learner.micro_batch_size=8"])
+    c = bench_trl.compose(
+        ["rollout.max_new_tokens=64", "rollout.prompts_per_step=2", "learner.micro_batch_size=8"]
+    )
     kw = bench_trl.trl_config_kwargs(c, output_dir=str(tmp_path), max_steps=3)
     assert kw["max_completion_length"] == 64 and kw["per_device_train_batch_size"] == 16
     with pytest.raises(ValueError, match="algo.epochs"):
-        bench_trl.trl_config_kwargs(bench_trl.compose(["algo.epochs=2"]),
-                                    output_dir=str(tmp_path), max_steps=3)
+        bench_trl.trl_config_kwargs(
+            bench_trl.compose(["algo.epochs=2"]), output_dir=str(tmp_path), max_steps=3
+        )
     with pytest.raises(ValueError, match="KL"):
-        bench_trl.trl_config_kwargs(bench_trl.compose(["algo.kl_coef=0.1"]),
-                                    output_dir=str(tmp_path), max_steps=3)
+        bench_trl.trl_config_kwargs(
+            bench_trl.compose(["algo.kl_coef=0.1"]), output_dir=str(tmp_path), max_steps=3
+        )

@@ -36,10 +36,23 @@ def _learners(folder):
 def test_everything_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd)))
-    monkeypatch.setattr(checkpoint.os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b)))
+    monkeypatch.setattr(
+        checkpoint.os,
+        "fsync",
+        lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd)),
+    )
+    monkeypatch.setattr(
+        checkpoint.os,
+        "replace",
+        lambda a, b: (events.append(("replace", str(b))), real_replace(a, b)),
+    )
     ck = Checkpoints(tmp_path / "ck", keep_last=2)
-    final = ck.save(5, _learners, {"step": 5}, export_hf=lambda f: os.makedirs(f) or open(os.path.join(f, "config.json"), "w").write("{}"))
+    final = ck.save(
+        5,
+        _learners,
+        {"step": 5},
+        export_hf=lambda f: os.makedirs(f) or open(os.path.join(f, "config.json"), "w").write("{}"),
+    )
     rename = events.index(("replace", str(final)))
     synced = {p for kind, p in events[:rename] if kind == "fsync"}
     tmp = str(tmp_path / "ck" / ".tmp-step-000005")
@@ -83,8 +96,15 @@ def test_write_hf_folder_loads_in_transformers(tmp_path):
 
     tok = build_tokenizer("0123456789+=")
     base = tmp_path / "base"
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                      num_attention_heads=1, num_key_value_heads=1, tie_word_embeddings=True)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(cfg)
     model.save_pretrained(base)

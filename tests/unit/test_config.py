@@ -31,7 +31,11 @@ def test_every_experiment_composes_and_validates(experiment):
 def test_default_experiment_uses_contract_keys():
     cfg = load("+experiment=grpo")
     assert cfg.model.path == "" and cfg.data.path == ""
-    assert cfg.trainer.resume == "auto" and cfg.logger.wandb.mode in ("online", "offline", "disabled")
+    assert cfg.trainer.resume == "auto" and cfg.logger.wandb.mode in (
+        "online",
+        "offline",
+        "disabled",
+    )
     assert cfg.ray.address == "" and cfg.ray.dashboard_host == "127.0.0.1"
 
 
@@ -76,8 +80,9 @@ def test_group_estimator_rejected_for_gym():
         validate(load("+experiment=cartpole_ppo", "algo.advantage=grpo"))
 
 
-@pytest.mark.parametrize("override,needle", [("algo.lrr=1", "lrr"),
-                                             ("trainer.total_steps=many", "total_steps")])
+@pytest.mark.parametrize(
+    "override,needle", [("algo.lrr=1", "lrr"), ("trainer.total_steps=many", "total_steps")]
+)
 def test_unknown_key_and_bad_type_fail_at_composition(override, needle):
     with pytest.raises(ConfigCompositionException) as err:
         load("+experiment=grpo", override)
@@ -106,9 +111,20 @@ def test_validation_imports_no_ray_vllm_or_deepspeed():
 
 def test_cli_reports_config_error_before_ray():
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "rlhf.train", "+experiment=grpo", "algo.lr=-1",
-                           "hydra.run.dir=/tmp/rlhf-test-bad-config"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhf.train",
+            "+experiment=grpo",
+            "algo.lr=-1",
+            "hydra.run.dir=/tmp/rlhf-test-bad-config",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     elapsed = time.monotonic() - t0
     assert proc.returncode == 2, proc.stderr
     assert "algo.lr" in proc.stderr and "no Ray process was started" in proc.stderr

@@ -80,13 +80,29 @@ def test_every_format_gives_the_same_prompts(tmp_path, fmt, tok_path):
 
 
 def test_chat_messages_render_with_the_template_and_nested_answer(tmp_path, tok_path):
-    rows = [{"messages": [{"role": "system", "content": "add"},
-                          {"role": "user", "content": r["prompt"]}],
-             "reward_model": {"ground_truth": str(r["answer"]), "style": "rule"}} for r in ROWS]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "add"},
+                {"role": "user", "content": r["prompt"]},
+            ],
+            "reward_model": {"ground_truth": str(r["answer"]), "style": "rule"},
+        }
+        for r in ROWS
+    ]
     path = tmp_path / "chat.parquet"
     datasets.Dataset.from_list(rows).to_parquet(str(path))
-    src = PromptSource(cfg(path, prompt_key="messages", answer_key="reward_model.ground_truth",
-                           shuffle=False, max_prompt_tokens=16), 0, tok_path)
+    src = PromptSource(
+        cfg(
+            path,
+            prompt_key="messages",
+            answer_key="reward_model.ground_truth",
+            shuffle=False,
+            max_prompt_tokens=16,
+        ),
+        0,
+        tok_path,
+    )
     p = src.next(1)[0]
     tok = build_tokenizer("0123456789+=")
     assert p["prompt"] == "0+0=" and p["answer"] == "0"
@@ -123,7 +139,9 @@ def test_bad_rows_name_file_and_line(tmp_path):
     path.write_text("\n".join([json.dumps(ROWS[0]), '{"prompt": "x"}']))
     with pytest.raises(ConfigError, match=r"line 2: no field 'answer'"):
         load_prompts(cfg(path))
-    (tmp_path / "l.json").write_text('[{"prompt": "1=", "answer": 1},\n {"prompt": 5, "answer": 1}]')
+    (tmp_path / "l.json").write_text(
+        '[{"prompt": "1=", "answer": 1},\n {"prompt": 5, "answer": 1}]'
+    )
     with pytest.raises(ConfigError, match=r"l.json:row 2: field 'prompt' is neither"):
         load_prompts(cfg(tmp_path / "l.json"))
 
@@ -155,7 +173,9 @@ def test_resume_continues_order_and_group_ids(tmp_path):
     b = PromptSource(cfg(path), seed=3)
     b.load_state(state)
     again = b.next(40)
-    assert [(p["prompt"], p["group_id"]) for p in again] == [(p["prompt"], p["group_id"]) for p in rest]
+    assert [(p["prompt"], p["group_id"]) for p in again] == [
+        (p["prompt"], p["group_id"]) for p in rest
+    ]
     assert again[0]["group_id"] == 30
     assert len({p["prompt"] for p in first + rest[:19]}) == 49  # one epoch = every row once
     write_jsonl(path, ROWS[:40])
@@ -182,7 +202,9 @@ def test_context_length_and_prompt_budget_are_checked_in_validate():
         validate(cfg)
     assert e.value.key == "rollout.max_new_tokens"
     cfg = RootConfig()
-    assert validate(cfg).data.max_prompt_tokens == 128 - cfg.rollout.max_new_tokens  # null: what fits
+    assert (
+        validate(cfg).data.max_prompt_tokens == 128 - cfg.rollout.max_new_tokens
+    )  # null: what fits
     cfg = RootConfig()
     cfg.data.max_prompt_tokens = 125
     with pytest.raises(ConfigError) as e:
@@ -190,8 +212,9 @@ def test_context_length_and_prompt_budget_are_checked_in_validate():
     assert e.value.key == "data.max_prompt_tokens"
 
 
-@pytest.mark.parametrize("env,var", [({"WANDB_MODE": ""}, "WANDB_MODE"),
-                                     ({"WANDB_SILENT": "maybe"}, "WANDB_SILENT")])
+@pytest.mark.parametrize(
+    "env,var", [({"WANDB_MODE": ""}, "WANDB_MODE"), ({"WANDB_SILENT": "maybe"}, "WANDB_SILENT")]
+)
 def test_wandb_environment_that_would_crash_later_is_a_config_error(env, var):
     from rlhf.config import check_wandb_environment
 

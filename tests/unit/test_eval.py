@@ -30,7 +30,8 @@ def test_pass_at_k_matches_brute_force(n, k):
 
 
 class FakeEngine:
-    """Answers correctly when greedy; sampled request j of prompt i is right when (i + j) % 3 == 0."""
+    """Answers correctly when greedy; sampled request j of prompt i is right when
+    (i + j) % 3 == 0."""
 
     def __init__(self):
         self.calls = []
@@ -41,9 +42,16 @@ class FakeEngine:
         out = []
         for r in requests:
             right = r.temperature == 0.0 or (r.prompt_id + r.sample_index) % 3 == 0
-            out.append(Sample(group_id=r.prompt_id, prompt=r.prompt, answer=r.answer,
-                              response=r.answer if right else "x", response_ids=[1, 2],
-                              finish_reason="stop"))
+            out.append(
+                Sample(
+                    group_id=r.prompt_id,
+                    prompt=r.prompt,
+                    answer=r.answer,
+                    response=r.answer if right else "x",
+                    response_ids=[1, 2],
+                    finish_reason="stop",
+                )
+            )
         return out
 
 
@@ -71,7 +79,9 @@ def test_requests_greedy_plus_sampled_with_fixed_seeds():
     assert [r.seed for r in a] == [r.seed for r in b]
     assert len({r.seed for r in a}) == len(a)
     assert [r.temperature for r in a[:5]] == [0.0, 1.0, 1.0, 1.0, 1.0]
-    assert [r.seed for r in Evaluator(cfg, prompts, seed=1, total_steps=10).requests] != [r.seed for r in a]
+    assert [r.seed for r in Evaluator(cfg, prompts, seed=1, total_steps=10).requests] != [
+        r.seed for r in a
+    ]
 
 
 def test_run_metrics_on_two_engines(no_ray):
@@ -96,7 +106,9 @@ def test_run_metrics_on_two_engines(no_ray):
 def test_due_schedule():
     ev = Evaluator(EvalConfig(every=5), [], seed=0, total_steps=12)
     assert [s for s in range(13) if ev.due(s)] == [0, 5, 10, 12]
-    assert not any(Evaluator(EvalConfig(every=0), [], seed=0, total_steps=12).due(s) for s in range(13))
+    assert not any(
+        Evaluator(EvalConfig(every=0), [], seed=0, total_steps=12).due(s) for s in range(13)
+    )
 
 
 def test_eval_file_set_is_fixed_and_leaves_the_training_stream_alone(tmp_path):

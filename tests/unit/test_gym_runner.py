@@ -47,10 +47,12 @@ if COUNTER not in gym.registry:
 
 
 def counter_runner(steps: int, envs: int = 2, **env_kwargs) -> GymRunner:
-    cfg = GymConfig(env_id=COUNTER, envs_per_worker=envs, steps_per_env=steps,
-                    env_kwargs=env_kwargs)
-    runner = GymRunner(cfg, MlpConfig(hidden_sizes=[8]), env_spec_of(cfg), seed=0, index=1,
-                       gamma=GAMMA)
+    cfg = GymConfig(
+        env_id=COUNTER, envs_per_worker=envs, steps_per_env=steps, env_kwargs=env_kwargs
+    )
+    runner = GymRunner(
+        cfg, MlpConfig(hidden_sizes=[8]), env_spec_of(cfg), seed=0, index=1, gamma=GAMMA
+    )
     runner.policy.value = lambda obs: obs[:, 0] * 10.0  # V(s) = 10 * steps taken
     return runner
 
@@ -130,8 +132,9 @@ def test_actor_critic_matches_torch_distributions():
     assert_close(lp, ref.log_prob(actions))
     assert_close(ent, ref.entropy())
 
-    cont = ActorCritic(EnvSpec("y", (4,), act_dim=2, low=(-1, -1), high=(1, 1)),
-                       MlpConfig(init_log_std=-0.5))
+    cont = ActorCritic(
+        EnvSpec("y", (4,), act_dim=2, low=(-1, -1), high=(1, 1)), MlpConfig(init_log_std=-0.5)
+    )
     actions = torch.randn(3, 5, 2) * 3
     batch.actions = actions
     lp, ent, values = cont(batch)
@@ -159,9 +162,11 @@ def test_unsupported_spaces_are_rejected():
 
 def test_async_envs_give_the_same_trajectories_as_sync():
     """rollout.gym.async_envs=true steps the envs in subprocesses; same seeds, same data."""
+
     def run(async_envs):
-        cfg = GymConfig(env_id="CartPole-v1", envs_per_worker=2, steps_per_env=40,
-                        async_envs=async_envs)
+        cfg = GymConfig(
+            env_id="CartPole-v1", envs_per_worker=2, steps_per_env=40, async_envs=async_envs
+        )
         runner = GymRunner(cfg, MlpConfig(), env_spec_of(cfg), seed=3, index=0, gamma=GAMMA)
         try:
             return collate(runner.collect()), runner.collect()
@@ -172,5 +177,6 @@ def test_async_envs_give_the_same_trajectories_as_sync():
     assert_close(sync_batch.obs, async_batch.obs)
     assert_close(sync_batch.token_rewards, async_batch.token_rewards)
     assert_close(sync_batch.dones, async_batch.dones)
-    assert [s.info["episode_returns"] for s in sync_next] == \
-        [s.info["episode_returns"] for s in async_next]
+    assert [s.info["episode_returns"] for s in sync_next] == [
+        s.info["episode_returns"] for s in async_next
+    ]

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from rlhf.config import LoggerConfig, RootConfig, WandbConfig
 from rlhf import metrics
+from rlhf.config import LoggerConfig, RootConfig, WandbConfig
 from rlhf.metrics import PhaseTimer, RunLogger, reduce_mean, run_identity, scrub_secrets
 from rlhf.progress import StartupLog, StepClock
 from rlhf.report import plot_run, read_metrics, summarize
@@ -35,8 +35,16 @@ def wandb_env(tmp_path, monkeypatch):
 
 def make_logger(run_dir, mode="offline", total_steps=5, config=None, **logger_kw):
     cfg = LoggerConfig(wandb=WandbConfig(mode=mode), **logger_kw)
-    return RunLogger(cfg, run_dir, config=config or {}, total_steps=total_steps, name="test-run",
-                     group="tests", tags=["unit"], primary_metric="reward/mean")
+    return RunLogger(
+        cfg,
+        run_dir,
+        config=config or {},
+        total_steps=total_steps,
+        name="test-run",
+        group="tests",
+        tags=["unit"],
+        primary_metric="reward/mean",
+    )
 
 
 # --- timing and reduction ---------------------------------------------------------------------
@@ -74,15 +82,31 @@ def test_reduce_mean_ignores_missing_keys():
 
 
 def test_scrub_secrets_nested():
-    cfg = {"reward": {"remote": {"api_key": "sk-1", "url": "http://x", "headers": [
-               {"Authorization_Token": "t"}, {"x": 1}]}},
-           "HF_TOKEN": "hf_abc", "wandbApiKey": "k", "db": {"PassWord": "p", "passwd": "p"},
-           "client_secret": "s", "aws_credentials": {"id": "a"}, "authToken": "t",
-           "rollout": {"max_new_tokens": 8, "tokenizer": "gpt2"}, "perf/tokens_per_s": 1.0,
-           "max_token_len": 512, "unset": {"api_key": None}}
+    cfg = {
+        "reward": {
+            "remote": {
+                "api_key": "sk-1",
+                "url": "http://x",
+                "headers": [{"Authorization_Token": "t"}, {"x": 1}],
+            }
+        },
+        "HF_TOKEN": "hf_abc",
+        "wandbApiKey": "k",
+        "db": {"PassWord": "p", "passwd": "p"},
+        "client_secret": "s",
+        "aws_credentials": {"id": "a"},
+        "authToken": "t",
+        "rollout": {"max_new_tokens": 8, "tokenizer": "gpt2"},
+        "perf/tokens_per_s": 1.0,
+        "max_token_len": 512,
+        "unset": {"api_key": None},
+    }
     out = scrub_secrets(cfg)
-    assert out["reward"]["remote"] == {"api_key": "***", "url": "http://x",
-                                       "headers": [{"Authorization_Token": "***"}, {"x": 1}]}
+    assert out["reward"]["remote"] == {
+        "api_key": "***",
+        "url": "http://x",
+        "headers": [{"Authorization_Token": "***"}, {"x": 1}],
+    }
     for k in ("HF_TOKEN", "wandbApiKey", "client_secret", "aws_credentials", "authToken"):
         assert out[k] == "***", k
     assert out["db"] == {"PassWord": "***", "passwd": "***"}
@@ -130,21 +154,36 @@ def test_run_identity_groups_a_multirun_by_its_sweep_folder():
 
 
 def llm_metrics(step):
-    return {"reward/mean": step / 10, "algo/kl": 0.001 * step, "perf/tokens_per_s": 100.0 + step,
-            "rollout/response_len_mean": 6.0, "timing/rollout_s": 0.3, "timing/update_s": 0.1,
-            "timing/step_s": 0.5}
+    return {
+        "reward/mean": step / 10,
+        "algo/kl": 0.001 * step,
+        "perf/tokens_per_s": 100.0 + step,
+        "rollout/response_len_mean": 6.0,
+        "timing/rollout_s": 0.3,
+        "timing/update_s": 0.1,
+        "timing/step_s": 0.5,
+    }
 
 
 def test_offline_run_logs_config_history_and_samples(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    config = {"seed": 1, "algo": {"lr": 1e-3}, "reward": {"remote": {"api_key": "sk-SECRET"}},
-              # over one 32 KiB block of the transaction log: a record split across blocks
-              "data": {"note": "x" * 70_000}}
+    config = {
+        "seed": 1,
+        "algo": {"lr": 1e-3},
+        "reward": {"remote": {"api_key": "sk-SECRET"}},
+        # over one 32 KiB block of the transaction log: a record split across blocks
+        "data": {"note": "x" * 70_000},
+    }
     logger = make_logger(run_dir, total_steps=5, config=config, samples_every=2)
     for step in range(1, 6):
         logger.log(step, llm_metrics(step))
-        logger.log_samples(step, [{"prompt": "1+1=", "response": "2", "reward": 1.0},
-                                  {"prompt": "2+2=", "response": "5", "reward": np.float64(0)}])
+        logger.log_samples(
+            step,
+            [
+                {"prompt": "1+1=", "response": "2", "reward": 1.0},
+                {"prompt": "2+2=", "response": "5", "reward": np.float64(0)},
+            ],
+        )
     summary = logger.finish()
 
     assert summary["steps"] == 5 and summary["final"] == pytest.approx(0.5)
@@ -157,9 +196,11 @@ def test_offline_run_logs_config_history_and_samples(tmp_path, capsys):
     assert wb_config["reward"]["remote"]["api_key"] == "***"
     assert wb_config["algo"] == {"lr": 1e-3} and wb_config["data"]["note"] == "x" * 70_000
     assert "sk-SECRET" not in json.dumps(wb_config)
-    assert "sk-SECRET" not in "".join(p.read_text(errors="replace")
-                                      for p in run_dir.rglob("*") if p.is_file()
-                                      and p.suffix != ".png")
+    assert "sk-SECRET" not in "".join(
+        p.read_text(errors="replace")
+        for p in run_dir.rglob("*")
+        if p.is_file() and p.suffix != ".png"
+    )
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert [h["trainer/step"] for h in history] == [1, 2, 3, 4, 5]
@@ -215,8 +256,9 @@ def test_online_without_a_key_goes_offline_with_one_warning(tmp_path, caplog):
 
 def test_metrics_jsonl_values(tmp_path):
     logger = make_logger(tmp_path, mode="disabled", total_steps=2, console_every=0)
-    logger.log(1, {"reward/mean": float("nan"), "a": np.float32(0.5), "b": float("inf"),
-                   "n": np.int64(3)})
+    logger.log(
+        1, {"reward/mean": float("nan"), "a": np.float32(0.5), "b": float("inf"), "n": np.int64(3)}
+    )
     line = (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
     assert json.loads(line) == {"step": 1, "reward/mean": None, "a": 0.5, "b": None, "n": 3}
     assert math.isnan(read_metrics(tmp_path)[0]["reward/mean"])
@@ -224,8 +266,7 @@ def test_metrics_jsonl_values(tmp_path):
 
 
 def test_resume_rewrites_steps_after_the_checkpoint(tmp_path):
-    first = make_logger(tmp_path, mode="disabled", total_steps=10, console_every=0,
-                        samples_every=1)
+    first = make_logger(tmp_path, mode="disabled", total_steps=10, console_every=0, samples_every=1)
     for step in range(1, 7):
         first.log(step, {"reward/mean": float(step)})
         first.log_samples(step, [{"response": str(step)}])
@@ -252,8 +293,10 @@ def test_console_line_every_n_steps_with_eta(tmp_path, capsys, monkeypatch):
         logger.log(step, {"reward/mean": 0.41, "timing/step_s": 0.5})
     lines = capsys.readouterr().out.splitlines()
     # The warm-up step does not set the pace: 0.5 s/step, not (30 + 9 * 0.5) / 10.
-    assert lines == [f"step {s:>3}/200 | reward/mean 0.41 | 0.50 s/step | ETA {eta}"
-                     for s, eta in ((5, "1m38s"), (10, "1m35s"))]
+    assert lines == [
+        f"step {s:>3}/200 | reward/mean 0.41 | 0.50 s/step | ETA {eta}"
+        for s, eta in ((5, "1m38s"), (10, "1m35s"))
+    ]
     logger.finish(make_report=False)
 
 
@@ -284,8 +327,18 @@ def test_startup_log_prints_elapsed_seconds_and_keeps_marks(capsys):
 
 def test_public_names_stay_importable_from_metrics():
     # scripts/plot_run.py, tests/e2e and conf/config.yaml (rlhf.metrics.SweepSummary) use these.
-    for name in ("plot_run", "read_metrics", "summarize", "SweepSummary", "read_offline_run",
-                 "_wandb_records", "RunLogger", "PhaseTimer", "run_identity", "console"):
+    for name in (
+        "plot_run",
+        "read_metrics",
+        "summarize",
+        "SweepSummary",
+        "read_offline_run",
+        "_wandb_records",
+        "RunLogger",
+        "PhaseTimer",
+        "run_identity",
+        "console",
+    ):
         assert hasattr(metrics, name), name
 
 
@@ -293,8 +346,13 @@ def test_summarize_fifths():
     rows = [{"step": i, "reward/mean": float(i)} for i in range(1, 11)]
     rows.append({"step": 11})  # a step without the metric
     s = summarize(rows, "reward/mean")
-    assert (s["first_fifth"], s["last_fifth"], s["rise"], s["final"], s["steps"]) == \
-        (1.5, 9.5, 8.0, 10.0, 11)
+    assert (s["first_fifth"], s["last_fifth"], s["rise"], s["final"], s["steps"]) == (
+        1.5,
+        9.5,
+        8.0,
+        10.0,
+        11,
+    )
     assert math.isnan(summarize([], "reward/mean")["last_fifth"])
 
 
@@ -311,9 +369,17 @@ def test_plot_run_writes_a_png(tmp_path, kind):
     if kind == "llm":
         rows = [{"step": s, **llm_metrics(s)} for s in range(1, 41)]
     else:  # no KL, and no return before the first episodes finish
-        rows = [{"step": s, "env/episode_return_mean": None if s < 3 else 10.0 + s,
-                 "env/episode_len_mean": 10.0 + s, "timing/rollout_s": 0.2,
-                 "timing/update_s": 0.1, "timing/step_s": 0.35} for s in range(1, 41)]
+        rows = [
+            {
+                "step": s,
+                "env/episode_return_mean": None if s < 3 else 10.0 + s,
+                "env/episode_len_mean": 10.0 + s,
+                "timing/rollout_s": 0.2,
+                "timing/update_s": 0.1,
+                "timing/step_s": 0.35,
+            }
+            for s in range(1, 41)
+        ]
     write_metrics(tmp_path, rows)
     out = plot_run(tmp_path)
     assert out == tmp_path / "report.png"
@@ -326,16 +392,17 @@ def test_plot_run_with_nothing_logged(tmp_path):
 
 
 def test_sweep_summary_table(tmp_path, capsys):
-    for job, (lr, rewards) in enumerate([("1e-3", [0.1, 0.2, 0.3, 0.4, 0.5]),
-                                         ("3e-3", [0.1, 0.1, 0.2, 0.2, 0.3])]):
+    for job, (lr, rewards) in enumerate(
+        [("1e-3", [0.1, 0.2, 0.3, 0.4, 0.5]), ("3e-3", [0.1, 0.1, 0.2, 0.2, 0.3])]
+    ):
         job_dir = tmp_path / str(job)
         write_metrics(job_dir, [{"step": i + 1, "reward/mean": r} for i, r in enumerate(rewards)])
         (job_dir / ".hydra").mkdir()
-        (job_dir / ".hydra" / "overrides.yaml").write_text(
-            f"- +experiment=grpo\n- algo.lr={lr}\n")
+        (job_dir / ".hydra" / "overrides.yaml").write_text(f"- +experiment=grpo\n- algo.lr={lr}\n")
     (tmp_path / "multirun.yaml").write_text("{}")
-    SweepSummary().on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {
-        "dir": str(tmp_path)}}}))
+    SweepSummary().on_multirun_end(
+        config=OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    )
 
     md = (tmp_path / "sweep_summary.md").read_text()
     assert "shared overrides: `+experiment=grpo`" in md

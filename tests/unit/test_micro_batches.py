@@ -74,9 +74,16 @@ def tiny_policy():
     from rlhf.models.causal_lm import CausalLMPolicy
 
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, head_dim=16,
-                      max_position_embeddings=64)
+    cfg = Qwen2Config(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+    )
     return CausalLMPolicy(Qwen2ForCausalLM(cfg).eval(), temperature=0.7)
 
 
@@ -85,8 +92,15 @@ def test_trimmed_micro_batch_scores_exactly_as_the_padded_rows():
     samples = []
     for i, (p, r) in enumerate([(3, 2), (5, 30), (2, 1), (4, 0), (6, 7)]):
         ids = torch.randint(3, 50, (p + r,), generator=g).tolist()
-        samples.append(Sample(group_id=i, prompt_ids=ids[:p], response_ids=ids[p:],
-                              rollout_logprobs=[-1.0] * r, reward=float(i)))
+        samples.append(
+            Sample(
+                group_id=i,
+                prompt_ids=ids[:p],
+                response_ids=ids[p:],
+                rollout_logprobs=[-1.0] * r,
+                reward=float(i),
+            )
+        )
     batch = collate(samples)
     batch.old_logprobs = torch.randn(batch.action_mask.shape, generator=g)
     policy = tiny_policy()
@@ -107,8 +121,9 @@ def test_trimmed_micro_batch_scores_exactly_as_the_padded_rows():
 def _agree(rank: int, port: int, counts: list[int], out):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=len(counts))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(counts)
+    )
     try:
         out.put((rank, agree_on_count(counts[rank])))
     finally:
@@ -144,8 +159,9 @@ def test_config_accepts_a_budget_that_holds_the_longest_row():
     assert cfg.learner.max_tokens_per_micro_batch == longest
 
 
-@pytest.mark.parametrize("extra", [["learner.max_tokens_per_micro_batch=-1"],
-                                   ["learner.max_tokens_per_micro_batch=8"]])
+@pytest.mark.parametrize(
+    "extra", [["learner.max_tokens_per_micro_batch=-1"], ["learner.max_tokens_per_micro_batch=8"]]
+)
 def test_config_rejects_a_bad_budget_naming_the_key(extra):
     with pytest.raises(ConfigError) as e:
         validate(load("+experiment=grpo", *extra))

@@ -35,11 +35,20 @@ class FakeEngine:
 
     def generate(self, requests):
         time.sleep(self.rng.uniform(0.0, 0.02))
-        return [Sample(group_id=r.prompt_id, prompt_ids=[1, 2], response_ids=[4 + r.seed % 5],
-                       rollout_logprobs=[-1.0], prompt=r.prompt, response=str(r.seed % 5),
-                       answer=r.answer, weight_version=self.version,
-                       info={"sample_index": r.sample_index, "engine": self.index,
-                             "engine_call_s": 0.01}) for r in requests]
+        return [
+            Sample(
+                group_id=r.prompt_id,
+                prompt_ids=[1, 2],
+                response_ids=[4 + r.seed % 5],
+                rollout_logprobs=[-1.0],
+                prompt=r.prompt,
+                response=str(r.seed % 5),
+                answer=r.answer,
+                weight_version=self.version,
+                info={"sample_index": r.sample_index, "engine": self.index, "engine_call_s": 0.01},
+            )
+            for r in requests
+        ]
 
     def receive_weights(self, version: int) -> int:
         self.version = version
@@ -81,8 +90,13 @@ def ray_cluster():
     if ray.is_initialized():  # another test module's Ray (auto-initialised by a .remote call)
         ray.shutdown()
     # The stand-in actors live in this file: let Ray's workers import it.
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}},
+    )
     # One set of stand-in actors for the module (reset per pipeline): starting actor processes
     # is what costs time here.
     ACTORS["engines"] = [ray.remote(FakeEngine).remote(i) for i in range(6)]
@@ -95,20 +109,41 @@ ACTORS: dict[str, list] = {}
 _next_engine = [0]
 
 
-def make_pipeline(tmp_path, *, staleness=0, filter_groups=False, max_rounds=3, equal_every=0,
-                  delay_seed=0, engines=2, seed=0, name="ledger.jsonl"):
+def make_pipeline(
+    tmp_path,
+    *,
+    staleness=0,
+    filter_groups=False,
+    max_rounds=3,
+    equal_every=0,
+    delay_seed=0,
+    engines=2,
+    seed=0,
+    name="ledger.jsonl",
+):
     """A pipeline on `engines` stand-in engines not used by the previous pipeline (two
     pipelines of one test run side by side)."""
-    cfg = RolloutConfig(prompts_per_step=6, samples_per_prompt=4, max_staleness=staleness,
-                        filter_groups=filter_groups, max_filter_rounds=max_rounds, prompts_per_call=2)
+    cfg = RolloutConfig(
+        prompts_per_step=6,
+        samples_per_prompt=4,
+        max_staleness=staleness,
+        filter_groups=filter_groups,
+        max_filter_rounds=max_rounds,
+        prompts_per_call=2,
+    )
     pool = ACTORS["engines"]
     start = _next_engine[0] if _next_engine[0] + engines <= len(pool) else 0
-    workers = pool[start: start + engines]
+    workers = pool[start : start + engines]
     _next_engine[0] = start + engines
     ray.get([w.reset.remote(delay_seed) for w in workers])
-    pipeline = RolloutPipeline(cfg, PromptSource(DataConfig(), seed), workers,
-                               FakeRewards(ACTORS["rewards"], equal_every, delay_seed), seed=seed,
-                               ledger_path=tmp_path / name)
+    pipeline = RolloutPipeline(
+        cfg,
+        PromptSource(DataConfig(), seed),
+        workers,
+        FakeRewards(ACTORS["rewards"], equal_every, delay_seed),
+        seed=seed,
+        ledger_path=tmp_path / name,
+    )
     return pipeline, workers
 
 
@@ -160,8 +195,9 @@ def test_dynamic_sampling_fills_batches_with_informative_groups(ray_cluster, tmp
         assert metrics["rollout/filter_fill"] == 0 and metrics["rollout/filter_rounds"] <= 3
     rows = read_ledger(tmp_path / "ledger.jsonl")
     # Every prompt built to be all-equal was set aside (others may be all-equal by chance).
-    assert {r["prompt_id"] for r in rows if r["prompt_id"] % 3 == 0} <= \
-        {r["prompt_id"] for r in rows if r["status"] == "filtered"}
+    assert {r["prompt_id"] for r in rows if r["prompt_id"] % 3 == 0} <= {
+        r["prompt_id"] for r in rows if r["status"] == "filtered"
+    }
     ids = [r["prompt_id"] for r in rows]
     assert len(ids) == len(set(ids)), "a prompt was decided twice"
 
@@ -189,16 +225,21 @@ def test_same_seed_same_batches_whatever_the_timing(ray_cluster, tmp_path):
 def test_state_round_trip_resumes_exactly(ray_cluster, tmp_path):
     """Drain + state after step 3 of a staleness-2 run, restore into a new pipeline (through
     JSON, as a checkpoint does): steps 4-6 equal the uninterrupted run's."""
-    whole, ww = make_pipeline(tmp_path, staleness=2, filter_groups=True, equal_every=4, name="w.jsonl")
+    whole, ww = make_pipeline(
+        tmp_path, staleness=2, filter_groups=True, equal_every=4, name="w.jsonl"
+    )
     expected = [fingerprint(s) for s, _, _ in run_steps(whole, ww, 6)]
 
-    first, wf = make_pipeline(tmp_path, staleness=2, filter_groups=True, equal_every=4, name="r.jsonl")
+    first, wf = make_pipeline(
+        tmp_path, staleness=2, filter_groups=True, equal_every=4, name="r.jsonl"
+    )
     got = [fingerprint(s) for s, _, _ in run_steps(first, wf, 3)]
     first.drain()
     state = json.loads(json.dumps(first.state()))
     assert state["kept"], "nothing was in flight: the test would not exercise the restore"
-    second, ws = make_pipeline(tmp_path, staleness=2, filter_groups=True, equal_every=4,
-                               delay_seed=5, name="r.jsonl")
+    second, ws = make_pipeline(
+        tmp_path, staleness=2, filter_groups=True, equal_every=4, delay_seed=5, name="r.jsonl"
+    )
     ray.get([w.receive_weights.remote(3) for w in ws])
     second.load_state(state, resumed_step=3)
     got += [fingerprint(s) for s, _, _ in run_steps(second, ws, 3, start_version=3)]

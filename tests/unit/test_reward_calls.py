@@ -28,12 +28,14 @@ def pid_log(tmp_path, monkeypatch):
 
 
 def test_every_fault_is_classified_and_bounded_in_time(pid_log):
-    actor = RewardActor(RewardConfig(fn="reward_fns:misbehave", timeout_s=0.5, workers=2,
-                                     fallback=-1.0), "addition")
+    actor = RewardActor(
+        RewardConfig(fn="reward_fns:misbehave", timeout_s=0.5, workers=2, fallback=-1.0), "addition"
+    )
     prompts = ["ok", "raise", "hang", "nan", "str", "exit", "sysexit", "interrupt", "ok"]
     t0 = time.monotonic()
-    out = actor.score([Sample(group_id=i, prompt=p, response="1", answer="1")
-                       for i, p in enumerate(prompts)])
+    out = actor.score(
+        [Sample(group_id=i, prompt=p, response="1", answer="1") for i, p in enumerate(prompts)]
+    )
     elapsed = time.monotonic() - t0
     errors = {s.prompt: s.info.get("reward_error") for s in out}
     assert [s.reward for s in out] == [1.0] + [-1.0] * 7 + [1.0]
@@ -47,8 +49,12 @@ def test_every_fault_is_classified_and_bounded_in_time(pid_log):
     assert errors["interrupt"].startswith("exception: KeyboardInterrupt")
     assert elapsed < 0.5 + 1.5, elapsed  # one timeout, not one per BaseException
     m = reward_metrics(out)
-    assert (m["reward/errors"], m["reward/timeouts"], m["reward/nans"], m["reward/crashes"]) == \
-        (4.0, 1.0, 1.0, 1.0)
+    assert (m["reward/errors"], m["reward/timeouts"], m["reward/nans"], m["reward/crashes"]) == (
+        4.0,
+        1.0,
+        1.0,
+        1.0,
+    )
     # the hung and the exited workers are gone (killed / dead), not left running
     pids = {line.split()[1]: int(line.split()[0]) for line in pid_log.read_text().splitlines()}
     deadline = time.monotonic() + 5
@@ -63,10 +69,12 @@ def test_every_fault_is_classified_and_bounded_in_time(pid_log):
 
 
 def test_hung_calls_do_not_starve_the_rest():
-    actor = RewardActor(RewardConfig(fn="reward_fns:misbehave", timeout_s=0.3, workers=2),
-                        "addition")
+    actor = RewardActor(
+        RewardConfig(fn="reward_fns:misbehave", timeout_s=0.3, workers=2), "addition"
+    )
     samples = [Sample(group_id=0, prompt="hang")] * 2 + [
-        Sample(group_id=1, prompt="ok", response=str(i), answer=str(i % 2)) for i in range(10)]
+        Sample(group_id=1, prompt="ok", response=str(i), answer=str(i % 2)) for i in range(10)
+    ]
     out = actor.score(samples)
     assert [s.info.get("reward_error") for s in out[:2]] == ["timeout", "timeout"]
     assert [s.reward for s in out[2:]] == [float(i % 2 == i) for i in range(10)]
@@ -75,26 +83,37 @@ def test_hung_calls_do_not_starve_the_rest():
 
 def test_task_reward_and_all_equal_groups():
     actor = RewardActor(RewardConfig(fn="task"), "addition")
-    samples = actor.score([Sample(group_id=0, prompt="1+2=", response="3", answer="3"),
-                           Sample(group_id=0, prompt="1+2=", response="4", answer="3"),
-                           Sample(group_id=1, prompt="2+2=", response="5", answer="4"),
-                           Sample(group_id=1, prompt="2+2=", response="1", answer="4")])
+    samples = actor.score(
+        [
+            Sample(group_id=0, prompt="1+2=", response="3", answer="3"),
+            Sample(group_id=0, prompt="1+2=", response="4", answer="3"),
+            Sample(group_id=1, prompt="2+2=", response="5", answer="4"),
+            Sample(group_id=1, prompt="2+2=", response="1", answer="4"),
+        ]
+    )
     assert [s.reward for s in samples] == [1.0, 0.0, 0.0, 0.0]
     assert reward_metrics(samples)["reward/all_equal_group_frac"] == 0.5
     actor.close()
 
 
 def test_composed_reward_is_the_weighted_sum_and_logs_each_component():
-    cfg = RewardConfig(components=[
-        RewardComponent(kind="math", weight=1.0),
-        RewardComponent(fn="rlhf.reward.rules:boxed_format", name="format", weight=0.2),
-        RewardComponent(fn="reward_fns:misbehave", name="flaky", weight=0.5)], timeout_s=5.0,
-        fallback=0.0)
+    cfg = RewardConfig(
+        components=[
+            RewardComponent(kind="math", weight=1.0),
+            RewardComponent(fn="rlhf.reward.rules:boxed_format", name="format", weight=0.2),
+            RewardComponent(fn="reward_fns:misbehave", name="flaky", weight=0.5),
+        ],
+        timeout_s=5.0,
+        fallback=0.0,
+    )
     actor = RewardActor(cfg, "fractions")
-    out = actor.score([
-        Sample(group_id=0, prompt="ok", response=r"\boxed{0.5}", answer=r"\boxed{1/2}"),
-        Sample(group_id=0, prompt="ok", response="1/2", answer=r"\boxed{1/2}"),
-        Sample(group_id=1, prompt="raise", response=r"\boxed{3}", answer=r"\boxed{2}")])
+    out = actor.score(
+        [
+            Sample(group_id=0, prompt="ok", response=r"\boxed{0.5}", answer=r"\boxed{1/2}"),
+            Sample(group_id=0, prompt="ok", response="1/2", answer=r"\boxed{1/2}"),
+            Sample(group_id=1, prompt="raise", response=r"\boxed{3}", answer=r"\boxed{2}"),
+        ]
+    )
     # math + 0.2 * format + 0.5 * (completion == answer)
     assert [s.reward for s in out] == pytest.approx([1.2, 1.0, 0.2])
     assert out[0].info["reward_components"] == {"math": 1.0, "format": 1.0, "flaky": 0.0}
@@ -126,14 +145,22 @@ def test_workers_die_when_the_actor_process_is_killed(pid_log):
     import sys
     from pathlib import Path
 
-    script = ("from rlhf.batch import Sample\nfrom rlhf.config import RewardConfig\n"
-              "from rlhf.reward.actor import RewardActor\n"
-              "a = RewardActor(RewardConfig(fn='reward_fns:misbehave', timeout_s=600, workers=2), 'addition')\n"
-              "a.score([Sample(group_id=0, prompt='hang')] * 2)\n")
-    env = {**os.environ, "PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    script = (
+        "from rlhf.batch import Sample\nfrom rlhf.config import RewardConfig\n"
+        "from rlhf.reward.actor import RewardActor\n"
+        "a = RewardActor(RewardConfig(fn='reward_fns:misbehave', timeout_s=600, workers=2), "
+        "'addition')\n"
+        "a.score([Sample(group_id=0, prompt='hang')] * 2)\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     owner = subprocess.Popen([sys.executable, "-c", script], env=env)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not pid_log.exists() or len(pid_log.read_text().splitlines()) < 2):
+    while time.monotonic() < deadline and (
+        not pid_log.exists() or len(pid_log.read_text().splitlines()) < 2
+    ):
         time.sleep(0.05)
     workers = [int(line.split()[0]) for line in pid_log.read_text().splitlines()]
     assert len(workers) == 2 and all(_alive(p) for p in workers)

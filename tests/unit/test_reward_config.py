@@ -29,11 +29,17 @@ def test_presets_validate(rm_path):
 
 
 def test_components_from_the_command_line():
-    cfg = validate(load("data.task=fractions",
-                        "reward.components=[{kind: math}, {fn: 'rlhf.reward.rules:boxed_format', "
-                        "name: format, weight: 0.1}]"))
-    assert [(c.kind, c.name, c.weight) for c in cfg.reward.components] == \
-        [("math", "", 1.0), ("fn", "format", 0.1)]
+    cfg = validate(
+        load(
+            "data.task=fractions",
+            "reward.components=[{kind: math}, {fn: 'rlhf.reward.rules:boxed_format', "
+            "name: format, weight: 0.1}]",
+        )
+    )
+    assert [(c.kind, c.name, c.weight) for c in cfg.reward.components] == [
+        ("math", "", 1.0),
+        ("fn", "format", 0.1),
+    ]
 
 
 BAD = [
@@ -45,10 +51,22 @@ BAD = [
     (["reward.kind=model", "reward.model.path=/nonexistent"], "reward.model.path"),
     (["reward.kind=remote"], "reward.remote.url"),
     (["reward.kind=remote", "reward.remote.url=ftp://x"], "reward.remote.url"),
-    (["reward.kind=remote", "reward.remote.url=http://127.0.0.1:1", "reward.remote.max_concurrency=0"],
-     "reward.remote.max_concurrency"),
-    (["reward.kind=remote", "reward.remote.url=http://127.0.0.1:1",
-      "reward.remote.api_key_env=RLHF_NO_SUCH_VARIABLE"], "reward.remote.api_key_env"),
+    (
+        [
+            "reward.kind=remote",
+            "reward.remote.url=http://127.0.0.1:1",
+            "reward.remote.max_concurrency=0",
+        ],
+        "reward.remote.max_concurrency",
+    ),
+    (
+        [
+            "reward.kind=remote",
+            "reward.remote.url=http://127.0.0.1:1",
+            "reward.remote.api_key_env=RLHF_NO_SUCH_VARIABLE",
+        ],
+        "reward.remote.api_key_env",
+    ),
     (["reward.kind=sandbox", "reward.sandbox.timeout_s=0"], "reward.sandbox.timeout_s"),
     (["reward.kind=sandbox", "reward.sandbox.python=/no/python"], "reward.sandbox.python"),
     (["reward.components=[{kind: oracle}]"], "reward.components[0].kind"),
@@ -58,14 +76,22 @@ BAD = [
     (["reward.components=[{kind: math, weight: nan}]"], "reward.components[0].weight"),
     (["reward.components=[{kind: model}]"], "reward.model.path"),
     (["reward.kind=judge"], "reward.judge.path"),
-    (["reward.kind=judge", "reward.judge.path=RM", "reward.judge.template=no_response_field"],
-     "reward.judge.template"),
-    (["reward.kind=judge", "reward.judge.path=RM", "reward.judge.template='{response} {oops}'"],
-     "reward.judge.template"),
-    (["reward.kind=judge", "reward.judge.path=RM", r"reward.judge.score_pattern='\\d+'"],
-     "reward.judge.score_pattern"),
-    (["reward.kind=judge", "reward.judge.path=RM", "reward.judge.score_pattern='(['"],
-     "reward.judge.score_pattern"),
+    (
+        ["reward.kind=judge", "reward.judge.path=RM", "reward.judge.template=no_response_field"],
+        "reward.judge.template",
+    ),
+    (
+        ["reward.kind=judge", "reward.judge.path=RM", "reward.judge.template='{response} {oops}'"],
+        "reward.judge.template",
+    ),
+    (
+        ["reward.kind=judge", "reward.judge.path=RM", r"reward.judge.score_pattern='\\d+'"],
+        "reward.judge.score_pattern",
+    ),
+    (
+        ["reward.kind=judge", "reward.judge.path=RM", "reward.judge.score_pattern='(['"],
+        "reward.judge.score_pattern",
+    ),
 ]
 
 

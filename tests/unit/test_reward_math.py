@@ -10,16 +10,19 @@ from rlhf.reward.math import boxed_math_reward, extract_answer, last_boxed, math
 from rlhf.tasks import get_task
 
 
-@pytest.mark.parametrize("text, want", [
-    (r"so \boxed{1/2}", "1/2"),
-    (r"\boxed{1} then \boxed{\frac{3}{4}}", r"\frac{3}{4}"),  # the last box, nested braces
-    (r"\fbox{7}", "7"),
-    ("work... #### 1,234", "1,234"),
-    ("first 3, then 2,500 apples", "2500"),  # last number, thousands separator dropped
-    ("no answer here", None),
-    (r"\boxed{}", None),
-    (r"\boxed{1/2", "1/2"),  # unbalanced box: falls back to the last number
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        (r"so \boxed{1/2}", "1/2"),
+        (r"\boxed{1} then \boxed{\frac{3}{4}}", r"\frac{3}{4}"),  # the last box, nested braces
+        (r"\fbox{7}", "7"),
+        ("work... #### 1,234", "1,234"),
+        ("first 3, then 2,500 apples", "2500"),  # last number, thousands separator dropped
+        ("no answer here", None),
+        (r"\boxed{}", None),
+        (r"\boxed{1/2", "1/2"),  # unbalanced box: falls back to the last number
+    ],
+)
 def test_extract_answer(text, want):
     assert extract_answer(text) == want
 
@@ -28,22 +31,25 @@ def test_last_boxed_unbalanced_is_none():
     assert last_boxed(r"\boxed{\frac{1}{2}") is None
 
 
-@pytest.mark.parametrize("completion, answer, want", [
-    (r"\boxed{0.5}", "1/2", 1.0),
-    (r"\boxed{1/2}", r"\boxed{0.5}", 1.0),
-    (r"\boxed{\frac{1}{2}}", "0.5", 1.0),
-    (r"\boxed{2/4}", "1/2", 1.0),
-    (r"\boxed{1.50}", "3/2", 1.0),
-    ("The answer is 12", "12", 1.0),
-    ("#### 7", "7.0", 1.0),
-    (r"\boxed{0.51}", "1/2", 0.0),  # close is wrong
-    (r"\boxed{-1/2}", "1/2", 0.0),
-    (r"\boxed{1/0}", "1/2", 0.0),  # malformed
-    (r"\boxed{}}}{{", "1", 0.0),
-    ("", "1", 0.0),
-    (r"\boxed{1}", "", 0.0),  # no reference: nothing can be right
-    ("1/2 " * 200 + r"\boxed{" + "9" * 300 + "}", "1/2", 0.0),  # huge number
-])
+@pytest.mark.parametrize(
+    "completion, answer, want",
+    [
+        (r"\boxed{0.5}", "1/2", 1.0),
+        (r"\boxed{1/2}", r"\boxed{0.5}", 1.0),
+        (r"\boxed{\frac{1}{2}}", "0.5", 1.0),
+        (r"\boxed{2/4}", "1/2", 1.0),
+        (r"\boxed{1.50}", "3/2", 1.0),
+        ("The answer is 12", "12", 1.0),
+        ("#### 7", "7.0", 1.0),
+        (r"\boxed{0.51}", "1/2", 0.0),  # close is wrong
+        (r"\boxed{-1/2}", "1/2", 0.0),
+        (r"\boxed{1/0}", "1/2", 0.0),  # malformed
+        (r"\boxed{}}}{{", "1", 0.0),
+        ("", "1", 0.0),
+        (r"\boxed{1}", "", 0.0),  # no reference: nothing can be right
+        ("1/2 " * 200 + r"\boxed{" + "9" * 300 + "}", "1/2", 0.0),  # huge number
+    ],
+)
 def test_math_reward(completion, answer, want):
     assert math_reward("", completion, answer) == want
 

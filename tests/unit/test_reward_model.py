@@ -29,9 +29,14 @@ def _direct(path, pairs):
     out = []
     with torch.no_grad():
         for p, r in pairs:
-            text = (tok.apply_chat_template([{"role": "user", "content": p},
-                                             {"role": "assistant", "content": r}], tokenize=False)
-                    if tok.chat_template else p + r)
+            text = (
+                tok.apply_chat_template(
+                    [{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                    tokenize=False,
+                )
+                if tok.chat_template
+                else p + r
+            )
             ids = tok(text, return_tensors="pt", add_special_tokens=False)
             out.append(model(**ids).logits[0, 0].item())
     return out
@@ -39,9 +44,13 @@ def _direct(path, pairs):
 
 def test_scores_match_transformers_run_directly(rm_path):
     # batch_size 2: padded batches (left padding) must score like unpadded single sequences
-    actor = RewardActor(RewardConfig(kind="model", model=RewardModelConfig(path=str(rm_path),
-                                                                           batch_size=2)), "addition")
-    out = actor.score([Sample(group_id=i, prompt=p, response=r) for i, (p, r) in enumerate(SAMPLES)])
+    actor = RewardActor(
+        RewardConfig(kind="model", model=RewardModelConfig(path=str(rm_path), batch_size=2)),
+        "addition",
+    )
+    out = actor.score(
+        [Sample(group_id=i, prompt=p, response=r) for i, (p, r) in enumerate(SAMPLES)]
+    )
     want = _direct(rm_path, SAMPLES)
     assert [s.reward for s in out] == pytest.approx(want, abs=1e-5)
     assert len(set(round(s.reward, 6) for s in out)) == len(SAMPLES)  # not a constant
@@ -56,7 +65,9 @@ def test_normalisation_uses_running_moments(rm_path):
     std = math.sqrt(sum((x - mean) ** 2 for x in raw) / len(raw))
     assert got == pytest.approx([(x - mean) / std for x in raw], abs=1e-4)
     # a second batch is normalised with the moments of both
-    got2 = [v for v, _ in sc.score([Sample(group_id=0, prompt=p, response=r) for p, r in SAMPLES[:2]])]
+    got2 = [
+        v for v, _ in sc.score([Sample(group_id=0, prompt=p, response=r) for p, r in SAMPLES[:2]])
+    ]
     both = raw + raw[:2]
     m2 = sum(both) / len(both)
     s2 = math.sqrt(sum((x - m2) ** 2 for x in both) / len(both))
@@ -68,9 +79,11 @@ def test_running_moments_match_the_batch_formula():
     xs = torch.randn(100, generator=g).tolist()
     rm = RunningMoments()
     for i in range(0, 100, 7):
-        rm.update(xs[i:i + 7])
+        rm.update(xs[i : i + 7])
     t = torch.tensor(xs, dtype=torch.float64)
-    assert rm.mean == pytest.approx(t.mean().item()) and rm.std == pytest.approx(t.std(unbiased=False).item())
+    assert rm.mean == pytest.approx(t.mean().item()) and rm.std == pytest.approx(
+        t.std(unbiased=False).item()
+    )
 
 
 def test_chat_template_is_used_when_present(rm_path, tmp_path):

@@ -5,11 +5,11 @@ errors name the URL and the status. Only loopback traffic."""
 import time
 
 import pytest
+from reward_server import RewardServer
 
 from rlhf.batch import Sample
 from rlhf.config import RemoteRewardConfig, RewardConfig
 from rlhf.reward.actor import RewardActor, reward_metrics
-from reward_server import RewardServer
 
 
 @pytest.fixture
@@ -21,13 +21,16 @@ def server():
 
 def _samples(n):
     # distinct prompts (the server counts attempts per prompt); every third answer is right
-    return [Sample(group_id=i // 4, prompt=f"p{i}", response=str(i % 3), answer="0")
-            for i in range(n)]
+    return [
+        Sample(group_id=i // 4, prompt=f"p{i}", response=str(i % 3), answer="0") for i in range(n)
+    ]
 
 
 def _actor(url, **kw):
-    remote = RemoteRewardConfig(url=url, **{"max_concurrency": 4, "timeout_s": 2.0,
-                                            "max_retries": 3, "backoff_s": 0.01, **kw})
+    remote = RemoteRewardConfig(
+        url=url,
+        **{"max_concurrency": 4, "timeout_s": 2.0, "max_retries": 3, "backoff_s": 0.01, **kw},
+    )
     return RewardActor(RewardConfig(kind="remote", remote=remote, fallback=-1.0), "addition")
 
 
@@ -73,12 +76,15 @@ def test_slow_server_times_out_within_the_budget(server):
     assert reward_metrics(out)["reward/timeouts"] == 4
 
 
-@pytest.mark.parametrize("mode, error", [("notjson", "reply is not JSON"), ("string", "bad type str"),
-                                         ("nan", "nan")])
+@pytest.mark.parametrize(
+    "mode, error", [("notjson", "reply is not JSON"), ("string", "bad type str"), ("nan", "nan")]
+)
 def test_wrong_replies_give_the_fallback(server, mode, error):
     server.mode = mode
     out = _actor(server.url).score(_samples(2))
-    assert all(error in s.info["reward_error"] for s in out) and [s.reward for s in out] == [-1.0] * 2
+    assert (
+        all(error in s.info["reward_error"] for s in out) and [s.reward for s in out] == [-1.0] * 2
+    )
 
 
 def test_wrong_batch_length(server):

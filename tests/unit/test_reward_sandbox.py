@@ -76,8 +76,16 @@ def listener():
 @pytest.fixture(scope="module")
 def actor():
     os.environ["RLHF_SANDBOX_CANARY"] = CANARY  # in the reward actor's own environment
-    a = RewardActor(RewardConfig(kind="sandbox", fallback=-1.0, sandbox=SandboxConfig(
-        timeout_s=TIMEOUT_S, cpu_s=1, memory_mb=256, max_processes=16, concurrency=2)), "addition")
+    a = RewardActor(
+        RewardConfig(
+            kind="sandbox",
+            fallback=-1.0,
+            sandbox=SandboxConfig(
+                timeout_s=TIMEOUT_S, cpu_s=1, memory_mb=256, max_processes=16, concurrency=2
+            ),
+        ),
+        "addition",
+    )
     yield a
     a.close()
     os.environ.pop("RLHF_SANDBOX_CANARY", None)
@@ -90,14 +98,23 @@ def test_this_machine_allows_isolation(actor):
 
 
 def test_correct_and_wrong_programs(actor):
-    out = actor.score([
-        Sample(group_id=0, response="def solve(x):\n    return x * x\n", fields={"tests": TESTS}),
-        Sample(group_id=0, response="Here:\n```python\ndef solve(x):\n    return x ** 2\n```\n",
-               fields={"tests": TESTS.splitlines()}),
-        Sample(group_id=0, response="def solve(x):\n    return x + x\n", fields={"tests": TESTS}),
-        Sample(group_id=0, response="def solve(x) return", fields={"tests": TESTS}),
-        Sample(group_id=0, response="def solve(x): return x", fields={}),
-    ])
+    out = actor.score(
+        [
+            Sample(
+                group_id=0, response="def solve(x):\n    return x * x\n", fields={"tests": TESTS}
+            ),
+            Sample(
+                group_id=0,
+                response="Here:\n```python\ndef solve(x):\n    return x ** 2\n```\n",
+                fields={"tests": TESTS.splitlines()},
+            ),
+            Sample(
+                group_id=0, response="def solve(x):\n    return x + x\n", fields={"tests": TESTS}
+            ),
+            Sample(group_id=0, response="def solve(x) return", fields={"tests": TESTS}),
+            Sample(group_id=0, response="def solve(x): return x", fields={}),
+        ]
+    )
     assert [s.reward for s in out] == [1.0, 1.0, 0.0, 0.0, -1.0]
     assert out[2].info["sandbox_status"] == "failed (exit 1)"
     assert "SyntaxError" in out[3].info["sandbox_stderr"]
@@ -105,21 +122,31 @@ def test_correct_and_wrong_programs(actor):
 
 
 HOSTILE = {
-    "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+    "fork_bomb": (
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    ),
     "infinite_loop": "while True:\n    pass\n",
     "allocate_4gb": "x = bytearray(4 << 30)\ndef solve(x):\n    return x * x\n",
-    "read_canary": ("import os\nprint(os.environ.get('RLHF_SANDBOX_CANARY'))\n"
-                    "print(open('/proc/1/environ').read())\n"
-                    "print(open(f'/proc/{os.getppid()}/environ').read())\n"),
+    "read_canary": (
+        "import os\nprint(os.environ.get('RLHF_SANDBOX_CANARY'))\n"
+        "print(open('/proc/1/environ').read())\n"
+        "print(open(f'/proc/{os.getppid()}/environ').read())\n"
+    ),
     # /tmp is a private tmpfs inside; the repository is outside and not writable by nobody
     "write_outside": "open(TARGET, 'w').write('escaped')\n",
     "write_outside_tmp": "open(TMP_TARGET, 'w').write('escaped')\n",
-    "open_socket": ("import socket\nsocket.create_connection(('127.0.0.1', PORT), timeout=1)\n"
-                    "def solve(x):\n    return x * x\n"),
-    "kill_parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
-                    "os.kill(1, signal.SIGKILL)\nos.killpg(0, signal.SIGKILL)\n"),
-    "leave_daemon": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-                     "        time.sleep(1000)\n    os._exit(0)\n"),
+    "open_socket": (
+        "import socket\nsocket.create_connection(('127.0.0.1', PORT), timeout=1)\n"
+        "def solve(x):\n    return x * x\n"
+    ),
+    "kill_parent": (
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
+        "os.kill(1, signal.SIGKILL)\nos.killpg(0, signal.SIGKILL)\n"
+    ),
+    "leave_daemon": (
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        time.sleep(1000)\n    os._exit(0)\n"
+    ),
     "fake_success": "import os\nos._exit(0)\n",
     "huge_output": "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n",
 }
@@ -129,8 +156,12 @@ HOSTILE = {
 def test_hostile_program(actor, listener, name, tmp_path):
     target = Path(__file__).with_name(f"escaped-{os.getpid()}.txt")
     tmp_target = tmp_path / "escaped.txt"
-    code = (HOSTILE[name].replace("TMP_TARGET", repr(str(tmp_target)))
-            .replace("TARGET", repr(str(target))).replace("PORT", str(listener.getsockname()[1])))
+    code = (
+        HOSTILE[name]
+        .replace("TMP_TARGET", repr(str(tmp_target)))
+        .replace("TARGET", repr(str(target)))
+        .replace("PORT", str(listener.getsockname()[1]))
+    )
     t0 = time.monotonic()
     [s] = actor.score([Sample(group_id=0, response=code, fields={"tests": TESTS})])
     elapsed = time.monotonic() - t0
@@ -163,8 +194,10 @@ def test_fails_closed_when_isolation_is_unavailable(monkeypatch, caplog):
     monkeypatch.setattr("shutil.which", lambda name: None)  # as if util-linux were missing
     with caplog.at_level(logging.WARNING):
         actor = RewardActor(RewardConfig(kind="sandbox", fallback=-1.0), "addition")
-    out = actor.score([Sample(group_id=0, response="def solve(x):\n    return x * x\n",
-                              fields={"tests": TESTS})] * 3)
+    out = actor.score(
+        [Sample(group_id=0, response="def solve(x):\n    return x * x\n", fields={"tests": TESTS})]
+        * 3
+    )
     assert [s.reward for s in out] == [-1.0] * 3
     assert all(s.info["reward_error"].startswith("exception: SandboxUnavailable") for s in out)
     assert reward_metrics(out)["reward/errors"] == 3

@@ -9,8 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from rlhf.tasks import DEFAULT_TASK, TASKS, Problem, exact_match, get_task, task_reward
 
 
-@pytest.mark.parametrize("name, n, top", [("addition", 49, Problem("6+6=", "12")),
-                                           ("addition9", 100, Problem("9+9=", "18"))])
+@pytest.mark.parametrize(
+    "name, n, top",
+    [("addition", 49, Problem("6+6=", "12")), ("addition9", 100, Problem("9+9=", "18"))],
+)
 def test_addition_problems_and_rewards(name, n, top):
     task = get_task(name)
     problems = task.all_problems()
