@@ -19,6 +19,17 @@ from typing import Any
 from rlhf.config import RootConfig
 
 
+def required_cpus(cfg: RootConfig) -> float:
+    """Logical CPUs all bundles ask for (colocated rollout workers share learner bundles)."""
+    learner = cfg.learner.num_ranks * cfg.learner.cpus_per_rank
+    rollout = cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
+    llm = cfg.rollout.backend == "vllm"
+    reward = cfg.reward.num_actors * cfg.reward.cpus_per_actor if llm else 0
+    if cfg.placement.mode == "colocated":
+        rollout = 0
+    return learner + rollout + reward
+
+
 @dataclass
 class Slot:
     """Where one actor goes: a bundle of a placement group and the share of it the actor takes."""

@@ -18,15 +18,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf.config import (
-    ConfigError,
-    RootConfig,
-    ray_env_vars,
-    register_configs,
-    required_cpus,
-    to_schema,
-    validate,
-)
+from rlhf.config import ConfigError, RootConfig, register_configs, to_schema
+from rlhf.placement import required_cpus
+from rlhf.preflight import preflight
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 _T0 = time.perf_counter()  # launch, near enough: start-up messages count from here
@@ -56,6 +50,20 @@ def resolve_model_path(cfg: RootConfig) -> str:
             seed=cfg.seed,
         )
     )
+
+
+def ray_env_vars() -> dict[str, str]:
+    """Environment the actors need; secrets (W&B key and the like) are never forwarded. The
+    project's own RLHF_* variables (cache folder, test fault injection) go along."""
+    keep = (
+        "HF_HOME",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "VLLM_CPU_KVCACHE_SPACE",
+        "VLLM_CPU_OMP_THREADS_BIND",
+        "PYTHONPATH",
+    )
+    return {k: v for k, v in os.environ.items() if k in keep or k.startswith("RLHF_")}
 
 
 def init_ray(cfg: RootConfig) -> dict:
@@ -286,7 +294,7 @@ def resume_point(cfg: RootConfig, trainer) -> Path | None:
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> float:
     try:
-        cfg = validate(to_schema(dcfg))
+        cfg = preflight(to_schema(dcfg))
         prompts = None
         model_path = resolve_model_path(cfg)
         if cfg.rollout.backend == "vllm":

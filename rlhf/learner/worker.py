@@ -18,8 +18,9 @@ from torch import Tensor
 
 from rlhf import algos
 from rlhf.batch import Batch
-from rlhf.config import AlgoConfig, LearnerConfig, ModelConfig, resolve_function
+from rlhf.config import AlgoConfig, LearnerConfig, ModelConfig
 from rlhf.learner.micro_batches import agree_on_count, pack_by_tokens, split_to_count
+from rlhf.resolve import resolve_function
 from rlhf.rollout.weight_sync import ParamMeta, WeightSyncGroup, describe, plan_buckets
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +24,23 @@ from torch import Tensor, nn
 from rlhf.batch import Batch
 from rlhf.config import MlpConfig
 
-if TYPE_CHECKING:
-    from rlhf.rollout.gym_runner import EnvSpec
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the policy needs to know about a gymnasium env's spaces; picklable, sent to
+    learners and runners (built by rlhf.rollout.gym_runner.env_spec_of)."""
+
+    env_id: str
+    obs_shape: tuple[int, ...]
+    n_actions: int = 0  # Discrete: number of actions; 0 for Box actions
+    act_dim: int = 0  # Box: flat action dimension; 0 for Discrete
+    low: tuple[float, ...] = ()  # Box: action bounds (the env is stepped with clipped actions)
+    high: tuple[float, ...] = ()
+
+    @property
+    def discrete(self) -> bool:
+        return self.n_actions > 0
+
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -50,10 +65,6 @@ class ActorCritic(nn.Module):
 
     def __init__(self, env_spec: EnvSpec, cfg: MlpConfig):
         super().__init__()
-        if cfg.obs_norm:
-            # Running statistics would have to agree between learner ranks and runners;
-            # validate() rejects the flag until that exists.
-            raise NotImplementedError("model.mlp.obs_norm is not implemented")
         self.obs_shape = tuple(env_spec.obs_shape)
         self.discrete = env_spec.discrete
         obs_dim = math.prod(self.obs_shape)

@@ -76,12 +76,6 @@ SCORERS: dict[str, Callable[[RewardConfig, str, str], Scorer]] = {
 assert tuple(SCORERS) == REWARD_KINDS
 
 
-def component_name(c: RewardComponent) -> str:
-    if c.name:
-        return c.name
-    return c.kind if c.kind != "fn" else c.fn.replace(":", ".").rsplit(".", 1)[-1]
-
-
 @dataclass
 class _Term:
     name: str
@@ -95,7 +89,7 @@ class RewardActor:
         comps = cfg.components or [RewardComponent(name="", kind=cfg.kind, fn=cfg.fn, weight=1.0)]
         self.composed = bool(cfg.components)
         self.terms = [
-            _Term(component_name(c), c.weight, SCORERS[c.kind](cfg, c.fn, task_name)) for c in comps
+            _Term(c.metric_name(), c.weight, SCORERS[c.kind](cfg, c.fn, task_name)) for c in comps
         ]
 
     def score(self, samples: list[Sample]) -> list[Sample]:

@@ -45,7 +45,7 @@ def load_fn(fn: str, task_name: str) -> Callable[..., Any]:
 
         score = task_reward(task_name)
         return lambda prompt, completion, answer="", **_: score(prompt, completion, answer)
-    from rlhf.config import resolve_function
+    from rlhf.resolve import resolve_function
 
     return resolve_function(fn, key="reward.fn")
 

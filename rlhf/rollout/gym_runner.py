@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,24 +28,33 @@ import torch
 from rlhf.batch import Sample
 from rlhf.config import GymConfig, MlpConfig, RolloutConfig
 from rlhf.faults import NotSynced, restarted_actor, worker_index
+from rlhf.models.mlp import EnvSpec
 
 RETURN_WINDOW = 20  # env/episode_return_mean is the mean over this many last episodes
 
 
-@dataclass(frozen=True)
-class EnvSpec:
-    """What the policy needs to know about an env; picklable, sent to learners and runners."""
+def check_gym_config(gym_cfg: GymConfig) -> None:
+    """Before Ray (rlhf.preflight): env_id is registered, the env builds with env_kwargs, and
+    the MLP policy supports its spaces. Raises ConfigError naming rollout.gym.env_id."""
+    import gymnasium as gym
 
-    env_id: str
-    obs_shape: tuple[int, ...]
-    n_actions: int = 0  # Discrete: number of actions; 0 for Box actions
-    act_dim: int = 0  # Box: flat action dimension; 0 for Discrete
-    low: tuple[float, ...] = ()  # Box: action bounds (the env is stepped with clipped actions)
-    high: tuple[float, ...] = ()
+    from rlhf.config import ConfigError
 
-    @property
-    def discrete(self) -> bool:
-        return self.n_actions > 0
+    if gym_cfg.env_id not in gym.registry:
+        prefix = gym_cfg.env_id.split("-")[0].lower()
+        close = [k for k in gym.registry if prefix in k.lower()][:5]
+        raise ConfigError(
+            "rollout.gym.env_id",
+            f"{gym_cfg.env_id!r} is not a registered gymnasium env"
+            + (f"; similar: {close}" if close else ""),
+        )
+    try:
+        env_spec_of(gym_cfg)
+    except Exception as e:  # a constructor error from the env is a config error too
+        raise ConfigError(
+            "rollout.gym.env_id",
+            f"cannot use {gym_cfg.env_id!r} with env_kwargs {dict(gym_cfg.env_kwargs)}: {e}",
+        ) from e
 
 
 def env_spec_of(gym_cfg: GymConfig) -> EnvSpec:

@@ -80,9 +80,9 @@ def test_gym_config_errors_name_the_key_before_ray_starts(tmp_path):
         "-m",
         "rlhf.train",
         "+experiment=cartpole_ppo",
-        "model.mlp.obs_norm=true",
+        "rollout.gym.env_id=NoSuchEnv-v0",
         f"hydra.run.dir={tmp_path}",
     ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
-    assert "model.mlp.obs_norm" in out.stderr and "no Ray process was started" in out.stderr
+    assert "rollout.gym.env_id" in out.stderr and "no Ray process was started" in out.stderr

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from rlhf.config import ConfigError, to_schema, validate
+from rlhf.preflight import preflight
 from rlhf.train import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
@@ -47,6 +48,9 @@ BAD = [
     ("algo.dual_clip=0.5", "algo.dual_clip"),
     ("rollout.temperature=0", "rollout.temperature"),
     ("rollout.top_p=1.5", "rollout.top_p"),
+    # truncated sampling: the learner would score another distribution than the engines sample
+    ("rollout.top_p=0.9", "rollout.top_p"),
+    ("rollout.top_k=5", "rollout.top_k"),
     ("rollout.samples_per_prompt=1", "rollout.samples_per_prompt"),
     ("learner.zero_stage=4", "learner.zero_stage"),
     ("learner.micro_batch_size=7", "learner.micro_batch_size"),
@@ -65,14 +69,14 @@ BAD = [
 @pytest.mark.parametrize("override,key", BAD)
 def test_bad_override_names_the_key(override, key):
     with pytest.raises(ConfigError) as err:
-        validate(load("+experiment=grpo", override))
+        preflight(load("+experiment=grpo", override))
     assert err.value.key == key
     assert key in str(err.value)
 
 
 def test_bad_gym_env_names_the_key():
     with pytest.raises(ConfigError, match="rollout.gym.env_id"):
-        validate(load("+experiment=cartpole_ppo", "rollout.gym.env_id=NoSuchEnv-v0"))
+        preflight(load("+experiment=cartpole_ppo", "rollout.gym.env_id=NoSuchEnv-v0"))
 
 
 def test_group_estimator_rejected_for_gym():
@@ -93,12 +97,13 @@ def test_validation_imports_no_ray_vllm_or_deepspeed():
     code = textwrap.dedent("""
         import sys
         from hydra import compose, initialize_config_dir
-        from rlhf.config import ConfigError, to_schema, validate
+        from rlhf.config import ConfigError, to_schema
+        from rlhf.preflight import preflight
         from rlhf.train import CONF_DIR
         with initialize_config_dir(CONF_DIR, version_base="1.3"):
             for o in %r:
                 try:
-                    validate(to_schema(compose("config", overrides=["+experiment=grpo", o])))
+                    preflight(to_schema(compose("config", overrides=["+experiment=grpo", o])))
                 except ConfigError:
                     pass
                 else:
@@ -137,6 +142,6 @@ def test_bad_jsonl_row_is_named(tmp_path):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "a", "answer": "1"}\n{"question": "b"}\n')
     cfg = load("+experiment=grpo", f"data.path={bad}", "reward.fn=rlhf.reward.rules:exact_match")
-    validate(cfg)
+    cfg = validate(cfg)
     with pytest.raises(ConfigError, match=r"prompts.jsonl:line 2: no field 'prompt'"):
         PromptSource(cfg.data, seed=0)

@@ -202,9 +202,9 @@ def test_context_length_and_prompt_budget_are_checked_in_validate():
         validate(cfg)
     assert e.value.key == "rollout.max_new_tokens"
     cfg = RootConfig()
-    assert (
-        validate(cfg).data.max_prompt_tokens == 128 - cfg.rollout.max_new_tokens
-    )  # null: what fits
+    # null: what fits; the resolved value is in the returned copy, the input is left as it was
+    assert validate(cfg).data.max_prompt_tokens == 128 - cfg.rollout.max_new_tokens
+    assert cfg.data.max_prompt_tokens is None
     cfg = RootConfig()
     cfg.data.max_prompt_tokens = 125
     with pytest.raises(ConfigError) as e:
@@ -216,7 +216,7 @@ def test_context_length_and_prompt_budget_are_checked_in_validate():
     "env,var", [({"WANDB_MODE": ""}, "WANDB_MODE"), ({"WANDB_SILENT": "maybe"}, "WANDB_SILENT")]
 )
 def test_wandb_environment_that_would_crash_later_is_a_config_error(env, var):
-    from rlhf.config import check_wandb_environment
+    from rlhf.preflight import check_wandb_environment
 
     with pytest.raises(ConfigError, match="would make wandb.init fail") as e:
         check_wandb_environment(env)

@@ -4,6 +4,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from rlhf.config import ConfigError, to_schema, validate
+from rlhf.preflight import preflight
 from rlhf.train import CONF_DIR
 
 
@@ -99,5 +100,5 @@ BAD = [
 def test_bad_reward_config_names_the_key(overrides, key, rm_path):
     overrides = [o.replace("=RM", f"={rm_path}") for o in overrides]
     with pytest.raises(ConfigError) as e:
-        validate(load(*overrides))
+        preflight(load(*overrides))  # validate, then the machine's checks (GPUs)
     assert e.value.key == key, str(e.value)

@@ -1,0 +1,43 @@
+"""learner.*: the DeepSpeed learner group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlhf.config.checks import one_of, positive
+
+
+@dataclass
+class LearnerConfig:
+    """The DeepSpeed learner group (data parallel)."""
+
+    num_ranks: int = 2
+    cpus_per_rank: float = 1.0
+    gpus_per_rank: float = 0.0
+    zero_stage: int = 2  # 0 | 1 | 2 | 3
+    micro_batch_size: int = 32  # samples per rank per forward/backward
+    # Token budget per forward/backward instead (0 = off: micro_batch_size rows each). Each
+    # minibatch's rows are sorted by length and packed so that rows x longest row <= this,
+    # each micro-batch cut to its longest row: long-tailed response lengths cost no padding.
+    # The loss and gradient are those of the fixed split (minibatch-wide aggregation totals).
+    # LLM rollouts only; must hold the longest possible row, data.max_prompt_tokens +
+    # rollout.max_new_tokens.
+    max_tokens_per_micro_batch: int = 0
+    # Updates between post-update diagnostics (algo/update_kl, algo/update_gain,
+    # algo/value_update_gain): one more forward pass over the batch, about a quarter of an
+    # update's cost. 1 = every update (the console's KL without a reference); 0 = never.
+    diagnostics_every: int = 1
+    offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU (GPU runs)
+    sync_bucket_mb: int = 64  # weight broadcast bucket size
+
+    def check(self) -> None:
+        one_of("learner.zero_stage", self.zero_stage, [0, 1, 2, 3])
+        positive("learner.num_ranks", self.num_ranks)
+        positive("learner.micro_batch_size", self.micro_batch_size)
+        positive(
+            "learner.max_tokens_per_micro_batch", self.max_tokens_per_micro_batch, allow_zero=True
+        )
+        positive("learner.diagnostics_every", self.diagnostics_every, allow_zero=True)
+        positive("learner.cpus_per_rank", self.cpus_per_rank, allow_zero=True)
+        positive("learner.gpus_per_rank", self.gpus_per_rank, allow_zero=True)
+        positive("learner.sync_bucket_mb", self.sync_bucket_mb)
