@@ -26,7 +26,25 @@ def preflight(cfg: RootConfig) -> RootConfig:
         check_local_resources(cfg)
     if cfg.logger.wandb.mode != "disabled":
         check_wandb_environment()
+    from rlhf.progress import console
+
+    for message in advisories(cfg):
+        console(f"warning: {message}")
     return cfg
+
+
+def advisories(cfg: RootConfig) -> list[str]:
+    """Settings that run but are likely to cost the user: said once, before Ray starts."""
+    out = []
+    r, a = cfg.rollout, cfg.algo
+    if r.backend == "vllm" and r.max_staleness > 0 and a.rollout_is == "none":
+        out.append(
+            f"rollout.max_staleness={r.max_staleness} trains samples up to that many weight "
+            "versions old without off-policy correction (algo.rollout_is=none); on the 'spell' "
+            "task this cost most of the learning (scripts/bench_pipeline.py, README's pipeline "
+            "table): consider algo.rollout_is=tis"
+        )
+    return out
 
 
 def check_local_resources(cfg: RootConfig) -> None:

@@ -145,3 +145,15 @@ def test_bad_jsonl_row_is_named(tmp_path):
     cfg = validate(cfg)
     with pytest.raises(ConfigError, match=r"prompts.jsonl:line 2: no field 'prompt'"):
         PromptSource(cfg.data, seed=0)
+
+
+def test_stale_rollouts_without_correction_are_flagged_before_ray():
+    from rlhf.preflight import advisories
+
+    assert advisories(load("+experiment=grpo")) == []
+    stale = load("+experiment=grpo", "rollout.max_staleness=1")
+    (message,) = advisories(stale)
+    assert "rollout.max_staleness=1" in message and "algo.rollout_is" in message
+    assert (
+        advisories(load("+experiment=grpo", "rollout.max_staleness=1", "algo.rollout_is=tis")) == []
+    )
