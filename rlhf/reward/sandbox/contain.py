@@ -1,0 +1,403 @@
+"""Containment of one sandboxed run: bubblewrap namespaces, a minimal root filesystem, per-run
+cgroups, and a kill that does not need the program's cooperation.
+
+A run is `sh` (joins the run's cgroups) -> `setpriv` (as root: uid/gid 65534, no groups) ->
+`bwrap` -> `python -I -S -c <harness>`. bubblewrap (Debian's `bubblewrap`, maintained, no
+setuid bit needed) gives:
+- new user, PID, network, IPC, UTS, mount and cgroup namespaces (`--unshare-all
+  --unshare-user`), no nested user namespaces (`--disable-userns`), no capabilities and
+  NO_NEW_PRIVS, a new terminal session, SIGKILL when the launcher dies;
+- a root filesystem holding only read-only binds of /usr (and the /bin, /lib symlinks), the
+  interpreter's prefix, fresh /proc and /dev, and a private size-capped tmpfs on /tmp: nothing
+  of the host is writable and no host file system socket, checkout, checkpoint or home exists.
+Per run, a cgroup in each hierarchy that carries a limit (memory.max or memory.limit_in_bytes
+with swap, pids.max, a one-CPU quota) counts every process of the run; at the end the
+namespace's init (bwrap's PID 1, from `--json-status-fd`) is SIGKILLed through a pidfd, which
+takes every process of the PID namespace with it, `setsid` daemons included; where cgroup v2 is
+mounted `cgroup.kill` does the same for the run's cgroup. Any layer that cannot be set up is
+reported by name (`Cgroups.missing`, the scorer's probe) and the sandbox fails closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SANDBOX_UID = 65534  # nobody
+HOSTNAME = "sandbox"
+MAX_FDS = 256  # RLIMIT_NOFILE inside
+TMPFS_MB = 64
+# sh: write our pid into each of the first $1 files (the run's cgroup.procs), then exec the rest
+_JOIN = (
+    'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ >"$1" || exit 125; shift; n=$((n-1)); done; '
+    'exec "$@"'
+)
+
+
+# -- cgroups ------------------------------------------------------------------------------------
+@dataclass
+class _Hierarchy:
+    parent: Path  # our directory for run cgroups in this hierarchy
+    limits: list[tuple[str, str]]  # (file, value) written into each run cgroup, in order
+    kill: bool = False  # cgroup v2: cgroup.kill
+    peak: str = ""  # file with the run's memory peak, if this hierarchy has memory
+
+
+@dataclass
+class Cgroups:
+    """One cgroup per run in each hierarchy that limits memory, processes or CPU. `missing`
+    names what could not be set up ('' when memory and pids limits both work)."""
+
+    tag: str
+    memory_bytes: int
+    max_pids: int
+    hierarchies: list[_Hierarchy] = field(default_factory=list)
+    missing: str = ""
+    _n: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        try:
+            self.missing = self._discover()
+        except OSError as e:
+            self.missing = f"per-run cgroups ({e})"
+        if self.missing:
+            self.close()
+
+    def _discover(self) -> str:
+        mounts = _cgroup_mounts()
+        paths = _own_cgroups()
+        name = f"rlhf-sandbox-{os.getpid()}-{self.tag}"
+        mem, pids = str(self.memory_bytes), str(self.max_pids)
+        have: set[str] = set()
+        errors = []
+        v2 = mounts.get("cgroup2")
+        if v2 is not None and "" in paths:
+            own = Path(v2 + paths[""])
+            wanted = [c for c in ("memory", "pids", "cpu") if c not in mounts]
+            enabled = _enable_v2(own, wanted) if wanted else []
+            try:
+                parent = own / name
+                parent.mkdir()
+                if enabled:
+                    (parent / "cgroup.subtree_control").write_text(
+                        " ".join(f"+{c}" for c in enabled)
+                    )
+            except OSError as e:
+                errors.append(f"cgroup v2 at {own}: {e.strerror}")
+            else:
+                limits = []
+                if "memory" in enabled:
+                    limits += [("memory.max", mem), ("memory.swap.max", "0")]
+                    limits += [("memory.oom.group", "1")]
+                if "pids" in enabled:
+                    limits.append(("pids.max", pids))
+                if "cpu" in enabled:
+                    limits.append(("cpu.max", "100000 100000"))
+                peak = "memory.peak" if "memory" in enabled else ""
+                self.hierarchies.append(_Hierarchy(parent, limits, kill=True, peak=peak))
+                have.update(enabled)
+        for ctrl, limits, peak in (
+            (
+                "memory",
+                [("memory.limit_in_bytes", mem), ("memory.memsw.limit_in_bytes", mem)],
+                "memory.max_usage_in_bytes",
+            ),
+            ("pids", [("pids.max", pids)], ""),
+            ("cpu", [("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", "100000")], ""),
+        ):
+            if ctrl in have or ctrl not in mounts or ctrl not in paths:
+                continue
+            parent = Path(mounts[ctrl] + paths[ctrl]) / name
+            try:
+                parent.mkdir()
+            except OSError as e:
+                errors.append(f"{ctrl} cgroup at {parent.parent}: {e.strerror}")
+                continue
+            self.hierarchies.append(_Hierarchy(parent, limits, peak=peak))
+            have.add(ctrl)
+        lacking = [c for c in ("memory", "pids") if c not in have]
+        if not lacking:
+            return ""
+        why = "; ".join(errors) or "controller not mounted"
+        return f"per-run cgroup limits ({', '.join(lacking)}): {why}"
+
+    def create(self) -> list[Path]:
+        """The cgroups of a new run, limits set."""
+        with self._lock:
+            self._n += 1
+            n = self._n
+        dirs = []
+        try:
+            for h in self.hierarchies:
+                d = h.parent / f"run-{n}"
+                d.mkdir()
+                dirs.append(d)
+                for f, value in h.limits:
+                    if (d / f).exists():
+                        (d / f).write_text(value)
+        except OSError:
+            self.remove(dirs)
+            raise
+        return dirs
+
+    def peak_mb(self, dirs: list[Path]) -> float | None:
+        for h, d in zip(self.hierarchies, dirs):
+            if h.peak:
+                try:
+                    return int((d / h.peak).read_text()) / (1 << 20)
+                except (OSError, ValueError):
+                    return None
+        return None
+
+    def kill(self, dirs: list[Path]) -> None:
+        for h, d in zip(self.hierarchies, dirs):
+            if h.kill:
+                try:
+                    (d / "cgroup.kill").write_text("1")
+                except OSError:
+                    pass
+
+    def remove(self, dirs: list[Path], wait_s: float = 5.0) -> None:
+        """Remove the run's cgroups once their processes are gone (SIGKILLing any left)."""
+        deadline = time.monotonic() + wait_s
+        for d in dirs:
+            while True:
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    for pid in _procs(d):
+                        _kill_pid(pid)
+                    time.sleep(0.002)
+
+    def close(self) -> None:
+        for h in self.hierarchies:
+            for d in h.parent.glob("run-*"):
+                try:
+                    self.remove([d], wait_s=1.0)
+                except OSError:
+                    pass
+            try:
+                h.parent.rmdir()
+            except OSError:
+                pass
+        self.hierarchies = []
+
+
+def _cgroup_mounts() -> dict[str, str]:
+    """controller -> v1 mount point, and 'cgroup2' -> the v2 mount point."""
+    out: dict[str, str] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        pre, _, post = line.partition(" - ")
+        fstype, _, opts = (post.split() + ["", "", ""])[:3]
+        point = pre.split()[4]
+        if fstype == "cgroup2":
+            out.setdefault("cgroup2", point)
+        elif fstype == "cgroup":
+            for o in opts.split(","):
+                if o in ("memory", "pids", "cpu"):
+                    out.setdefault(o, point)
+    return out
+
+
+def _own_cgroups() -> dict[str, str]:
+    """controller -> our cgroup path (v1), '' -> our v2 path."""
+    out = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        for c in ctrls.split(",") if ctrls else [""]:
+            out[c] = path.rstrip("/")
+    return out
+
+
+def _enable_v2(own: Path, wanted: list[str]) -> list[str]:
+    """The controllers of `wanted` that our v2 cgroup can hand to children."""
+    try:
+        available = (own / "cgroup.controllers").read_text().split()
+        enabled = (own / "cgroup.subtree_control").read_text().split()
+    except OSError:
+        return []
+    out = []
+    for c in wanted:
+        if c in enabled:
+            out.append(c)
+        elif c in available:
+            try:
+                (own / "cgroup.subtree_control").write_text(f"+{c}")
+                out.append(c)
+            except OSError:
+                pass  # e.g. our own cgroup holds processes (the no-internal-process rule)
+    return out
+
+
+def _procs(d: Path) -> list[int]:
+    try:
+        return [int(p) for p in (d / "cgroup.procs").read_text().split()]
+    except OSError:
+        return []
+
+
+def _kill_pid(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# -- the command -------------------------------------------------------------------------------
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+def root_binds(python: str) -> list[str]:
+    """bwrap arguments for the minimal root filesystem: /usr read-only, the merged-/usr
+    symlinks (or read-only binds where they are real directories), the interpreter's prefix."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for p in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(p):
+            args += ["--symlink", os.readlink(p), p]
+        elif os.path.isdir(p):
+            args += ["--ro-bind", p, p]
+    prefix = str(Path(os.path.realpath(python)).parent.parent)
+    if prefix not in ("/", "/usr") and not prefix.startswith("/usr/"):
+        args += ["--ro-bind", prefix, prefix]
+    return args
+
+
+@dataclass
+class Run:
+    rc: int | None  # exit code (negative: signal), None after a timeout
+    stdout: bytes  # the harness's result lines (None when over the cap)
+    stderr: str  # its last bytes
+    overflow: bool
+    peak_mb: float | None
+
+
+def run(
+    command: list[str],
+    stdin: bytes,
+    timeout_s: float,
+    cgroups: Cgroups | None,
+    stdout_cap: int,
+    stderr_keep: int,
+    env: dict[str, str],
+) -> Run:
+    """Start `command` (bwrap ... with `--json-status-fd 3`) in fresh cgroups, feed it stdin,
+    wait at most timeout_s, then kill the whole namespace and remove the cgroups."""
+    dirs = cgroups.create() if cgroups else []
+    prefix = []
+    if dirs:
+        procs = [str(d / "cgroup.procs") for d in dirs]
+        prefix = ["/bin/sh", "-c", _JOIN, "sh", str(len(dirs)), *procs]
+    status_r, status_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [*prefix, *(str(status_w) if a == "{STATUS_FD}" else a for a in command)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd="/",
+            start_new_session=True,
+            pass_fds=(status_w,),
+        )
+    except BaseException:
+        os.close(status_r)
+        os.close(status_w)
+        if cgroups:
+            cgroups.remove(dirs)
+        raise
+    os.close(status_w)
+    init: dict[str, int] = {}
+    out: list = []
+    err: list[bytes] = []
+    threads = [
+        threading.Thread(target=_read_status, args=(status_r, init), daemon=True),
+        threading.Thread(target=_read_capped, args=(proc.stdout, stdout_cap, out), daemon=True),
+        threading.Thread(target=_read_tail, args=(proc.stderr, stderr_keep, err), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    rc: int | None
+    try:
+        rc = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        rc = None
+    finally:
+        if cgroups:
+            cgroups.kill(dirs)
+        pidfd = init.get("pidfd")
+        if pidfd is not None:
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    for t in threads:
+        t.join(timeout=2)
+    if pidfd is not None:
+        os.close(pidfd)
+    peak = None
+    if cgroups:
+        peak = cgroups.peak_mb(dirs)
+        cgroups.remove(dirs)
+    stdout, overflow = out[0] if out else (b"", False)
+    return Run(rc, stdout, (err[0] if err else b"").decode(errors="replace"), overflow, peak)
+
+
+def _read_status(fd: int, init: dict) -> None:
+    """bwrap's first status document names the namespace's init; hold a pidfd to it at once
+    (so the pid cannot be reused before the kill)."""
+    with os.fdopen(fd, "rb") as f:
+        first = f.readline()
+        try:
+            pid = int(json.loads(first)["child-pid"])
+            init["pidfd"] = os.pidfd_open(pid)
+        except (ValueError, KeyError, TypeError, OSError):
+            pass
+        f.read()
+
+
+def _read_capped(stream, cap: int, out: list) -> None:
+    chunks, n, overflow = [], 0, False
+    while chunk := stream.read(65536):
+        if not overflow:
+            n += len(chunk)
+            if n > cap:
+                overflow, chunks = True, []
+            else:
+                chunks.append(chunk)
+    out.append((b"".join(chunks), overflow))
+
+
+def _read_tail(stream, keep: int, out: list[bytes]) -> None:
+    buf = b""
+    while chunk := stream.read(65536):
+        buf = (buf + chunk)[-keep:]
+    out.append(buf)
+
+
+def default_python() -> str:
+    return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
