@@ -22,6 +22,17 @@ Built-ins:
 - ``spell``: ``"21="`` -> ``"twenty-one"`` for 0..29 (30 problems). The answers are 3 to 12
   characters long, so response lengths vary four-fold between prompts: the task the rollout
   pipeline's overlap and dynamic sampling are measured on (``scripts/bench_pipeline.py``).
+
+Agent tasks (``Task.env`` names the environment that plays them, rlhf/envs/; their ``reward`` is
+the environment's check of the final answer, exact match as above, and the environment's turn
+rewards are what a run trains on):
+- ``agent_calculator`` (env ``calculator``): ``"47+85="`` for ``a, b`` in 10..99; the model must
+  call the ``add`` tool (``add(47,85)``), read ``[132]`` and answer ``132``. The tiny model
+  cannot add two-digit numbers by itself, so success needs the tool.
+- ``agent_guess`` (env ``guess_number``): the prompt ``"0-9?"``, the answer a secret digit; the
+  model guesses, the environment replies ``higher`` / ``lower``, 4 guesses at most.
+The tiny model's format for them (rlhf/models/tiny.py) renders a tool result as ``[result]``,
+so ``[`` and ``]`` are in their alphabets.
 """
 
 from __future__ import annotations
@@ -53,6 +64,8 @@ class Task:
     max_answer_chars: int
     # Enumerates every problem when the problem space is finite (and small enough to list).
     enumerate_problems: Callable[[], Iterable[Problem]] | None = field(default=None, repr=False)
+    # The registered text environment (rlhf/envs) that plays an agent task; "" = single-turn.
+    env: str = ""
 
     def sample(self, rng: random.Random | int, n: int) -> list[Problem]:
         """``n`` problems drawn with ``rng`` (a ``random.Random`` or an int seed)."""
@@ -230,12 +243,52 @@ def _make_fractions() -> Task:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# agent tasks (played by an environment in rlhf/envs)
+
+AGENT_CALC_LOW, AGENT_CALC_HIGH = 10, 99
+GUESS_LOW, GUESS_HIGH = 0, 9
+
+
+def _make_agent_calculator() -> Task:
+    lo, hi = AGENT_CALC_LOW, AGENT_CALC_HIGH
+
+    def make(rng: random.Random) -> Problem:
+        return _addition_problem(rng.randint(lo, hi), rng.randint(lo, hi))
+
+    return Task(
+        name="agent_calculator",
+        alphabet="0123456789+=" + "ad()," + "[]",  # prompt, the add(a,b) call, tool results
+        make_problem=make,
+        reward=exact_match,
+        max_answer_chars=len(str(2 * hi)),
+        env="calculator",
+    )
+
+
+def _make_agent_guess() -> Task:
+    def problem(secret: int) -> Problem:
+        return Problem(prompt=f"{GUESS_LOW}-{GUESS_HIGH}?", answer=str(secret))
+
+    return Task(
+        name="agent_guess",
+        alphabet="0123456789-?" + "higherlowinvalid" + "[]",
+        make_problem=lambda rng: problem(rng.randint(GUESS_LOW, GUESS_HIGH)),
+        reward=exact_match,
+        max_answer_chars=len(str(GUESS_HIGH)),
+        enumerate_problems=lambda: (problem(n) for n in range(GUESS_LOW, GUESS_HIGH + 1)),
+        env="guess_number",
+    )
+
+
 TASKS: dict[str, Task] = {
     "addition": _make_addition(6),
     "addition9": _make_addition(9, "addition9"),
     "reverse": _make_reverse(),
     "fractions": _make_fractions(),
     "spell": _make_spell(),
+    "agent_calculator": _make_agent_calculator(),
+    "agent_guess": _make_agent_guess(),
 }
 
 DEFAULT_TASK = "addition"

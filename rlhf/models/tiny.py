@@ -54,6 +54,22 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
 )
 
+# Agent tasks (Task.env set) use this template instead: the same, plus a "tool" message
+# rendered as "[content]", so that a transcript reads "47+85=add(47,85)<eos>[132]132<eos>".
+# Feedback from a simulated user ("higher") is a user message, rendered as is. Characters outside
+# the task's alphabet are dropped by the tokenizer that vLLM and transformers load from the
+# folder (Qwen2Tokenizer), so an environment's messages for the tiny model keep to it.
+AGENT_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}"
+    "{% elif m['role'] == 'tool' %}[{{ m['content'] }}]{% endif %}"
+    "{% endfor %}"
+)
+# Bump when the agent format or warm-up changes the bytes built for an agent task (part of the
+# agent tasks' cache key only, so the single-turn tasks' cached models stay valid).
+AGENT_FORMAT_VERSION = "agent-v1"
+
 # Defaults chosen by scripts/learnability.py.
 DEFAULT_HIDDEN_SIZE = 128
 DEFAULT_NUM_LAYERS = 2
@@ -69,7 +85,9 @@ DEFAULT_WARMUP_TARGET = 0.15
 # tokenizer
 
 
-def build_tokenizer(alphabet: str, model_max_length: int = MAX_POSITIONS):
+def build_tokenizer(
+    alphabet: str, model_max_length: int = MAX_POSITIONS, chat_template: str = CHAT_TEMPLATE
+):
     """A character-level ``PreTrainedTokenizerFast``: one token per character of ``alphabet``.
 
     Ids 0..3 are ``<pad> <bos> <eos> <unk>``; then the alphabet's characters in order. Nothing is
@@ -99,7 +117,7 @@ def build_tokenizer(alphabet: str, model_max_length: int = MAX_POSITIONS):
         clean_up_tokenization_spaces=False,
         padding_side="left",
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     return fast
 
 
@@ -244,6 +262,238 @@ def warmup(
     return taken, acc
 
 
+# --------------------------------------------------------------------------------------------
+# agent tasks: demonstrations of a scripted expert, and sampled episodes (in process, no vLLM)
+
+AGENT_MAX_TURNS = 4  # what the warm-up's success check allows, as env.max_turns does in a run
+AGENT_MAX_TOKENS_PER_TURN = 16
+AGENT_EVAL_EPISODES = 128
+AGENT_EVAL_EVERY = 5
+
+
+def _env_tools(env) -> list[dict]:
+    from rlhf.envs import tool_schema
+
+    return [tool_schema(fn) for fn in env.tools]
+
+
+def demonstration_ids(renderer, messages: list[dict], tools: list[dict]) -> tuple[list, list]:
+    """(ids, labels) of a finished transcript laid out as the agent loop lays out an episode:
+    prompt ids, each assistant turn's text + end-of-turn token (labelled), the environment's
+    messages as deltas (label -100). Messages after the last assistant turn are left out."""
+    first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    ids = renderer.prompt_ids(messages[:first], tools)
+    labels = [-100] * len(ids)
+    pending: list[dict] = []
+    for m in messages[first:]:
+        if m["role"] != "assistant":
+            pending.append(m)
+            continue
+        if pending:
+            delta = renderer.delta_ids(pending)
+            ids, labels, pending = ids + delta, labels + [-100] * len(delta), []
+        turn = renderer.tokenizer.encode(m["content"], add_special_tokens=False)
+        turn += renderer.turn_end_ids
+        ids, labels = ids + turn, labels + turn
+    return ids, labels
+
+
+def demonstrations(task: Task, rows: list[Problem], seed: int) -> list[list[dict]]:
+    """Transcripts of the task environment's scripted expert on ``rows``."""
+    from rlhf import envs
+
+    expert = envs.base._load(envs.EXPERTS[task.env])
+    out = []
+    for i, p in enumerate(rows):
+        env = envs.make(task.env)
+        ep = envs.run_episode(env, expert, {"prompt": p.prompt, "answer": p.answer}, seed + i)
+        env.close()
+        if not ep.success:
+            raise RuntimeError(f"the {task.env} expert failed on {p}: {ep.messages}")
+        out.append(ep.messages)
+    return out
+
+
+@torch.no_grad()
+def _sample_turn(model, contexts: list[list[int]], max_new: int, stop_ids, pad_id, gen):
+    """One model turn for each context (temperature 1, KV cache, left-padded): the sampled ids,
+    up to and including the first stop token."""
+    width = max(map(len, contexts))
+    ids = torch.tensor([[pad_id] * (width - len(c)) + c for c in contexts])
+    mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    past, logits, next_pos = out.past_key_values, out.logits[:, -1], pos[:, -1:] + 1
+    stops = torch.tensor(list(stop_ids))
+    done = torch.zeros(len(contexts), dtype=torch.bool)
+    turns: list[list[int]] = [[] for _ in contexts]
+    for _ in range(max_new):
+        nxt = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=gen).squeeze(-1)
+        for i in (~done).nonzero().flatten().tolist():
+            turns[i].append(int(nxt[i]))
+        done |= torch.isin(nxt, stops)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones(len(contexts), 1, dtype=mask.dtype)], dim=-1)
+        out = model(
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=next_pos,
+            past_key_values=past,
+            use_cache=True,
+        )
+        past, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
+    return turns
+
+
+@torch.no_grad()
+def sample_episodes(
+    model,
+    renderer,
+    env_id: str,
+    rows: list[dict],
+    seeds: list[int],
+    gen: torch.Generator,
+    *,
+    max_turns: int = AGENT_MAX_TURNS,
+    max_tokens_per_turn: int = AGENT_MAX_TOKENS_PER_TURN,
+    max_positions: int = MAX_POSITIONS,
+) -> list[dict]:
+    """Play one episode per (row, seed) with ``model`` sampling at temperature 1, turn by turn
+    in a batch, laid out as the agent loop lays it out. Each result: ``ids``, ``mask`` (1 on
+    sampled tokens), ``prompt_len``, ``reward`` (sum of turn rewards), ``success``, ``turns``,
+    ``truncated``, ``tool_calls``, ``tool_errors``. An in-process stand-in for the vLLM loop,
+    used by the warm-up's stopping check and scripts/learnability_agents.py."""
+    from rlhf import envs
+
+    stop_ids = set(renderer.stop_token_ids)
+    eps = []
+    for row, seed in zip(rows, seeds):
+        env = envs.make(env_id)
+        first, _ = env.reset(row, seed)
+        ids = renderer.prompt_ids(first, _env_tools(env))
+        eps.append(
+            dict(
+                env=env,
+                ids=ids,
+                mask=[0] * len(ids),
+                prompt_len=len(ids),
+                reward=0.0,
+                success=False,
+                turns=0,
+                truncated=False,
+                tool_calls=0,
+                tool_errors=0,
+                done=False,
+            )
+        )
+    pad = renderer.tokenizer.pad_token_id or 0
+    for _ in range(max_turns):
+        live = [e for e in eps if not e["done"]]
+        for e in live:
+            if len(e["ids"]) + max_tokens_per_turn > max_positions:
+                e["done"] = e["truncated"] = True
+        live = [e for e in live if not e["done"]]
+        if not live:
+            break
+        turns = _sample_turn(
+            model, [e["ids"] for e in live], max_tokens_per_turn, stop_ids, pad, gen
+        )
+        for e, turn in zip(live, turns):
+            e["ids"], e["mask"] = e["ids"] + turn, e["mask"] + [1] * len(turn)
+            if not turn or turn[-1] not in stop_ids:  # cut by the token limit
+                e["ids"] += renderer.turn_end_ids
+                e["mask"] += [0] * len(renderer.turn_end_ids)
+            new, reward, terminated, truncated, info = e["env"].step(renderer.action_text(turn))
+            e["turns"] += 1
+            e["reward"] += float(reward)
+            e["tool_calls"] += int(info.get("tool_calls", 0))
+            e["tool_errors"] += int(info.get("tool_errors", 0))
+            e["success"] = bool(info.get("success", e["success"]))
+            if terminated or truncated:
+                e["done"], e["truncated"] = True, bool(truncated)
+            else:
+                delta = renderer.delta_ids(new)
+                e["ids"], e["mask"] = e["ids"] + delta, e["mask"] + [0] * len(delta)
+    for e in eps:
+        if not e["done"]:
+            e["truncated"] = True
+        e.pop("env").close()
+        e.pop("done")
+    return eps
+
+
+def agent_eval_rows(task: Task, n: int = AGENT_EVAL_EPISODES) -> list[dict]:
+    """A fixed set of ``n`` episodes' prompt rows: the whole table repeated for a small finite
+    task, else a fixed sample."""
+    table = _small_table(task)
+    probs = [table[i % len(table)] for i in range(n)] if table else task.sample(12345, n)
+    return [{"prompt": p.prompt, "answer": p.answer} for p in probs]
+
+
+def sampled_success(model, renderer, task: Task, seed: int, n: int = AGENT_EVAL_EPISODES) -> float:
+    """The share of ``n`` sampled episodes (fixed rows and episode seeds, generator seeded by
+    ``seed``) that succeed."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    eps = sample_episodes(model, renderer, task.env, agent_eval_rows(task, n), list(range(n)), gen)
+    model.train(was_training)
+    return sum(e["success"] for e in eps) / max(len(eps), 1)
+
+
+def agent_warmup(
+    model,
+    tokenizer,
+    task: Task,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    target: float | None,
+    seed: int,
+    eval_every: int = AGENT_EVAL_EVERY,
+) -> tuple[int, float]:
+    """Supervised warm-up of an agent task on its expert's demonstrations (loss on the model's
+    turns only), stopped once the sampled episode success rate reaches ``target`` (checked
+    every ``eval_every`` steps). Returns (steps taken, last measured success rate)."""
+    from rlhf.envs.render import ChatRenderer
+
+    renderer = ChatRenderer(tokenizer)
+    from rlhf import envs
+
+    tools = _env_tools(envs.make(task.env))
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    success = sampled_success(model, renderer, task, seed)
+    taken = 0
+    for step in range(steps):
+        if target is not None and success >= target:
+            break
+        rows = task.sample(rng, batch_size)
+        demos = [demonstration_ids(renderer, m, tools) for m in demonstrations(task, rows, step)]
+        width = max(len(ids) for ids, _ in demos)
+        pad = tokenizer.pad_token_id
+        batch = {
+            "input_ids": torch.tensor([i + [pad] * (width - len(i)) for i, _ in demos]),
+            "attention_mask": torch.tensor(
+                [[1] * len(i) + [0] * (width - len(i)) for i, _ in demos]
+            ),
+            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in demos]),
+        }
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        taken = step + 1
+        if taken % eval_every == 0 or taken == steps:
+            success = sampled_success(model, renderer, task, seed)
+    model.eval()
+    return taken, success
+
+
 def check_saved_tokenizer(folder: str | Path, task: Task) -> None:
     """Check that ``AutoTokenizer.from_pretrained(folder)`` tokenizes like ``build_tokenizer``.
 
@@ -335,6 +585,8 @@ def build_tiny_model(
         seed=seed,
     )
     task_obj = get_task(task)
+    if task_obj.env:  # agent tasks only: the single-turn tasks' cache keys stay as they were
+        params["agent_format"] = AGENT_FORMAT_VERSION
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     final = root / f"{task}-{_cache_key(params, task_obj)}"
     if (final / "config.json").is_file():
@@ -343,7 +595,9 @@ def build_tiny_model(
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
     t0 = time.perf_counter()
-    tokenizer = build_tokenizer(task_obj.alphabet)
+    tokenizer = build_tokenizer(
+        task_obj.alphabet, chat_template=AGENT_CHAT_TEMPLATE if task_obj.env else CHAT_TEMPLATE
+    )
     config = _make_config(
         tokenizer, hidden_size, num_layers, num_heads, head_dim, intermediate_size
     )
@@ -354,7 +608,7 @@ def build_tiny_model(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
-        taken, acc = warmup(
+        taken, acc = (agent_warmup if task_obj.env else warmup)(
             model,
             tokenizer,
             task_obj,
@@ -379,7 +633,8 @@ def build_tiny_model(
                     **params,
                     "num_params": n_params,
                     "warmup_steps_taken": taken,
-                    "warmup_expected_accuracy": acc,
+                    # agent tasks: the sampled episode success rate (agent_warmup)
+                    ("warmup_sampled_success" if task_obj.env else "warmup_expected_accuracy"): acc,
                 },
                 indent=2,
             )

@@ -1,0 +1,45 @@
+"""Text environments for agents: the interface and registry (base.py), tools (tools.py),
+rendering messages to tokens (render.py) and the built-in agent tasks' environments."""
+
+from rlhf.envs.base import (
+    EnvSpec,
+    Episode,
+    Message,
+    StepResult,
+    TextEnv,
+    make,
+    register,
+    registered,
+    run_episode,
+    spec,
+)
+from rlhf.envs.tools import ToolCall, ToolError, parse_tool_call, run_tool, tool_reply, tool_schema
+
+register("calculator", "rlhf.envs.calculator:CalculatorEnv")
+register("guess_number", "rlhf.envs.guess_number:GuessNumberEnv")
+
+# The scripted expert of each built-in environment (its demonstrations warm the tiny model up).
+EXPERTS = {
+    "calculator": "rlhf.envs.calculator:expert",
+    "guess_number": "rlhf.envs.guess_number:expert",
+}
+
+__all__ = [
+    "EXPERTS",
+    "EnvSpec",
+    "Episode",
+    "Message",
+    "StepResult",
+    "TextEnv",
+    "ToolCall",
+    "ToolError",
+    "make",
+    "parse_tool_call",
+    "register",
+    "registered",
+    "run_episode",
+    "run_tool",
+    "spec",
+    "tool_reply",
+    "tool_schema",
+]
