@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from rlhf import jsonl
 
 FINAL = ("trained", "filtered", "expired")
 
@@ -91,8 +92,7 @@ class Ledger:
                 json.dumps([s.response_ids for s in group]).encode(), digest_size=8
             ).hexdigest()
         if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            jsonl.append(self.path, [row])
         return row
 
     # ---------------------------------------------------------------- queries
@@ -113,32 +113,13 @@ class Ledger:
         return [asdict(e) for e in self.open.values()]
 
     def load_state(self, state: list[dict[str, Any]], resumed_step: int) -> None:
+        """The open records of a checkpoint taken after `resumed_step`; the file keeps the rows
+        decided up to that step (the trainer truncates every run file the same way)."""
         self.open = {d["prompt_id"]: Entry(**d) for d in state}
         if self.path is not None:
-            drop_rows_after(self.path, resumed_step)
+            jsonl.truncate_after(self.path, resumed_step)
 
 
 def read_ledger(path: Path) -> list[dict[str, Any]]:
-    """The rows of ledger.jsonl; a torn last line (the writer was killed mid-write) is left out."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
-
-
-def drop_rows_after(path: Path, step: int) -> None:
-    """Keep only rows decided in steps <= `step` (a resume replays the rest)."""
-    path = Path(path)
-    if not path.exists():
-        return
-    kept = [r for r in read_ledger(path) if r["step"] <= step]
-    if len(kept) != len(path.read_text().splitlines()):  # later rows, or a torn last line
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, path)
+    """The rows of ledger.jsonl (a torn last line left out: rlhf/jsonl.py)."""
+    return jsonl.read(path)

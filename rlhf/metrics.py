@@ -178,16 +178,13 @@ def _sweep_group() -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-# --------------------------------------------------------------------------------------------
-# The run logger
-# --------------------------------------------------------------------------------------------
-
-
 class RunLogger:
     """Every sink of one run: metrics.jsonl, samples.jsonl, W&B, the console line, the summary.
 
-    `log(step, ...)` is called once per trainer step. Resuming in the same run folder keeps the
-    earlier rows of metrics.jsonl up to the resumed step, so the file stays one row per step.
+    `log(step, ...)` is called once per trainer step and `finish(exit_code=...)` once at the
+    end, on every exit path (Trainer.fit). Resuming in the same run folder appends after the
+    rows the trainer kept (rlhf/jsonl.py truncates them to the resumed step), so the file stays
+    one row per step.
     """
 
     def __init__(
@@ -263,13 +260,13 @@ class RunLogger:
 
     def finish(self, *, make_report: bool = True, exit_code: int = 0) -> dict[str, float]:
         """Print the end summary, write report.png, close W&B; returns the summary dict.
-        `exit_code` != 0 marks the W&B run as failed (call it from the trainer's error path)."""
-        self.jsonl.close()
+        `exit_code` != 0 marks the W&B run as failed (Trainer.fit's error and signal paths).
+        A second call only returns the summary."""
         rows = read_metrics(self.run_dir)
         summary = summarize(rows, self.primary_metric)
         summary["time_s"] = time.perf_counter() - self._start
         if not self._finished:
-            for line in self._summary_lines(rows, summary):
+            for line in self._summary_lines(rows, summary, exit_code):
                 console(line)
         report = None
         if make_report and rows and not self._finished:
@@ -285,10 +282,13 @@ class RunLogger:
         self._finished = True
         return summary
 
-    def _summary_lines(self, rows: list[dict], summary: dict[str, float]) -> list[str]:
+    def _summary_lines(
+        self, rows: list[dict], summary: dict[str, float], exit_code: int
+    ) -> list[str]:
         m = self.primary_metric
+        ended = "done" if exit_code == 0 else f"ended with exit code {exit_code}"
         lines = [
-            f"done: {summary['steps']} steps in {_fmt_duration(summary['time_s'])} | "
+            f"{ended}: {summary['steps']} steps in {_fmt_duration(summary['time_s'])} | "
             f"{m} first fifth {_fmt(summary['first_fifth'])} -> last fifth "
             f"{_fmt(summary['last_fifth'])} (rise {_fmt(summary['rise'])}, "
             f"final {_fmt(summary['final'])})"

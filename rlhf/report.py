@@ -7,11 +7,11 @@ inside `plot_run`.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from rlhf import jsonl
 from rlhf.progress import fmt as _fmt
 
 # The metric the end summary, the report and the sweep table rank by, in order of preference.
@@ -20,17 +20,8 @@ PRIMARY_METRICS = ("reward/mean", "env/episode_return_mean")
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """The rows of run_dir/metrics.jsonl (null read as NaN); a torn last line is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        rows.append({k: math.nan if v is None else v for k, v in row.items()})
-    return rows
+    rows = jsonl.read(Path(run_dir) / jsonl.METRICS)
+    return [{k: math.nan if v is None else v for k, v in row.items()} for row in rows]
 
 
 def primary_metric_of(rows: list[dict]) -> str:
@@ -158,7 +149,7 @@ def plot_run(run_dir: Path) -> Path:
     else:
         _no_data(ax_t, "timing/*_s")
 
-    evals = _read_jsonl(run_dir / "eval.jsonl")
+    evals = jsonl.read(run_dir / jsonl.EVAL)
     _lines(
         ax_eval,
         evals,
@@ -183,18 +174,6 @@ def plot_run(run_dir: Path) -> Path:
 
     out = run_dir / "report.png"
     fig.savefig(out)
-    return out
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a torn last line
-            continue
     return out
 
 
@@ -240,7 +219,3 @@ def _no_data(ax, key: str) -> None:
     )
     ax.set_xticks([])
     ax.set_yticks([])
-
-
-# --------------------------------------------------------------------------------------------
-# Sweeps

@@ -6,15 +6,14 @@ when a W&B sink is made, so the trainer and unit tests import this module for fr
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import math
 import netrc
 import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from rlhf import jsonl
 
 log = logging.getLogger("rlhf")
 
@@ -22,39 +21,18 @@ STEP_KEY = "trainer/step"  # the x-axis of every W&B chart
 
 
 class JsonlSink:
-    """metrics.jsonl (one row per step) and samples.jsonl. Resuming in the same run folder
-    keeps the earlier rows up to the resumed step, so the file stays one row per step."""
+    """metrics.jsonl (one row per step) and samples.jsonl in the run folder. A resumed run's
+    trainer truncates them to its checkpoint's step first (rlhf/jsonl.py)."""
 
     def __init__(self, run_dir: Path):
-        self.metrics_path = Path(run_dir) / "metrics.jsonl"
-        self.samples_path = Path(run_dir) / "samples.jsonl"
-        self._file: io.TextIOWrapper | None = None
+        self.metrics_path = Path(run_dir) / jsonl.METRICS
+        self.samples_path = Path(run_dir) / jsonl.SAMPLES
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        if self._file is None:
-            for path in (self.metrics_path, self.samples_path):
-                _drop_rows_from(path, step)  # a resumed run rewrites what follows its checkpoint
-            self._file = open(self.metrics_path, "a", encoding="utf-8")
-        row = {"step": step, **{k: json_value(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(row, allow_nan=False, default=str) + "\n")
-        self._file.flush()  # a crashed run still leaves every finished step on disk
+        jsonl.append(self.metrics_path, [{"step": step, **metrics}])
 
     def log_samples(self, step: int, rows: list[dict[str, object]]) -> None:
-        with open(self.samples_path, "a", encoding="utf-8") as f:
-            for r in rows:
-                f.write(
-                    json.dumps(
-                        {"step": step, **{k: json_value(v) for k, v in r.items()}},
-                        allow_nan=False,
-                        default=str,
-                    )
-                    + "\n"
-                )
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        jsonl.append(self.samples_path, [{"step": step, **r} for r in rows])
 
 
 class WandbSink:
@@ -144,37 +122,6 @@ def have_wandb_credentials() -> bool:
         return False
 
 
-def json_value(v: Any) -> Any:
-    """Plain JSON for metrics.jsonl: numpy / torch scalars become numbers, NaN and inf null."""
-    if hasattr(v, "item") and callable(v.item):
-        try:
-            v = v.item()
-        except (ValueError, RuntimeError):  # not a scalar
-            return str(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
 def table_value(v: Any) -> Any:
-    v = json_value(v)
+    v = jsonl.plain(v)
     return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
-
-
-def _drop_rows_from(path: Path, step: int) -> None:
-    """Remove rows with `step` >= step (left by a run that got further than its checkpoint)."""
-    if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    keep = [ln for ln in lines if ln.strip() and _row_step(ln) < step]
-    if len(keep) != len(lines):
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(keep), encoding="utf-8")
-        os.replace(tmp, path)
-
-
-def _row_step(line: str) -> float:
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):  # a torn last line from a crash
-        return math.inf

@@ -10,7 +10,7 @@ GymRollout), `learners` is the DeepSpeed LearnerGroup.
 
 from __future__ import annotations
 
-import json
+import logging
 import signal
 import threading
 import time
@@ -19,13 +19,15 @@ from pathlib import Path
 
 import ray
 
-from rlhf import algos
+from rlhf import algos, jsonl
 from rlhf.batch import Batch, Sample, collate
 from rlhf.checkpoint import Checkpoints, SavePolicy, export_due
 from rlhf.config import AlgoConfig, TrainerConfig
 from rlhf.faults import RunFailed, Stopped, WorkerLost, actor_index, rollout_errors
 from rlhf.learner.group import LearnerGroup
 from rlhf.metrics import PhaseTimer, RunLogger, console
+
+log = logging.getLogger("rlhf")
 
 LEARNER_PHASES = ("timing/logprobs_s", "timing/update_s", "timing/sync_s")
 HEALTH_WINDOW = 20  # steps in a row of collapsed entropy / all-equal groups before a warning
@@ -283,13 +285,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def fit(self, resume_from: Path | None = None) -> dict[str, float]:
-        if resume_from is not None:
-            self.resume(resume_from)
-        total = self.cfg.total_steps
+        """Train to trainer.total_steps (from `resume_from`, a checkpoint folder, when given);
+        returns the logger's summary. Owns the step counter and the run's edges: the files the
+        run appends to start at its first step, and the logger is finished with the exit code
+        on every way out (success 0, a failure 1, a signal 128 + its number)."""
+        total, exit_code = self.cfg.total_steps, 1
         try:
-            if self.step_index == 0:
-                self.evaluate()  # the untrained policy, the curve's first point
+            self.step_index = 0 if resume_from is None else self.resume(resume_from)
+            # Rows after the starting step were written by an attempt that got further than
+            # its checkpoint (or, starting fresh, by an earlier attempt in this folder).
+            jsonl.truncate_run(self.run_dir, self.step_index if resume_from is not None else -1)
             with _StopOnSignal() as stop:
+                if self.step_index == 0:
+                    self.evaluate()  # the untrained policy, the curve's first point
                 while self.step_index < total:
                     metrics, samples = self.step()
                     self.step_index += 1
@@ -302,10 +310,16 @@ class Trainer:
                     if stop.requested is not None:
                         # The step finished; keep it, then stop. Resume continues from here.
                         console(f"stopping: saved {self.save()}")
-                        self.logger.finish(make_report=self.cfg.report)
                         raise Stopped(stop.requested)
             if self.cfg.save_final or self.save_policy.due(total):
                 self.save(final=True)
+            exit_code = 0
+        except Stopped as stop:
+            exit_code = 128 + stop.signum
+            raise
+        except KeyboardInterrupt:  # a second signal: at once, without a checkpoint
+            exit_code = 128 + signal.SIGINT
+            raise
         except ray.exceptions.RayActorError as e:
             rank = actor_index(self.learners.actors, e)
             if rank is None:
@@ -316,9 +330,28 @@ class Trainer:
                 f"to resume from {self.checkpoints.latest() or 'the start (no checkpoint yet)'}"
             ) from e
         finally:
-            if self.cfg.timeline:
+            summary = self._teardown(exit_code)
+        return summary
+
+    def _teardown(self, exit_code: int) -> dict[str, float]:
+        """The one place a run ends: the logger (summary, report.png, W&B with `exit_code`),
+        then the timeline. After a failure their own errors are logged, not raised over it."""
+        summary: dict[str, float] = {}
+        errors: list[Exception] = []
+        try:
+            summary = self.logger.finish(make_report=self.cfg.report, exit_code=exit_code)
+        except Exception as e:
+            errors.append(e)
+        if self.cfg.timeline:
+            try:
                 ray.timeline(filename=str(self.run_dir / "timeline.json"))
-        return self.logger.finish(make_report=self.cfg.report)
+            except Exception as e:
+                errors.append(e)
+        if errors and exit_code == 0:
+            raise errors[0]
+        for e in errors:
+            log.error("while ending a run that failed (exit code %d): %s", exit_code, e, exc_info=e)
+        return summary
 
     def evaluate(self) -> dict[str, float]:
         """Held-out eval/* metrics when one is due (also appended to eval.jsonl, which holds
@@ -326,8 +359,7 @@ class Trainer:
         if self.evaluator is None or not self.evaluator.due(self.step_index):
             return {}
         metrics = self.evaluator.run(self.rollout.workers, self.evaluator_rewards, self.step_index)
-        with open(self.run_dir / "eval.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step_index, **metrics}) + "\n")
+        jsonl.append(self.run_dir / jsonl.EVAL, [{"step": self.step_index, **metrics}])
         return metrics
 
     def _check_health(self, metrics: dict[str, float]) -> None:
@@ -404,21 +436,21 @@ class Trainer:
         without paying start-up for each."""
         self.pipeline.drain()  # nothing of the previous run may reach the next one
         ray.get(self.learners.load(learner_state, "init"))
-        self.step_index = 0
         self.sync_weights(version=0)
         self.pipeline, self.logger = pipeline, logger
         self.save_policy = SavePolicy(self.cfg.save_every, self.cfg.save_every_min)
 
-    def resume(self, folder: Path) -> None:
+    def resume(self, folder: Path) -> int:
+        """Restore a checkpoint folder; returns its step (fit's counter continues from it)."""
         state = Checkpoints.read_state(folder)
         ray.get(self.learners.load(str(Path(folder) / "learner"), "state"))
-        self.step_index = state["step"]
         self.rollout.load_state(state["rollout"])
-        self.pipeline.load_state(state["pipeline"], self.step_index)
+        self.pipeline.load_state(state["pipeline"], state["step"])
         self.kl_ctrl.load_state_dict(state["kl_ctrl"])
         # The engines start from the base weights; give them the resumed ones.
         self.sync_weights(version=state["version"])
-        print(f"resumed from {folder} at step {self.step_index}", flush=True)
+        print(f"resumed from {folder} at step {state['step']}", flush=True)
+        return state["step"]
 
 
 class _StopOnSignal:

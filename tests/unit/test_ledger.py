@@ -5,7 +5,7 @@ import json
 import pytest
 
 from rlhf.batch import Sample
-from rlhf.ledger import Ledger, drop_rows_after, read_ledger
+from rlhf.ledger import Ledger, read_ledger
 
 
 def test_a_prompt_goes_from_issue_to_one_final_row(tmp_path):
@@ -35,12 +35,13 @@ def test_resume_drops_later_rows_and_a_torn_last_line(tmp_path):
         + '{"step": 4, "pro'
     )  # the writer was killed mid-line
     assert [r["step"] for r in read_ledger(path)] == [1, 2, 3]
-    drop_rows_after(path, 2)
-    assert path.read_text() == "".join(
-        json.dumps({"step": s, "prompt_id": s}) + "\n" for s in (1, 2)
-    )
     ledger = Ledger(path)
     ledger.load_state(
         [{"prompt_id": 9, "issued_for": 3, "status": "scored", "weight_version": 2}], resumed_step=2
     )
     assert ledger[9].status == "scored"
+    assert path.read_text() == "".join(
+        json.dumps({"step": s, "prompt_id": s}) + "\n" for s in (1, 2)
+    )
+    ledger.close(9, "trained", step=3, version=3)  # the next row starts on a line of its own
+    assert [r["prompt_id"] for r in read_ledger(path)] == [1, 2, 9]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from rlhf import metrics
+from rlhf import jsonl, metrics
 from rlhf.config import LoggerConfig, RootConfig, WandbConfig
 from rlhf.metrics import PhaseTimer, RunLogger, reduce_mean, run_identity, scrub_secrets
 from rlhf.progress import StartupLog, StepClock
@@ -271,7 +271,8 @@ def test_resume_rewrites_steps_after_the_checkpoint(tmp_path):
         first.log(step, {"reward/mean": float(step)})
         first.log_samples(step, [{"response": str(step)}])
     first.finish(make_report=False)
-    # resumed from a checkpoint at step 4: steps 5 and 6 are done again
+    # resumed from a checkpoint at step 4 (Trainer.fit truncates): steps 5 and 6 are done again
+    jsonl.truncate_run(tmp_path, 4)
     second = make_logger(tmp_path, mode="disabled", total_steps=10, console_every=0)
     for step in range(5, 8):
         second.log(step, {"reward/mean": 10.0 * step})
