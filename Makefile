@@ -5,9 +5,15 @@ PY     := $(VENV)/bin/python
 # Re-install when the dependency list changes.
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install deepspeed-ops train lint test test-fast bench bench-gpu clean
+.PHONY: install sandbox-tools deepspeed-ops train lint test test-fast bench bench-gpu clean
 
-install: $(STAMP)
+install: $(STAMP) sandbox-tools
+
+# reward.kind=sandbox needs bubblewrap; apt-get it when missing and root, else say so (no failure).
+sandbox-tools:
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }; }; } \
+	  || echo "bubblewrap is not installed: reward.kind=sandbox will fail closed (apt-get install bubblewrap)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

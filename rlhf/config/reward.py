@@ -85,18 +85,23 @@ class RemoteRewardConfig:
 
 @dataclass
 class SandboxConfig:
-    """reward.kind=sandbox: run the completion's Python against `fields["tests"]` in an isolated,
-    resource-limited process (rlhf/reward/sandbox.py). Reward 1.0 when every test passes."""
+    """reward.kind=sandbox: run the completion's Python in a bubblewrap sandbox against the row's
+    tests (asserts, or stdin/stdout cases); the verdict is computed outside the sandbox
+    (rlhf/reward/sandbox/). Reward 1.0 when every test passes."""
 
-    timeout_s: float = 5.0  # wall clock per program; then its whole process tree is killed
-    cpu_s: int = 2  # RLIMIT_CPU seconds
-    memory_mb: int = 512  # RLIMIT_AS
-    file_size_mb: int = 8  # RLIMIT_FSIZE
-    max_processes: int = 32  # RLIMIT_NPROC of the sandbox user (shared by concurrent programs)
-    max_output_kb: int = 64  # stdout/stderr kept per program; the rest is discarded
+    timeout_s: float = 5.0  # wall clock per program; then its whole PID namespace is killed
+    cpu_s: int = 2  # RLIMIT_CPU seconds, per process
+    memory_mb: int = 512  # the run's cgroup memory limit (all its processes) and RLIMIT_AS
+    file_size_mb: int = 8  # RLIMIT_FSIZE; also the cap on a run's results / a case's stdout
+    max_processes: int = 32  # the run's cgroup pids.max (its own budget, not shared)
+    max_output_kb: int = 64  # stderr kept per program (diagnostics); the rest is discarded
     concurrency: int = 2  # programs run at once per reward actor
     python: str = ""  # interpreter; empty = /usr/bin/python3 when present, else this one
-    tests_key: str = "tests"  # the dataset column holding the test code (asserts)
+    tests_key: str = "tests"  # the dataset column: asserts (code or lines) or stdin/stdout cases
+    # Run without per-run cgroups where they cannot be created (a non-root trainer without a
+    # delegated cgroup): memory and processes are then limited per process / per user only.
+    # Off: the sandbox fails closed instead.
+    allow_no_cgroups: bool = False
 
     def check(self) -> None:
         for name in (
