@@ -33,34 +33,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-# Random-init models for the size sweep (ISSUE 13): ~17M and ~134M parameters.
-SIZES = {
-    "tiny": [],
-    "17M": [
-        "model.tiny.hidden_size=512",
-        "model.tiny.num_layers=4",
-        "model.tiny.num_heads=8",
-        "model.tiny.intermediate_size=2048",
-        "model.tiny.warmup_steps=0",
-    ],
-    "134M": [
-        "model.tiny.hidden_size=1024",
-        "model.tiny.num_layers=8",
-        "model.tiny.num_heads=16",
-        "model.tiny.intermediate_size=4096",
-        "model.tiny.warmup_steps=0",
-    ],
-}
+from common import ROOT, SIZES, BareLearner, grpo, kill_after, launch_train, model_path
 
 
 @dataclass
@@ -158,17 +136,6 @@ def machine() -> dict:
     return info
 
 
-def model_path(size: str, seed: int = 0) -> str:
-    """The built-in tiny model at `size`, built (and cached) the way rlhf.train builds it."""
-    from rlhf.models.tiny import build_tiny_model
-
-    kw = {}
-    for o in SIZES[size]:
-        k, v = o.removeprefix("model.tiny.").split("=")
-        kw[k] = int(v)
-    return str(build_tiny_model(seed=seed, **kw))
-
-
 # --------------------------------------------------------------------------------------------
 # 1. start-up: launch -> end of step 1, against one bare vLLM engine
 # --------------------------------------------------------------------------------------------
@@ -187,30 +154,15 @@ def run_train_to_first_step(overrides: list[str], timeout_s: float = 300) -> tup
     """Launch `python -m rlhf.train +experiment=grpo trainer.total_steps=1`; seconds from launch
     until step 1's row is in metrics.jsonl, and the [startup] breakdown it printed."""
     run_dir = Path(tempfile.mkdtemp(prefix="bench-startup-"))
-    cmd = [
-        sys.executable,
-        "-m",
-        "rlhf.train",
-        "+experiment=grpo",
-        "trainer.total_steps=1",
-        f"hydra.run.dir={run_dir}",
-        "logger.wandb.mode=disabled",
-        "trainer.save_final=false",
-        "trainer.report=false",
-        *overrides,
-    ]
     t0 = time.time()
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
+    proc = launch_train(
+        ["+experiment=grpo", "trainer.total_steps=1", *overrides],
+        run_dir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "WANDB_MODE": "disabled"},
     )
-    # A silent, hung run must not hang the benchmark: a timer kills it.
-    watchdog = threading.Timer(timeout_s, proc.kill)
-    watchdog.start()
+    watchdog = kill_after(proc, timeout_s)
     marks, lines = {}, []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -298,14 +250,8 @@ def ray_start(num_cpus: int = 4):
 
 def root_config(size: str, extra: list[str] = ()):
     """The composed grpo experiment at `size`, as rlhf.train would see it."""
-    from hydra import compose, initialize_config_dir
-
-    from rlhf.config import register_configs, to_schema
-
-    register_configs()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        dcfg = compose("config", overrides=["+experiment=grpo", *SIZES[size], *extra])
-    return to_schema(dcfg)
+    cfg, _ = grpo(*SIZES[size], *extra)
+    return cfg
 
 
 def slots(n: int, cpus: float = 1.0):
@@ -474,57 +420,6 @@ def synthetic_batch(
         )
     batch = collate(samples)
     return batch
-
-
-class BareLearner:
-    """Baseline: the same policy module, loss functions and AdamW, micro-batching and one
-    optimizer step per minibatch, without DeepSpeed or Ray in the loop."""
-
-    def __init__(self, cfg, path: str):
-        import torch
-
-        from rlhf import algos
-        from rlhf.learner.worker import build_policy
-
-        self.cfg, self.algo = cfg, cfg.algo
-        torch.manual_seed(0)
-        self.policy = build_policy(cfg.model, path, 1.0)
-        a = cfg.algo
-        self.opt = torch.optim.AdamW(
-            self.policy.parameters(), lr=a.lr, weight_decay=a.weight_decay, eps=a.adam_eps
-        )
-        self.loss_fn = algos.POLICY_LOSSES.get(a.policy_loss)
-        self.agg = algos.LOSS_AGGREGATIONS.get(a.loss_agg)
-        self.params = algos.PolicyLossParams(
-            clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip
-        )
-
-    def update(self, batch) -> float:
-        import torch
-
-        t = time.perf_counter()
-        a, micro = self.algo, self.cfg.learner.micro_batch_size
-        norm_length = batch.action_mask.shape[1]
-        for _ in range(a.epochs):
-            for mb in batch.split(a.minibatches):
-                totals = dict(
-                    total_tokens=float(mb.action_mask.sum()),
-                    total_seqs=len(mb),
-                    norm_length=norm_length,
-                )
-                for m in mb.split(max(1, len(mb) // micro)):
-                    logprobs, entropy, _ = self.policy(m)
-                    per_token, _ = self.loss_fn(
-                        logprobs, m.old_logprobs, m.advantages, m.action_mask, self.params
-                    )
-                    loss = self.agg(per_token, m.action_mask, **totals) - a.entropy_coef * self.agg(
-                        entropy, m.action_mask, **totals
-                    )
-                    loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), a.grad_clip)
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
-        return time.perf_counter() - t
 
 
 def bench_learner(args) -> list[Row]:
@@ -888,7 +783,7 @@ def bench_time_to_reward(args) -> list[Row]:
     responses. Needs TRL (the `bench` extra); the work is in scripts/bench_trl.py."""
     import bench_trl
 
-    return bench_trl.bench_rows(args, Row, model_path, SIZES)
+    return bench_trl.bench_rows(args, Row)
 
 
 BENCHES: dict[str, Callable] = {

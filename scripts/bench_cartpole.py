@@ -32,9 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from metrics_tail import MetricsTail, interrupt
+from common import ROOT, MetricsTail, interrupt, launch_train
 
-ROOT = Path(__file__).resolve().parent.parent
 WINDOW = 20
 
 
@@ -129,26 +128,13 @@ def run_sb3(seed: int, target: float) -> dict:
 def run_ours(seed: int, target: float, overrides: list[str]) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="bench-cartpole-"))
     metrics = run_dir / "metrics.jsonl"
-    cmd = [
-        sys.executable,
-        "-m",
-        "rlhf.train",
-        "+experiment=cartpole_ppo",
-        f"seed={seed}",
-        f"hydra.run.dir={run_dir}",
-        "logger.wandb.mode=disabled",
-        "trainer.save_final=false",
-        "trainer.report=false",
-        *overrides,
-    ]
     t0 = time.time()
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
+    proc = launch_train(
+        ["+experiment=cartpole_ppo", f"seed={seed}", *overrides],
+        run_dir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "WANDB_MODE": "disabled"},
     )
     seen: list[tuple[dict, float]] = []  # (row, wall time it appeared)
     hit = None

@@ -18,7 +18,7 @@ Bare (the baseline): one process, no Ray, no DeepSpeed. Per step it draws the sa
 (rlhf.data.PromptSource), generates with vLLM in-process (`vllm.LLM`, the arguments of
 rlhf/rollout/vllm_engine.py, same SamplingParams and per-sample seeds), scores with the task's
 reward (rlhf/tasks.py) in-process, collates, computes old logprobs with the policy module,
-group-normalised advantages (rlhf/algos.py), one update (scripts/bench.py BareLearner: same
+group-normalised advantages (rlhf/algos.py), one update (scripts/common.py BareLearner: same
 policy module, loss, aggregation, AdamW, micro-batches), and loads the new weights into the
 in-process vLLM model with the same layerwise reload our receiver uses (its "weight sync": a
 copy within one process). It runs in its own process (a server reading commands on stdin), so
@@ -38,13 +38,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from common import ROOT, BareLearner, grpo, kill_after
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CONFIGS = {
@@ -75,17 +73,8 @@ MARK = "BENCH_OVERHEAD "  # the bare server's reply lines start with this
 
 
 def compose(steps: int, extra: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from rlhf.config import register_configs, to_schema, validate
-
-    register_configs()
-    overrides = ["+experiment=grpo", f"trainer.total_steps={steps}", *COMMON, *extra]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        dcfg = hydra_compose(config_name="config", overrides=overrides)
-    return validate(to_schema(dcfg)), OmegaConf.to_container(dcfg, resolve=True)
+    """(validated config, resolved dict) of one side's run: the grpo experiment, COMMON, `extra`."""
+    return grpo(f"trainer.total_steps={steps}", *COMMON, *extra)
 
 
 def steady(values: list[float], skip: int) -> float:
@@ -105,7 +94,6 @@ class BareLoop:
     def __init__(self, cfg, model_path: str):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         import torch
-        from bench import BareLearner
         from vllm import LLM
 
         from rlhf import algos
@@ -339,8 +327,7 @@ class BareClient:
         self.ready = None
 
     def _reply(self, timeout_s: float) -> dict:
-        watchdog = threading.Timer(timeout_s, self.proc.kill)
-        watchdog.start()
+        watchdog = kill_after(self.proc, timeout_s)
         try:
             for line in self.proc.stdout:
                 if line.startswith(MARK):
@@ -412,6 +399,7 @@ class Ours:
     def run(self, seed: int, timeline: bool = False) -> dict:
         """One block: restart from the initial state, `trainer.total_steps` steps. timeline:
         also the actors' own time per call (Ray's profiling events), per method and step."""
+        from rlhf import jsonl
         from rlhf.data import PromptSource
         from rlhf.metrics import RunLogger
         from rlhf.pipeline import RolloutPipeline
@@ -452,7 +440,7 @@ class Ours:
         ends.append(time.perf_counter())
         start_us = time.time() * 1e6
         t.fit()
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+        rows = jsonl.read(run_dir / jsonl.METRICS)
         out = {"rows": rows, "wall": [b - a for a, b in zip(ends, ends[1:])]}
         if timeline:
             import ray

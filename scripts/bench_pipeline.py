@@ -28,12 +28,11 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT, grpo
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 THRESHOLDS = {"addition": 0.6, "spell": 0.5}
@@ -43,15 +42,9 @@ WARMUP_STEPS = 2
 
 
 def compose(task: str, steps: int, extra: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from rlhf.config import register_configs, to_schema, validate
-    from rlhf.train import CONF_DIR
-
-    register_configs()
-    overrides = [
-        "+experiment=grpo",
+    """(validated config, resolved dict) of one task's runs: 1 learner rank, 1 engine, no
+    evaluation, checkpoints, report or W&B."""
+    return grpo(
         f"data.task={task}",
         f"trainer.total_steps={steps}",
         f"rollout.max_new_tokens={MAX_NEW_TOKENS[task]}",
@@ -66,12 +59,7 @@ def compose(task: str, steps: int, extra: list[str]):
         "trainer.save_every_min=0",
         "eval.every=0",
         *extra,
-    ]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        dcfg = hydra_compose(config_name="config", overrides=overrides)
-    from omegaconf import OmegaConf
-
-    return validate(to_schema(dcfg)), OmegaConf.to_container(dcfg, resolve=True)
+    )
 
 
 def run_summary(rows: list[dict], threshold: float) -> dict:
@@ -100,6 +88,7 @@ def run_summary(rows: list[dict], threshold: float) -> dict:
 def bench_task(task: str, args, out: Path) -> list[dict]:
     import ray
 
+    from rlhf import jsonl
     from rlhf.data import PromptSource
     from rlhf.metrics import RunLogger
     from rlhf.pipeline import RolloutPipeline
@@ -149,7 +138,7 @@ def bench_task(task: str, args, out: Path) -> list[dict]:
                     str(initial),
                 )
                 trainer.fit()
-                rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+                rows = jsonl.read(run_dir / jsonl.METRICS)
                 summary = {
                     "task": task,
                     "staleness": k,

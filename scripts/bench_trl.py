@@ -49,16 +49,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metrics_tail import MetricsTail, interrupt
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT, SIZES, MetricsTail, grpo, interrupt, kill_after, launch_train, model_path
 
 THRESHOLD = 0.8
 WINDOW = 5  # trailing steps averaged before comparing with the threshold (same on both sides)
@@ -79,18 +74,6 @@ OFFLINE_ENV = {
 # --------------------------------------------------------------------------------------------
 # The matched TRL set-up (pure functions: the unit test checks them)
 # --------------------------------------------------------------------------------------------
-
-
-def compose(overrides: list[str] = ()):
-    """Our typed config for `+experiment=grpo` plus `overrides`, as rlhf.train sees it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from rlhf.config import register_configs, to_schema
-
-    register_configs()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return to_schema(hydra_compose("config", overrides=["+experiment=grpo", *overrides]))
 
 
 def prompt_rows(cfg, steps: int) -> list[dict[str, str]]:
@@ -229,7 +212,7 @@ def trl_child(argv: list[str]) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     print(f"TRL_MARK imported {time.time() - t0:.3f}", flush=True)
-    cfg = compose([f"seed={args.seed}", *args.overrides])
+    cfg, _ = grpo(f"seed={args.seed}", *args.overrides)
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     out = tempfile.mkdtemp(prefix="bench-trl-")
@@ -334,8 +317,7 @@ def run_trl(
         text=True,
         env={**os.environ, **OFFLINE_ENV},
     )
-    watchdog = threading.Timer(timeout_s, proc.kill)
-    watchdog.start()
+    watchdog = kill_after(proc, timeout_s)
     steps, lines, marks = [], [], {}
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -367,30 +349,22 @@ def run_ours(
     step's row appears in metrics.jsonl (polled every 10 ms); SIGINT once the threshold is hit."""
     run_dir = Path(tempfile.mkdtemp(prefix="bench-ttr-"))
     metrics = run_dir / "metrics.jsonl"
-    cmd = [
-        sys.executable,
-        "-m",
-        "rlhf.train",
-        "+experiment=grpo",
-        f"seed={seed}",
-        "eval=off",
-        f"trainer.total_steps={max_steps}",
-        f"hydra.run.dir={run_dir}",
-        "logger.wandb.mode=disabled",
-        "trainer.save_final=false",
-        "trainer.report=false",
-        "trainer.save_every_min=0",
-        *overrides,
-    ]
     t0 = time.time()
     log = open(run_dir / "bench.log", "w")
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
+    proc = launch_train(
+        [
+            "+experiment=grpo",
+            f"seed={seed}",
+            "eval=off",
+            f"trainer.total_steps={max_steps}",
+            "trainer.save_every_min=0",
+            *overrides,
+        ],
+        run_dir,
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **OFFLINE_ENV},
+        env=OFFLINE_ENV,
     )
     steps: list[tuple[int, float, float, float]] = []
     tail = MetricsTail(metrics)
@@ -436,9 +410,9 @@ def trl_missing() -> str | None:
     return None
 
 
-def bench_rows(args, Row, model_path: Callable[..., str], sizes: dict[str, list[str]]) -> list:
+def bench_rows(args, Row) -> list:
     """time_to_reward rows: seconds and steps to the threshold (per seed), then s/step at 17M
-    and 134M. `Row`, `model_path` and `sizes` are scripts/bench.py's."""
+    and 134M. `Row` is scripts/bench.py's table row."""
     missing = trl_missing()
     if missing:
         return [
@@ -499,7 +473,7 @@ def bench_rows(args, Row, model_path: Callable[..., str], sizes: dict[str, list[
         n = 2 if quick else SPS_STEPS
         rows_per_step = SPS_PROMPTS * 8
         over = [
-            *sizes[size],
+            *SIZES[size],
             f"rollout.max_new_tokens={SPS_TOKENS}",
             f"rollout.prompts_per_step={SPS_PROMPTS}",
             f"learner.micro_batch_size={rows_per_step // 2}",

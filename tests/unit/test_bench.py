@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))  # as `python scripts/NAME.py` has it
 
 
 def load(name):
@@ -54,9 +55,41 @@ def test_unknown_benchmark_is_an_error(capsys):
     assert "unknown benchmark" in capsys.readouterr().err
 
 
-def test_sizes_match_the_issue():
+def test_sizes_match_the_issue_and_compose():
     assert "model.tiny.hidden_size=1024" in bench.SIZES["134M"]
     assert "model.tiny.num_layers=8" in bench.SIZES["134M"]
+    cfg = bench.root_config("17M", ["learner.num_ranks=1"])
+    assert cfg.model.tiny.hidden_size == 512 and cfg.model.tiny.warmup_steps == 0
+    assert cfg.learner.num_ranks == 1 and cfg.experiment == "grpo"
+
+
+def test_scripts_import_only_the_package_and_common():
+    """One way: a script imports rlhf and scripts/common.py; bench.py (the suite) also runs the
+    benchmarks that have a module of their own; nothing in scripts/ imports bench.py."""
+    import ast
+
+    scripts = {p.stem: p for p in (ROOT / "scripts").glob("*.py")}
+    suite = {"bench_cartpole", "bench_overhead", "bench_trl"}
+    for name, path in scripts.items():
+        tree = ast.parse(path.read_text())
+        imported = {
+            a.name.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Import)
+            for a in n.names
+        }
+        imported |= {
+            n.module.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module and n.level == 0
+        }
+        local = imported & set(scripts)
+        allowed = {"common"} | (suite if name == "bench" else set())
+        assert local <= allowed, f"scripts/{name}.py imports {sorted(local - allowed)}"
+    common = ast.parse(scripts["common"].read_text())
+    assert not {
+        n.module for n in ast.walk(common) if isinstance(n, ast.ImportFrom) and n.module in scripts
+    }, "scripts/common.py imports another script"
 
 
 def test_gpu_model_sizes_and_mfu():
@@ -81,7 +114,7 @@ def test_gpu_benchmark_fails_clearly_without_cuda():
 
 
 def test_metrics_tail_returns_each_complete_row_once(tmp_path):
-    from metrics_tail import MetricsTail
+    from common import MetricsTail
 
     path = tmp_path / "metrics.jsonl"
     tail = MetricsTail(path)

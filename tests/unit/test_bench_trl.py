@@ -19,7 +19,7 @@ from rlhf.tasks import get_task, task_reward  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cfg():
-    return bench_trl.compose(["seed=3"])
+    return bench_trl.grpo("seed=3")[0]
 
 
 def test_reward_function_equals_the_task_reward(cfg):
@@ -85,16 +85,16 @@ def test_config_mapping_sets_the_matched_values(cfg, tmp_path):
 
 
 def test_config_mapping_follows_overrides_and_refuses_unmatched(tmp_path):
-    c = bench_trl.compose(
-        ["rollout.max_new_tokens=64", "rollout.prompts_per_step=2", "learner.micro_batch_size=8"]
+    c, _ = bench_trl.grpo(
+        "rollout.max_new_tokens=64", "rollout.prompts_per_step=2", "learner.micro_batch_size=8"
     )
     kw = bench_trl.trl_config_kwargs(c, output_dir=str(tmp_path), max_steps=3)
     assert kw["max_completion_length"] == 64 and kw["per_device_train_batch_size"] == 16
     with pytest.raises(ValueError, match="algo.epochs"):
         bench_trl.trl_config_kwargs(
-            bench_trl.compose(["algo.epochs=2"]), output_dir=str(tmp_path), max_steps=3
+            bench_trl.grpo("algo.epochs=2")[0], output_dir=str(tmp_path), max_steps=3
         )
     with pytest.raises(ValueError, match="KL"):
         bench_trl.trl_config_kwargs(
-            bench_trl.compose(["algo.kl_coef=0.1"]), output_dir=str(tmp_path), max_steps=3
+            bench_trl.grpo("algo.kl_coef=0.1")[0], output_dir=str(tmp_path), max_steps=3
         )
