@@ -24,21 +24,14 @@ def console(msg: str) -> None:
 
 class StartupLog:
     """Start-up progress: `say("starting Ray")` prints `[startup  3.2s] starting Ray`, seconds
-    since `t0` (default: now), so a slow start shows what it is waiting for. `marks` keeps
-    (message, seconds) for benchmarks that read the breakdown back."""
+    since `t0` (default: now), so a slow start shows what it is waiting for (scripts/bench.py
+    reads the breakdown back from these lines)."""
 
-    PREFIX = "[startup"
-
-    def __init__(self, t0: float | None = None, enabled: bool = True):
+    def __init__(self, t0: float | None = None):
         self.t0 = time.perf_counter() if t0 is None else t0
-        self.enabled = enabled
-        self.marks: list[tuple[str, float]] = []
 
     def say(self, msg: str) -> None:
-        elapsed = time.perf_counter() - self.t0
-        self.marks.append((msg, elapsed))
-        if self.enabled:
-            console(f"{self.PREFIX} {elapsed:5.1f}s] {msg}")
+        console(f"[startup {time.perf_counter() - self.t0:5.1f}s] {msg}")
 
 
 class StepClock:

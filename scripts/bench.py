@@ -387,7 +387,7 @@ def _numel(shape) -> int:
 
 
 def synthetic_batch(
-    cfg, path: str, rows: int, prompt_len: int, response_len: int, seed: int = 0, tail: float = 0.0
+    path: str, rows: int, prompt_len: int, response_len: int, seed: int = 0, tail: float = 0.0
 ):
     """Random rows; response lengths uniform in [1, response_len], or with `tail` > 0 long-tailed:
     that share response_len long, the rest about response_len / 8 (the long ones ~8x the median)."""
@@ -439,7 +439,7 @@ def bench_learner(args) -> list[Row]:
         cfg = root_config(size, lean)
         dcfg = root_config(size, lean[:2])
         path = model_path(size)
-        batch = synthetic_batch(cfg, path, n_rows, prompt_len=8, response_len=24)
+        batch = synthetic_batch(path, n_rows, prompt_len=8, response_len=24)
         s = slots(3)
         learners = LearnerGroup(
             cfg.learner,
@@ -514,7 +514,7 @@ def bench_learner(args) -> list[Row]:
 
         # Long-tailed lengths: the fixed row split pads every micro-batch to the batch's longest
         # row; learner.max_tokens_per_micro_batch packs rows by length, at the same peak size.
-        tail = synthetic_batch(cfg, path, n_rows, prompt_len=8, response_len=128, tail=0.1)
+        tail = synthetic_batch(path, n_rows, prompt_len=8, response_len=128, tail=0.1)
         budget = cfg.learner.micro_batch_size * tail.input_ids.shape[1]
         pcfg = root_config(size, [*lean, f"learner.max_tokens_per_micro_batch={budget}"])
         packed = LearnerGroup(
@@ -616,31 +616,18 @@ class HFGenerator:
 
 
 def _engine_generate(engine, prompts: list[str], n: int, seed: int):
-    """VllmEngine.generate with the API of the checkout: GenerationRequests (the pipeline) or
-    prompt dicts and n (the lockstep loop)."""
-    import inspect
-
+    """`n` samples of each prompt from a VllmEngine actor: (tokens generated, seconds)."""
     import ray
 
-    from rlhf.rollout.vllm_engine import VllmEngine
+    from rlhf.batch import GenerationRequest
 
-    params = list(inspect.signature(VllmEngine.generate).parameters)
-    if "n" in params:
-        ref = engine.generate.remote(
-            [{"prompt": p, "group_id": i, "answer": ""} for i, p in enumerate(prompts)], n
-        )
-    else:
-        from rlhf.batch import GenerationRequest
-
-        ref = engine.generate.remote(
-            [
-                GenerationRequest(
-                    prompt_id=i, sample_index=j, seed=seed * 100003 + i * n + j, prompt=p
-                )
-                for i, p in enumerate(prompts)
-                for j in range(n)
-            ]
-        )
+    ref = engine.generate.remote(
+        [
+            GenerationRequest(prompt_id=i, sample_index=j, seed=seed * 100003 + i * n + j, prompt=p)
+            for i, p in enumerate(prompts)
+            for j in range(n)
+        ]
+    )
     t = time.perf_counter()
     samples = ray.get(ref)
     return sum(len(s.response_ids) for s in samples), time.perf_counter() - t

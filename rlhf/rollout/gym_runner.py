@@ -248,9 +248,6 @@ class GymRunner:
     def weight_version(self) -> int:
         return self.version
 
-    def weight_checksum(self) -> float:
-        return float(sum(p.detach().double().abs().sum() for p in self.policy.parameters()))
-
     def close(self) -> None:
         self.env.close()
 

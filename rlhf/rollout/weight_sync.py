@@ -215,12 +215,6 @@ class VllmWeightReceiver:
         model.load_weights(weights=self._rlhf_sync.receive())
         finalize_layerwise_reload(model, self.model_runner.model_config)
 
-    def weight_checksum(self) -> float:
-        """Sum of |w| over the model's parameters, for tests."""
-        return float(
-            sum(p.detach().float().abs().sum() for p in self.model_runner.get_model().parameters())
-        )
-
 
 def _tp_rank() -> int:
     try:
