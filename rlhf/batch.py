@@ -7,6 +7,12 @@ padded tensors for the learners. Per-action tensors share the layout `[B, A]`:
 - LLM: `input_ids[B, T]` is prompt + response, right-padded; action position j scores the
   token `input_ids[:, j + 1]`, so `A = T - 1` and `action_mask` is 1 on response tokens.
 - Gym: action position t is env step t of the segment, `A = steps_per_env`, `obs[B, A, *obs]`.
+
+An agent episode (rlhf/rollout/agent_loop.py) is one LLM sample whose response interleaves
+sampled tokens and environment tokens: `response_mask` marks the sampled ones (the only ones
+with a loss), so `action_mask` has interior gaps, and `turn_rewards` put each turn's reward on
+the turn's last sampled token. An episode lost to an environment failure keeps its row (the
+batch shape stays) with no loss and no weight in its group's baseline.
 """
 
 from __future__ import annotations
@@ -61,6 +67,12 @@ class Sample:
     dones: np.ndarray | None = None  # [A]
     values: np.ndarray | None = None  # [A] V(s_t) from the behaviour policy's critic
     last_value: float = 0.0  # V(s_A), bootstraps the segment cut mid-episode
+    # Agent episodes (None for single-turn samples and trajectories). response_mask: one per
+    # response token, 1 = sampled by the engine, 0 = the environment's (no loss). turn_rewards:
+    # (response position of the turn's last sampled token, the turn's reward); the sequence
+    # reward `reward` is their sum plus the reward kind's score, if one is configured.
+    response_mask: list[int] | None = None
+    turn_rewards: list[tuple[int, float]] | None = None
 
     @property
     def is_trajectory(self) -> bool:
@@ -165,6 +177,11 @@ class Batch:
         return replace(self, **out)
 
 
+def lost(s: Sample) -> bool:
+    """An agent episode cut by an environment failure (it raised, hung or died)."""
+    return s.response_mask is not None and bool(s.info.get("env_error"))
+
+
 def collate(samples: list[Sample], pad_id: int = 0) -> Batch:
     """Pad a list of samples into a Batch (all LLM samples or all trajectories)."""
     if not samples:
@@ -190,11 +207,26 @@ def _collate_responses(samples: list[Sample], pad_id: int) -> Batch:
         if r == 0:
             continue  # no action to train; its reward reaches the advantages via seq_rewards
         start = p - 1  # action j predicts token j + 1: the first response token is at p
-        action_mask[i, start : start + r] = 1
         if s.rollout_logprobs:
             rollout_logprobs[i, start : start + r] = torch.tensor(s.rollout_logprobs)
-        token_rewards[i, start + r - 1] = s.reward
-    group_ids = torch.tensor([s.group_id for s in samples], dtype=torch.long)
+        if s.response_mask is None:
+            action_mask[i, start : start + r] = 1
+            token_rewards[i, start + r - 1] = s.reward
+            continue
+        if lost(s):
+            continue  # no loss; a group of its own below (no weight in its group's baseline)
+        action_mask[i, start : start + r] = torch.tensor(s.response_mask, dtype=torch.float32)
+        sampled = [j for j, m in enumerate(s.response_mask) if m]
+        if not sampled:
+            continue
+        turns = s.turn_rewards or []
+        for pos, value in turns:  # each turn's reward on its last sampled token
+            token_rewards[i, start + max(pos, sampled[0])] += value
+        # What the reward kind added to the episode's return lands on the last sampled token.
+        token_rewards[i, start + sampled[-1]] += s.reward - sum(v for _, v in turns)
+    group_ids = torch.tensor(
+        [-1 - i if lost(s) else s.group_id for i, s in enumerate(samples)], dtype=torch.long
+    )
     return Batch(
         action_mask=action_mask,
         rollout_logprobs=rollout_logprobs,
@@ -202,7 +234,7 @@ def _collate_responses(samples: list[Sample], pad_id: int) -> Batch:
         group_ids=group_ids,
         input_ids=input_ids,
         attention_mask=attention_mask,
-        seq_rewards=torch.tensor([float(s.reward) for s in samples]),
+        seq_rewards=torch.tensor([0.0 if lost(s) else float(s.reward) for s in samples]),
         truncated=torch.tensor([float(s.finish_reason == "length") for s in samples]),
     )
 

@@ -21,6 +21,12 @@ requests reach the engines in an order fixed by the step loop — so the same se
 samples, however the calls interleave in time, and a resume from a checkpoint (which drains the
 in-flight work into its state) continues exactly as the uninterrupted run.
 
+Agent episodes (`env.id` set): each request is one episode of the environment, run by the
+engine's agent loop (rlhf/rollout/agent_loop.py) with the request's seed; the group of a task
+is several episodes with different seeds. An episode's reward is its return (the sum of its
+turn rewards), plus the reward actors' score of the transcript when `env.score_transcript`;
+without it the reward actors are not called for episodes.
+
 Dynamic sampling (`rollout.filter_groups`, DAPO): groups whose rewards are all equal carry no
 signal for group-relative advantages; they are set aside and more prompts are drawn for the same
 step, up to `rollout.max_filter_rounds` extra rounds. The batch always has the configured size:
@@ -63,9 +69,11 @@ class RolloutPipeline:
         *,
         seed: int,
         ledger_path: Path | None = None,
+        score_episodes: bool = True,
     ):
         """prompts: a PromptSource (rlhf/data.py); engines: VllmEngine actor handles;
-        rewards: a RewardGroup (rlhf/reward/actor.py)."""
+        rewards: a RewardGroup (rlhf/reward/actor.py). score_episodes: send agent episodes to
+        the reward actors too (env.score_transcript); single-turn samples always go."""
         self.cfg, self.prompts, self.engines, self.rewards, self.seed = (
             cfg,
             prompts,
@@ -85,6 +93,7 @@ class RolloutPipeline:
         self.in_flight: dict[
             Any, tuple[str, Any]
         ] = {}  # ObjectRef -> ("generate", (engine, ids)) | ("reward", None)
+        self.score_episodes = score_episodes
         self._next_engine = 0
         self._engine_busy_s = 0.0
         self._window_start: float | None = None
@@ -246,6 +255,9 @@ class RolloutPipeline:
             if self.ledger[s.group_id].status == "issued":
                 self.ledger.generated(s.group_id, s.weight_version)
         self._engine_busy_s += samples[0].info["engine_call_s"] if samples else 0.0
+        if samples and samples[0].response_mask is not None and not self.score_episodes:
+            self._on_scored(samples)  # episodes carry their rewards: nothing to score
+            return
         # Score this call's samples now, while the engines go on generating.
         for ref in self.rewards.score(samples):
             self.in_flight[ref] = ("reward", None)
@@ -253,6 +265,9 @@ class RolloutPipeline:
     def _on_scored(self, samples: list[Sample]) -> None:
         n = self.cfg.samples_per_prompt
         for s in samples:
+            if s.turn_rewards is not None:  # an episode: its return + the transcript's score
+                s.info["transcript_reward"] = s.reward if self.score_episodes else 0.0
+                s.reward = s.info["transcript_reward"] + s.info.get("env_return", 0.0)
             group = self.partial.setdefault(s.group_id, [])
             group.append(s)
             if len(group) == n:
