@@ -264,6 +264,25 @@ def slots(n: int, cpus: float = 1.0):
     return [Slot(pg, i, cpus, 0) for i in range(n)]
 
 
+def learner_group(cfg, path: str, slots: list, runtime_env: dict, rows: int):
+    """A LearnerGroup of `cfg` on `slots` for measuring updates and syncs (seed 0, temperature
+    1, a schedule of 100 steps)."""
+    from rlhf.learner.group import LearnerGroup
+
+    return LearnerGroup(
+        cfg.learner,
+        cfg.algo,
+        cfg.model,
+        path,
+        slots,
+        rows_per_step=rows,
+        temperature=1.0,
+        total_steps=100,
+        seed=0,
+        runtime_env=runtime_env,
+    )
+
+
 class RawSync:
     """Baseline: a plain process that joins a gloo group and broadcasts / receives the same
     bucket plan into buffers allocated once (no flattening, no loading)."""
@@ -292,7 +311,6 @@ class RawSync:
 def bench_weight_sync(args) -> list[Row]:
     import ray
 
-    from rlhf.learner.group import LearnerGroup
     from rlhf.rollout.vllm_engine import VllmEngine
 
     env = ray_start()
@@ -305,18 +323,7 @@ def bench_weight_sync(args) -> list[Row]:
             path = model_path(size)
             s = slots(2)
             print(f"  weight_sync {size}: starting a learner rank and a vLLM engine", flush=True)
-            learners = LearnerGroup(
-                cfg.learner,
-                cfg.algo,
-                cfg.model,
-                path,
-                s[:1],
-                rows_per_step=cfg.learner.micro_batch_size,
-                temperature=1.0,
-                total_steps=10,
-                seed=0,
-                runtime_env=env,
-            )
+            learners = learner_group(cfg, path, s[:1], env, rows=cfg.learner.micro_batch_size)
             engine = (
                 ray.remote(VllmEngine)
                 .options(**s[1].options(env))
@@ -441,30 +448,8 @@ def bench_learner(args) -> list[Row]:
         path = model_path(size)
         batch = synthetic_batch(path, n_rows, prompt_len=8, response_len=24)
         s = slots(3)
-        learners = LearnerGroup(
-            cfg.learner,
-            cfg.algo,
-            cfg.model,
-            path,
-            s[:1],
-            rows_per_step=n_rows,
-            temperature=1.0,
-            total_steps=100,
-            seed=0,
-            runtime_env=env,
-        )
-        with_diag = LearnerGroup(
-            dcfg.learner,
-            dcfg.algo,
-            dcfg.model,
-            path,
-            s[2:3],
-            rows_per_step=n_rows,
-            temperature=1.0,
-            total_steps=100,
-            seed=0,
-            runtime_env=env,
-        )
+        learners = learner_group(cfg, path, s[:1], env, rows=n_rows)
+        with_diag = learner_group(dcfg, path, s[2:3], env, rows=n_rows)
         batch = LearnerGroup.attach(batch, ray.get(learners.compute_logprobs(batch)))
         batch.advantages = torch.randn_like(batch.old_logprobs) * batch.action_mask
         batch.returns = batch.advantages.clone()
@@ -517,18 +502,7 @@ def bench_learner(args) -> list[Row]:
         tail = synthetic_batch(path, n_rows, prompt_len=8, response_len=128, tail=0.1)
         budget = cfg.learner.micro_batch_size * tail.input_ids.shape[1]
         pcfg = root_config(size, [*lean, f"learner.max_tokens_per_micro_batch={budget}"])
-        packed = LearnerGroup(
-            pcfg.learner,
-            pcfg.algo,
-            pcfg.model,
-            path,
-            slots(1),
-            rows_per_step=n_rows,
-            temperature=1.0,
-            total_steps=100,
-            seed=0,
-            runtime_env=env,
-        )
+        packed = learner_group(pcfg, path, slots(1), env, rows=n_rows)
         tail = LearnerGroup.attach(tail, ray.get(learners.compute_logprobs(tail)))
         tail.advantages = torch.randn_like(tail.old_logprobs) * tail.action_mask
         case = f"{size}, {n_rows} rows x {tail.input_ids.shape[1]} tokens, long tail"
