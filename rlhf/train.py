@@ -18,11 +18,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf.compose import CONF_DIR
 from rlhf.config import ConfigError, RootConfig, register_configs, to_schema
 from rlhf.placement import required_cpus
 from rlhf.preflight import preflight
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 _T0 = time.perf_counter()  # launch, near enough: start-up messages count from here
 register_configs()
 
