@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -31,7 +30,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, launch_train
+
+from rlhf import jsonl
 
 # Qwen2.5-0.5B's config.json (the shape only; weights are random).
 QWEN25_05B = dict(
@@ -207,20 +208,16 @@ def main() -> None:
         "rollout.max_new_tokens=16",
         "rollout.vllm.max_model_len=1024",
         f"trainer.total_steps={args.steps}",
-        "trainer.save_final=false",
-        "trainer.report=false",
         "eval=off",
-        "logger.wandb.mode=disabled",
         "ray.num_cpus=3",
-        f"hydra.run.dir={run_dir}",
     ]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rlhf.train", *overrides],
-        cwd=ROOT,
+    proc = launch_train(
+        overrides,
+        run_dir,
         # An explicit 1 GiB KV cache: vLLM CPU's share-of-memory default
         # counts the 2 GB of weights against the share and fails.
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
+        env={"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
     )
     sampler = RssSampler(proc.pid)
     sampler.start()
@@ -229,7 +226,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     if rc != 0:
         raise SystemExit(f"bench_realistic: the run failed (exit {rc}); see {run_dir}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    rows = jsonl.read(run_dir / jsonl.METRICS)
     rows = [r for r in rows if "timing/step_s" in r]
     later = rows[1:] or rows
     phases = sorted(
