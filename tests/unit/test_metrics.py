@@ -209,7 +209,7 @@ def test_offline_run_logs_config_history_and_samples(tmp_path, capsys):
             assert h[k] == pytest.approx(r[k]), k
     assert [h["trainer/step"] for h in history if "samples" in h] == [2, 4]
     assert all(h["samples"]["_type"] == "table-file" for h in history if "samples" in h)
-    samples = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
+    samples = jsonl.read(run_dir / "samples.jsonl")
     assert [s["step"] for s in samples] == [2, 2, 4, 4] and samples[1]["reward"] == 0.0
 
     out = capsys.readouterr().out
@@ -280,7 +280,7 @@ def test_resume_rewrites_steps_after_the_checkpoint(tmp_path):
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6, 7]
     assert rows[4]["reward/mean"] == 50.0
-    samples = [json.loads(x)["step"] for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    samples = [r["step"] for r in jsonl.read(tmp_path / "samples.jsonl")]
     assert samples == [1, 2, 3, 4]
 
 
