@@ -121,7 +121,7 @@ class SandboxScorer:
             return "", "setpriv (util-linux) is not installed"
         self._bwrap = bwrap
         c = self.cfg
-        cg = contain.Cgroups(self.tag, c.memory_mb << 20, c.max_processes)
+        cg = contain.Cgroups(self.tag, c.memory_mb << 20, c.max_processes, c.concurrency)
         no_cgroups = ""
         if cg.missing:
             if not getattr(c, "allow_no_cgroups", False):
@@ -143,7 +143,8 @@ class SandboxScorer:
     def _missing_layers(self) -> list[str]:
         host_path = str(Path(__file__).resolve().parent)
         plan = CallTests(steps=(("eval", "facts()"),), checks=())
-        out = self._run(_PROBE.replace("HOST_PATH", repr(host_path)), plan)
+        # a generous limit: a loaded machine must not turn a slow start into "no isolation"
+        out = self._run(_PROBE.replace("HOST_PATH", repr(host_path)), plan, timeout_s=30.0)
         if out.status != "ran":
             return [f"the probe program did not run ({out.status}: {out.stderr[-300:]!r})"]
         f = out.results.get(0)
@@ -183,6 +184,7 @@ class SandboxScorer:
         cmd += contain.root_binds(self.python)
         cmd += ["--proc", "/proc", "--dev", "/dev"]
         cmd += ["--size", str(contain.TMPFS_MB << 20), "--tmpfs", "/tmp", "--chdir", "/tmp"]
+        cmd += ["--remount-ro", "/"]  # bwrap's own root tmpfs: nothing new at the top level
         cmd += ["--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp"]
         cmd += ["--setenv", "LANG", "C.UTF-8", "--setenv", "RLHF_SANDBOX_TAG", self.tag]
         cmd += ["--json-status-fd", "{STATUS_FD}", "--", self.python, "-I", "-S", "-c", _HARNESS]
@@ -201,7 +203,7 @@ class SandboxScorer:
             limits["RLIMIT_NPROC"] = c.max_processes
         return limits
 
-    def _run(self, code: str, plan: CallTests | IOTests) -> _Raw:
+    def _run(self, code: str, plan: CallTests | IOTests, timeout_s: float = 0.0) -> _Raw:
         c = self.cfg
         spec: dict[str, Any] = {"code": code, "limits": self._limits()}
         if isinstance(plan, IOTests):
@@ -211,7 +213,7 @@ class SandboxScorer:
         r = contain.run(
             self._command(),
             json.dumps(spec).encode(),
-            c.timeout_s,
+            timeout_s or c.timeout_s,
             self.cgroups,
             stdout_cap=(c.file_size_mb << 20) + (1 << 20),
             stderr_keep=c.max_output_kb << 10,

@@ -59,6 +59,7 @@ class Cgroups:
     tag: str
     memory_bytes: int
     max_pids: int
+    concurrency: int = 1  # runs at once: the CPU weight of all runs together, in tasks
     hierarchies: list[_Hierarchy] = field(default_factory=list)
     missing: str = ""
     _n: int = 0
@@ -91,6 +92,8 @@ class Cgroups:
                     (parent / "cgroup.subtree_control").write_text(
                         " ".join(f"+{c}" for c in enabled)
                     )
+                if "cpu" in enabled:  # see the v1 cpu.shares below
+                    (parent / "cpu.weight").write_text(str(min(10000, 100 * self.concurrency)))
             except OSError as e:
                 errors.append(f"cgroup v2 at {own}: {e.strerror}")
             else:
@@ -122,6 +125,14 @@ class Cgroups:
             except OSError as e:
                 errors.append(f"{ctrl} cgroup at {parent.parent}: {e.strerror}")
                 continue
+            if ctrl == "cpu":
+                # All runs share this parent group, which competes with the host's other tasks
+                # as ONE task unless weighted: weight it as `concurrency` ordinary tasks (what
+                # the runs would get as plain processes), each run capped at one CPU.
+                try:
+                    (parent / "cpu.shares").write_text(str(1024 * self.concurrency))
+                except OSError:
+                    pass
             self.hierarchies.append(_Hierarchy(parent, limits, peak=peak))
             have.add(ctrl)
         lacking = [c for c in ("memory", "pids") if c not in have]
