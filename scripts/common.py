@@ -109,6 +109,38 @@ def interrupt(proc: subprocess.Popen, timeout_s: float) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# In-process learnability probes (scripts/learnability*.py)
+# --------------------------------------------------------------------------------------------
+
+
+def run_probe(ap, run_seed, metric: str, tmp_prefix: str):
+    """A probe's main: the options every probe shares (--seeds, --cache-dir, --threads,
+    --verbose) added to `ap` and parsed, torch on --threads threads, then `run_seed(args, seed)`
+    for each seed, printing its curve (`metric` per 10 steps) as it ends. Returns (args, the
+    results)."""
+    import tempfile
+
+    import torch
+
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--cache-dir", default=None, help="default: a fresh temporary folder")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--verbose", action="store_true", help=f"print the {metric} every 10 steps")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.cache_dir is None:
+        args.cache_dir = tempfile.mkdtemp(prefix=tmp_prefix)
+    print(f"config: {vars(args)}", flush=True)
+    rows = []
+    for seed in args.seeds:
+        rows.append(run_seed(args, seed))
+        curve = " ".join(f"{c:.2f}" for c in rows[-1]["curve"])
+        print(f"seed {seed} {metric} per 10 steps: {curve}", flush=True)
+    print()
+    return args, rows
+
+
+# --------------------------------------------------------------------------------------------
 # The bare learner (the baseline of bench.py's learner rows and of bench_overhead.py's loop)
 # --------------------------------------------------------------------------------------------
 

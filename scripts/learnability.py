@@ -47,7 +47,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -55,6 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from common import run_probe  # noqa: E402
 
 from rlhf.models import tiny  # noqa: E402
 from rlhf.tasks import get_task  # noqa: E402
@@ -197,7 +197,6 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--task", default="addition")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--samples", type=int, default=8)
@@ -217,22 +216,7 @@ def main() -> None:
         help="stop the warm-up at this expected accuracy (negative: run all warm-up steps)",
     )
     ap.add_argument("--beta2", type=float, default=0.999)
-    ap.add_argument("--cache-dir", default=None, help="default: a fresh temporary folder")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--verbose", action="store_true", help="print the reward every 10 steps")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.cache_dir is None:
-        args.cache_dir = tempfile.mkdtemp(prefix="rlhf-learnability-")
-
-    print(f"config: {vars(args)}", flush=True)
-    rows = []
-    for seed in args.seeds:
-        res = run_seed(args, seed)
-        rows.append(res)
-        print(f"seed {seed} reward per 10 steps: " + " ".join(f"{c:.2f}" for c in res["curve"]))
-        sys.stdout.flush()
-    print()
+    _, rows = run_probe(ap, run_seed, "reward", "rlhf-learnability-")
     print(
         "| seed | params | expected acc start | expected acc end | first fifth | last fifth "
         "| rise | build s | RL s |"

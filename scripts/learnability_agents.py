@@ -23,7 +23,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from common import run_probe  # noqa: E402
 
 from rlhf.envs.render import ChatRenderer  # noqa: E402
 from rlhf.models import tiny  # noqa: E402
@@ -129,7 +129,6 @@ def main() -> None:
     ap.add_argument(
         "--task", default="agent_calculator", choices=["agent_calculator", "agent_guess"]
     )
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--samples", type=int, default=8)
@@ -140,21 +139,7 @@ def main() -> None:
     ap.add_argument("--warmup-steps", type=int, default=tiny.DEFAULT_WARMUP_STEPS)
     ap.add_argument("--warmup-lr", type=float, default=tiny.DEFAULT_WARMUP_LR)
     ap.add_argument("--warmup-target", type=float, default=tiny.DEFAULT_WARMUP_TARGET)
-    ap.add_argument("--cache-dir", default=None, help="default: a fresh temporary folder")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--verbose", action="store_true", help="print the success every 10 steps")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.cache_dir is None:
-        args.cache_dir = tempfile.mkdtemp(prefix="rlhf-learnability-agents-")
-    print(f"config: {vars(args)}", flush=True)
-    rows = []
-    for seed in args.seeds:
-        res = run_seed(args, seed)
-        rows.append(res)
-        print(f"seed {seed} success per 10 steps: " + " ".join(f"{c:.2f}" for c in res["curve"]))
-        sys.stdout.flush()
-    print()
+    _, rows = run_probe(ap, run_seed, "success", "rlhf-learnability-agents-")
     print("| seed | first fifth | last fifth | rise | turns mean | build s | RL s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
