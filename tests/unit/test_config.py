@@ -7,20 +7,18 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from rlhf.config import ConfigError, to_schema, validate
+from rlhf.compose import CONF_DIR, compose
+from rlhf.config import ConfigError, validate
 from rlhf.preflight import preflight
-from rlhf.train import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(*overrides):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return to_schema(compose("config", overrides=list(overrides)))
+    return compose(*overrides, check=False)[0]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -8,12 +8,11 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from hydra import compose, initialize_config_dir
 
 from rlhf.batch import Sample, collate
-from rlhf.config import ConfigError, to_schema, validate
+from rlhf.compose import compose
+from rlhf.config import ConfigError, validate
 from rlhf.learner.micro_batches import agree_on_count, pack_by_tokens, split_to_count
-from rlhf.train import CONF_DIR
 
 
 def long_tailed(n: int, seed: int, short=(4, 16), long=(100, 128), tail=0.1) -> torch.Tensor:
@@ -147,8 +146,7 @@ def test_two_gloo_ranks_agree_on_the_largest_count():
 
 
 def load(*overrides):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return to_schema(compose("config", overrides=list(overrides)))
+    return compose(*overrides, check=False)[0]
 
 
 def test_config_accepts_a_budget_that_holds_the_longest_row():

@@ -2,17 +2,14 @@
 with their engine compute with the whole bundle's CPUs; otherwise Ray's per-actor limit stays."""
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from rlhf import placement
-from rlhf.config import to_schema, validate
-from rlhf.train import CONF_DIR
+from rlhf.compose import compose
 
 
 def slots_for(monkeypatch, *overrides):
     monkeypatch.setattr(placement, "_reserve", lambda bundles, *a: ("pg", bundles))
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        cfg = validate(to_schema(compose("config", overrides=["+experiment=grpo", *overrides])))
+    cfg, _ = compose("+experiment=grpo", *overrides)
     return placement.create_placement(cfg)
 
 

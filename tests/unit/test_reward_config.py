@@ -1,16 +1,14 @@
 """Reward config: every kind and component validates before Ray, and bad values name the key."""
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from rlhf.config import ConfigError, to_schema, validate
+from rlhf.compose import compose
+from rlhf.config import ConfigError, validate
 from rlhf.preflight import preflight
-from rlhf.train import CONF_DIR
 
 
 def load(*overrides):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return to_schema(compose("config", overrides=["+experiment=grpo", *overrides]))
+    return compose("+experiment=grpo", *overrides, check=False)[0]
 
 
 @pytest.fixture(scope="module")
