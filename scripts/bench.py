@@ -40,6 +40,8 @@ from pathlib import Path
 
 from common import ROOT, SIZES, BareLearner, grpo, kill_after, launch_train, model_path
 
+from rlhf import jsonl
+
 
 @dataclass
 class Row:
@@ -172,13 +174,13 @@ def run_train_to_first_step(overrides: list[str], timeout_s: float = 300) -> tup
             marks[m.group(2)] = float(m.group(1))
     watchdog.cancel()
     proc.wait()
-    metrics = run_dir / "metrics.jsonl"
-    # The row of step 1 is written (and flushed) once, when the step ends.
-    end = metrics.stat().st_mtime - t0 if metrics.exists() and metrics.read_text().strip() else None
-    if end is None or proc.returncode not in (0, None):
+    metrics = run_dir / jsonl.METRICS
+    rows = jsonl.read(metrics)
+    if not rows or proc.returncode not in (0, None):
         raise RuntimeError(f"rlhf.train failed (exit {proc.returncode}):\n{''.join(lines[-40:])}")
-    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
-    marks["first step (timing/step_s)"] = row.get("timing/step_s", float("nan"))
+    # The row of step 1 is written once, when the step ends (and nothing after a 1-step run).
+    end = metrics.stat().st_mtime - t0
+    marks["first step (timing/step_s)"] = rows[0].get("timing/step_s", float("nan"))
     return end, marks
 
 
