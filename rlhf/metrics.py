@@ -1,4 +1,4 @@
-"""Observability: per-phase timers, metric reduction, the run's identity and the RunLogger
+"""Observability: per-phase timers, secret scrubbing, the run's identity and the RunLogger
 that feeds every sink once per step.
 
 The pieces live one concept per module, and this one composes them:
@@ -42,7 +42,6 @@ from rlhf.wandb_offline import _wandb_records, read_offline_run
 __all__ = [
     "PhaseTimer",
     "RunLogger",
-    "reduce_mean",
     "scrub_secrets",
     "run_identity",
     "console",
@@ -67,7 +66,7 @@ _SECRET_KEY = re.compile(r"api_?key|secret|passw(or)?d|credential|token(?![a-z])
 
 
 # --------------------------------------------------------------------------------------------
-# Timing and reduction
+# Timing and secrets
 # --------------------------------------------------------------------------------------------
 
 
@@ -100,18 +99,6 @@ class PhaseTimer:
         out["timing/step_s"] = now - self._step_start if self._step_start is not None else 0.0
         self._phases, self._step_start = {}, None
         return out
-
-
-def reduce_mean(dicts: list[dict[str, float]]) -> dict[str, float]:
-    """Key-wise mean over `dicts`; a key missing from some dicts averages over those that have it
-    (learner ranks or workers may report different keys)."""
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for d in dicts:
-        for k, v in d.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-            counts[k] = counts.get(k, 0) + 1
-    return {k: sums[k] / counts[k] for k in sums}
 
 
 def scrub_secrets(obj: Any) -> Any:
@@ -216,11 +203,6 @@ class RunLogger:
                 cfg.wandb, self.run_dir, config=self.config, name=name, group=group, tags=tags
             )
         )
-
-    @property
-    def wandb_run(self):
-        """The live wandb Run, or None (disabled, or finished)."""
-        return self.wandb.run if self.wandb is not None else None
 
     # --- per step
 
