@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -78,21 +79,38 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_rows_name_file_and_line(tmp_path, case):
-    extra, overrides, needles = CASES[case]
-    path = _jsonl(tmp_path / "bad.jsonl", ROWS, extra)
-    proc, elapsed = _run(tmp_path, f"data.path={path}", *overrides)
-    _assert_config_error(proc, elapsed, *needles)
-
-
-def test_generation_longer_than_the_engine_context(tmp_path):
-    proc, elapsed = _run(
-        tmp_path, "rollout.max_new_tokens=100000", "rollout.vllm.max_model_len=128"
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """Every case's CLI run, two at a time: each is a few seconds of imports and checks on one
+    core, and this machine has two. Keyed by case; each run's wall time is its own."""
+    root = tmp_path_factory.mktemp("bad_input")
+    jobs = {}
+    for case, (extra, overrides, _) in CASES.items():
+        (root / case).mkdir()
+        path = _jsonl(root / case / "bad.jsonl", ROWS, extra)
+        jobs[case] = (root / case, [f"data.path={path}", *overrides], None)
+    jobs["max_model_len"] = (
+        root / "max_model_len",
+        ["rollout.max_new_tokens=100000", "rollout.vllm.max_model_len=128"],
+        None,
     )
-    _assert_config_error(proc, elapsed, "rollout.max_new_tokens", "max_model_len=128")
+    jobs["empty_wandb_mode"] = (root / "empty_wandb_mode", [], {"WANDB_MODE": ""})
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        started = {
+            case: pool.submit(_run, folder, *overrides, env=env)
+            for case, (folder, overrides, env) in jobs.items()
+        }
+        return {case: future.result() for case, future in started.items()}
 
 
-def test_empty_wandb_mode_in_the_environment(tmp_path):
-    proc, elapsed = _run(tmp_path, env={"WANDB_MODE": ""})
-    _assert_config_error(proc, elapsed, "WANDB_MODE", "logger.wandb.mode=disabled")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_rows_name_file_and_line(runs, case):
+    _assert_config_error(*runs[case], *CASES[case][2])
+
+
+def test_generation_longer_than_the_engine_context(runs):
+    _assert_config_error(*runs["max_model_len"], "rollout.max_new_tokens", "max_model_len=128")
+
+
+def test_empty_wandb_mode_in_the_environment(runs):
+    _assert_config_error(*runs["empty_wandb_mode"], "WANDB_MODE", "logger.wandb.mode=disabled")
