@@ -1,6 +1,7 @@
 """Text environments for agents: the interface and registry (base.py), tools (tools.py),
 rendering messages to tokens (render.py) and the built-in agent tasks' environments."""
 
+from rlhf.envs import calculator, guess_number
 from rlhf.envs.base import (
     EnvSpec,
     Episode,
@@ -15,14 +16,11 @@ from rlhf.envs.base import (
 )
 from rlhf.envs.tools import ToolCall, ToolError, parse_tool_call, run_tool, tool_reply, tool_schema
 
-register("calculator", "rlhf.envs.calculator:CalculatorEnv")
-register("guess_number", "rlhf.envs.guess_number:GuessNumberEnv")
+register("calculator", calculator.CalculatorEnv)
+register("guess_number", guess_number.GuessNumberEnv)
 
 # The scripted expert of each built-in environment (its demonstrations warm the tiny model up).
-EXPERTS = {
-    "calculator": "rlhf.envs.calculator:expert",
-    "guess_number": "rlhf.envs.guess_number:expert",
-}
+EXPERTS = {"calculator": calculator.expert, "guess_number": guess_number.expert}
 
 __all__ = [
     "EXPERTS",

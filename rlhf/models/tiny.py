@@ -302,7 +302,7 @@ def demonstrations(task: Task, rows: list[Problem], seed: int) -> list[list[dict
     """Transcripts of the task environment's scripted expert on ``rows``."""
     from rlhf import envs
 
-    expert = envs.base._load(envs.EXPERTS[task.env])
+    expert = envs.EXPERTS[task.env]
     out = []
     for i, p in enumerate(rows):
         env = envs.make(task.env)
