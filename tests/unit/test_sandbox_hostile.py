@@ -390,29 +390,48 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def _rootless(tmp_path: Path, progs: dict, opt_in: bool) -> dict:
+def _rootless(tmp_path: Path, progs: dict, opt_in: bool, cgroups: list[Path] = ()) -> dict:
+    """Run the scorer as ROOTLESS_UID, inside `cgroups` (delegated to it) when given."""
+    cmd = ["setpriv", f"--reuid={ROOTLESS_UID}", f"--regid={ROOTLESS_UID}", "--clear-groups"]
+    cmd += ["--", sys.executable, "-c", _ROOTLESS, json.dumps(progs), "1" if opt_in else "0"]
+    if cgroups:
+        join = 'for f in $CGROUPS; do echo $$ >"$f/cgroup.procs"; done; exec "$@"'
+        cmd = ["sh", "-c", join, "sh", *cmd]
     proc = subprocess.run(
-        [
-            "setpriv",
-            f"--reuid={ROOTLESS_UID}",
-            f"--regid={ROOTLESS_UID}",
-            "--clear-groups",
-            "--",
-            sys.executable,
-            "-c",
-            _ROOTLESS,
-            json.dumps(progs),
-            "1" if opt_in else "0",
-        ],
+        cmd,
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "HOME": str(tmp_path)},
+        env={**os.environ, "HOME": str(tmp_path), "CGROUPS": " ".join(map(str, cgroups))},
     )
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-2000:]
     return json.loads(lines[-1][len("RESULT ") :]) | {"log": proc.stderr}
+
+
+@pytest.fixture
+def delegated_cgroups():
+    """A cgroup per hierarchy (memory, pids, cpu, v2) owned by the rootless uid, as systemd's
+    Delegate= or a container runtime would hand one to an unprivileged user."""
+    own = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        for c in ctrls.split(",") if ctrls else ["unified"]:
+            own[c] = path.rstrip("/")
+    dirs = []
+    for c in ("memory", "pids", "cpu", "unified"):
+        base = Path(f"/sys/fs/cgroup/{c}{own.get(c, '')}")
+        if not base.is_dir():
+            continue
+        d = base / f"rlhf-hostile-delegated-{os.getpid()}"
+        d.mkdir()
+        for p in [d, *d.iterdir()]:
+            os.chown(p, ROOTLESS_UID, ROOTLESS_UID)
+        dirs.append(d)
+    yield dirs
+    for d in dirs:
+        d.rmdir()  # empty: the scorer removed its own cgroups below it
 
 
 @pytest.fixture(scope="module")
@@ -471,6 +490,23 @@ def test_rootless_with_opt_in_is_contained(tmp_path, trainer_files):
     assert _processes_of_uid(ROOTLESS_UID) == []
 
 
+def test_rootless_with_delegated_cgroups_is_contained(tmp_path, delegated_cgroups):
+    """The full set of limits without root: memory fan-out and starvation are contained too."""
+    progs = {
+        "right": (RIGHT, TESTS),
+        "wrong": ("def solve(x):\n    return x + x\n", TESTS),
+        "memory_fan_out": HOSTILE["memory_fan_out"],
+        "fork_bomb": HOSTILE["fork_bomb"],
+        "sees_the_checkout": HOSTILE["sees_the_checkout"],
+        "neighbour0": (RIGHT, TESTS),
+        "neighbour1": (RIGHT, TESTS),
+    }
+    out = _rootless(tmp_path, progs, opt_in=False, cgroups=delegated_cgroups)
+    assert not out["unavailable"] and "NO per-run cgroups" not in out["isolation"], out
+    expected = {n: 0.0 for n in progs} | {"right": 1.0, "neighbour0": 1.0, "neighbour1": 1.0}
+    assert out["rewards"] == expected, out
+
+
 # -- after the suite: nothing of any sample remains on the host ---------------------------------
 def _processes_of_uid(uid: int) -> list[int]:
     out = []
@@ -504,7 +540,7 @@ def _tagged_processes(tag: str) -> list[int]:
 def test_nothing_of_any_sample_remains_on_the_host(scorer, hostile):
     time.sleep(1.0)  # setsid survivors would act 0.5 s after their run's timeout
     assert _tagged_processes(scorer.tag) == []
-    assert _processes_of_uid(65534) == []
+    assert _processes_of_uid(65534) == [] and _processes_of_uid(ROOTLESS_UID) == []
     for d in HOST_DIRS + ["/usr", "/", "/etc"]:
         left = [p for p in os.listdir(d) if p.startswith(TAG_FILE)]
         assert left == [], (d, left)
