@@ -4,8 +4,10 @@ a socket, killing its parent, leaving a daemon behind, faking success). Each sco
 within its timeout plus a small margin, leaves no process behind, and the canary appears in no
 output. Fail closed: when isolation cannot be set up, every sample gets the fallback."""
 
+import json
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -212,3 +214,115 @@ def test_fails_closed_when_isolation_is_unavailable(monkeypatch, caplog):
 def test_extract_code():
     assert extract_code("x\n```python\na = 1\n```\ny\n```py\nb = 2\n```") == "b = 2\n"
     assert extract_code("a = 1") == "a = 1"
+
+
+# -- the verdict (pure: rlhf/reward/sandbox/verdict.py) --------------------------------------
+def _judge(tests, values):
+    """Judge `tests` with the calls' results given in order."""
+    from rlhf.reward.sandbox.verdict import CallTests, judge_calls, parse_tests
+
+    plan = parse_tests(tests)
+    assert isinstance(plan, CallTests)
+    evals = [k for k, (kind, _) in enumerate(plan.steps) if kind == "eval"]
+    assert len(evals) == len(values)
+    return judge_calls(plan, dict(zip(evals, values)))
+
+
+def test_asserts_are_split_into_calls_and_expected_values():
+    from rlhf.reward.sandbox.verdict import parse_tests
+
+    plan = parse_tests(
+        "import math\nassert solve(2) == 4\nassert [1, 2] == f(x=[3])\nassert not g()\n"
+        "assert math.isclose(h(1), 0.5, rel_tol=1e-3)\nassert set(k()) == set((4, 5))\n"
+    )
+    assert plan.steps == (
+        ("exec", "import math"),
+        ("eval", "solve(2)"),
+        ("eval", "f(x=[3])"),
+        ("eval", "g()"),
+        ("eval", "h(1)"),
+        ("eval", "set(k())"),
+    )
+    sent = " ".join(src for _, src in plan.steps)
+    assert "4" not in sent and "0.5" not in sent and "(4, 5)" not in sent  # expected values stay
+    assert [c.line for c in plan.checks] == [2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    "tests, values, passed",
+    [
+        ("assert f() == 4", [4], 1),
+        ("assert f() == 4", [4.0], 0),  # type-exact
+        ("assert f() == 1", [True], 0),
+        ("assert f() == [1, (2, 3)]", [[1, (2, 3)]], 1),
+        ("assert f() == [1, (2, 3)]", [[1, [2, 3]]], 0),
+        ("assert f() == {'a': 1}", [{"a": 1}], 1),
+        ("assert f() == {1, 2}", [{2, 1}], 1),
+        ("assert f() == {1, 2}", [{True, 2}], 0),
+        ("assert 4 == f()", [4], 1),
+        ("assert f() != 4", [5], 1),
+        ("assert f() is None", [None], 1),
+        ("assert f() is None", [0], 0),
+        ("assert f()", [[0]], 1),
+        ("assert not f()", [""], 1),
+        ("assert 0 < f() <= 3", [3], 1),
+        ("assert 0 < f() <= 3", [4], 0),
+        ("assert f() in [1, 2]", [2], 1),
+        ("assert f() in 'abc'", ["bc"], 1),
+        ("assert f() < 'a'", [1], 0),  # a TypeError is a failed check
+        ("assert math.isclose(f(), 0.5, rel_tol=0.01)", [0.501], 1),
+        ("assert math.isclose(f(), 0.5)", ["0.5"], 0),
+        ("assert f() == sorted([3, 1])", [[1, 3]], 1),
+    ],
+)
+def test_checks_are_judged_type_exactly(tests, values, passed):
+    assert _judge(tests, values)[0] == passed
+
+
+def test_a_failed_call_fails_only_its_check():
+    from rlhf.reward.sandbox.verdict import raised
+
+    assert _judge("assert f(1) == 1\nassert f(2) == 2\n", [raised("ValueError"), 2]) == (1, 1)
+
+
+def test_results_are_decoded_strictly():
+    from rlhf.reward.sandbox.harness import encode
+    from rlhf.reward.sandbox.verdict import BadResult, decode, same
+
+    for v in [0, -(10**40), 1.5, float("inf"), "s", b"\x00", None, True, 1j, [1, (2,)], {1: {2}}]:
+        assert same(decode(json.loads(json.dumps(encode(v)))), v)
+    for bad in [{"x": 1}, {"i": 1}, 3, 1.5, {"t": 1}, {"s": [[1]]}, {"i": "1", "f": "2"}]:
+        with pytest.raises(BadResult):
+            decode(bad)
+
+    class Int(int):
+        pass
+
+    with pytest.raises(TypeError):
+        encode(Int(4))  # a subclass (with its own __eq__) is not a builtin value
+
+
+@pytest.mark.parametrize(
+    "tests, message",
+    [
+        ("x = 1\n", "no assert"),
+        ("assert f(\n", "tests line 1"),
+        ([{"input": "1"}], "lacks 'output'"),
+        ({"inputs": ["1"]}, "'inputs' and 'outputs'"),
+        ([{"input": 1, "output": "2"}], "must be strings"),
+    ],
+)
+def test_tests_that_cannot_be_scored_are_named(tests, message):
+    from rlhf.reward.sandbox.verdict import TestFormatError, parse_tests
+
+    with pytest.raises(TestFormatError, match=re.escape(message)):
+        parse_tests(tests)
+
+
+def test_stdin_stdout_cases_are_compared_line_by_line():
+    from rlhf.reward.sandbox.verdict import IOTests, judge_io, parse_tests
+
+    plan = parse_tests(json.dumps({"inputs": ["1\n", "2\n", "3\n"], "outputs": ["a\n", "b", "c"]}))
+    assert isinstance(plan, IOTests) and plan.inputs == ("1\n", "2\n", "3\n")
+    results = {0: ("a  \n\n", 0), 1: ("b", 1), 2: ("C", 0)}  # exit 1 fails; case matters
+    assert judge_io(plan, results) == (1, 1)
