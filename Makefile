@@ -9,11 +9,14 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 install: $(STAMP) sandbox-tools
 
-# reward.kind=sandbox needs bubblewrap; apt-get it when missing and root, else say so (no failure).
+# reward.kind=sandbox needs bubblewrap (and uses libseccomp's python3-seccomp for its syscall
+# filter); apt-get them when missing and root, else say so (no failure).
+SANDBOX_APT := bubblewrap python3-seccomp
 sandbox-tools:
-	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  { apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }; }; } \
-	  || echo "bubblewrap is not installed: reward.kind=sandbox will fail closed (apt-get install bubblewrap)"
+	@{ command -v bwrap && /usr/bin/python3 -c 'import seccomp'; } >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && { apt-get install -y -q $(SANDBOX_APT) || \
+	    { apt-get update -q && apt-get install -y -q $(SANDBOX_APT); }; }; } || \
+	  echo "not installed: $(SANDBOX_APT); reward.kind=sandbox fails closed without bwrap (docs/rewards.md)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -326,3 +326,17 @@ def test_stdin_stdout_cases_are_compared_line_by_line():
     assert isinstance(plan, IOTests) and plan.inputs == ("1\n", "2\n", "3\n")
     results = {0: ("a  \n\n", 0), 1: ("b", 1), 2: ("C", 0)}  # exit 1 fails; case matters
     assert judge_io(plan, results) == (1, 1)
+
+
+def test_without_libseccomp_bindings_the_filter_is_named_missing(monkeypatch, caplog):
+    from rlhf.reward.sandbox import contain
+
+    monkeypatch.setattr(contain, "seccomp_filter", lambda: (None, "no syscall filter (test)"))
+    with caplog.at_level(logging.WARNING):
+        sb = SandboxScorer(SandboxConfig(timeout_s=TIMEOUT_S))
+    try:
+        assert not sb.unavailable and "NO syscall filter" in sb.isolation
+        assert [r.getMessage() for r in caplog.records if "syscall filter" in r.getMessage()]
+        assert sb.run("def solve(x):\n    return x * x\n", TESTS).reward == 1.0
+    finally:
+        sb.close()

@@ -164,6 +164,12 @@ HOSTILE = {
         "import ctypes\nWON = ctypes.CDLL(None).unshare(0x10000000) == 0" + WIN,  # CLONE_NEWUSER
         TESTS,
     ),
+    "kernel_attack_surface": (  # io_uring, bpf, perf events, userfaultfd: the syscall filter
+        "import ctypes\nlibc = ctypes.CDLL(None)\nbuf = ctypes.create_string_buffer(256)\n"
+        "WON = any(r >= 0 for r in (libc.syscall(425, 4, buf), libc.syscall(321, 0, buf, 64),"
+        " libc.syscall(298, buf, 0, -1, -1, 0), libc.syscall(323, 0)))" + WIN,
+        TESTS,
+    ),
     "new_privileges": (
         "st = open('/proc/self/status').read()\n"
         "WON = 'NoNewPrivs:\\t0' in st or 'CapEff:\\t0000000000000000' not in st" + WIN,
@@ -292,7 +298,9 @@ def hostile(scorer, host_bait):
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_program_scores_zero(hostile, name):
+def test_hostile_program_scores_zero(hostile, scorer, name):
+    if name == "kernel_attack_surface" and scorer.seccomp is None:
+        pytest.skip("no syscall filter here (python3-seccomp is not installed)")
     s = hostile[name]
     assert s.reward == 0.0, s.info
     assert s.info["sandbox_s"] < TIMEOUT_S + 1.5, s.info

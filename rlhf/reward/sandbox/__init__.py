@@ -71,6 +71,7 @@ def facts():
     f["nnp"] = status.get("NoNewPrivs", "").strip()
     f["caps"] = status.get("CapEff", "").strip()
     f["ipc"] = os.readlink("/proc/self/ns/ipc")
+    f["seccomp"] = status.get("Seccomp", "").strip()
     import ctypes
     libc = ctypes.CDLL(None)
     nr = {"x86_64": 250, "aarch64": 219, "ppc64le": 289, "s390x": 280}[os.uname().machine]
@@ -120,6 +121,9 @@ class SandboxScorer:
         if self.root and not os.access("/usr/bin/setpriv", os.X_OK):
             return "", "setpriv (util-linux) is not installed"
         self._bwrap = bwrap
+        self.seccomp, no_filter = contain.seccomp_filter()
+        if no_filter:  # optional layer: said once, the rest still holds
+            log.warning("sandbox: %s; install python3-seccomp to add it", no_filter)
         c = self.cfg
         cg = contain.Cgroups(self.tag, c.memory_mb << 20, c.max_processes, c.concurrency)
         no_cgroups = ""
@@ -137,7 +141,8 @@ class SandboxScorer:
         cgroups = ", ".join(str(h.parent) for h in cg.hierarchies) or "none"
         return (
             "bubblewrap user+pid+net+ipc+uts+mount namespaces, minimal read-only root, "
-            f"{who}, per-run cgroups under {cgroups}{no_cgroups}, rlimits"
+            f"{who}, per-run cgroups under {cgroups}{no_cgroups}, rlimits, "
+            + ("seccomp filter" if self.seccomp else "NO syscall filter")
         ), ""
 
     def _missing_layers(self) -> list[str]:
@@ -169,6 +174,8 @@ class SandboxScorer:
             missing.append("UTS namespace")
         if not isinstance(f.get("keyring"), int) or f["keyring"] == _own_session_keyring():
             missing.append("a fresh session keyring")
+        if self.seccomp is not None and f.get("seccomp") != "2":
+            missing.append("the syscall filter (Seccomp mode 2)")
         if self.cgroups is not None and not out.peak_mb:
             missing.append("the run did not join its memory cgroup")
         return missing
@@ -187,6 +194,8 @@ class SandboxScorer:
         cmd += ["--remount-ro", "/"]  # bwrap's own root tmpfs: nothing new at the top level
         cmd += ["--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp"]
         cmd += ["--setenv", "LANG", "C.UTF-8", "--setenv", "RLHF_SANDBOX_TAG", self.tag]
+        if self.seccomp is not None:
+            cmd += ["--seccomp", "{SECCOMP_FD}"]
         cmd += ["--json-status-fd", "{STATUS_FD}", "--", self.python, "-I", "-S", "-c", _HARNESS]
         return cmd
 
@@ -218,6 +227,7 @@ class SandboxScorer:
             stdout_cap=(c.file_size_mb << 20) + (1 << 20),
             stderr_keep=c.max_output_kb << 10,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "RLHF_SANDBOX_TAG": self.tag},
+            seccomp=self.seccomp,
         )
         raw = _Raw("ran", {}, r.stderr, r.peak_mb)
         if r.rc is None:

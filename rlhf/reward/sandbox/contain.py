@@ -268,6 +268,47 @@ def _kill_pid(pid: int) -> None:
         pass
 
 
+# -- the syscall filter --------------------------------------------------------------------------
+# Denied with EPERM: kernel interfaces a Python program never needs and that are the usual
+# routes of kernel exploits from an unprivileged user namespace (Docker's default profile
+# blocks the same), plus tracing other processes and changing mounts or namespaces.
+DENIED_SYSCALLS = (
+    "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
+    "io_uring_register", "kexec_load", "kexec_file_load", "init_module", "finit_module",
+    "delete_module", "add_key", "request_key", "ptrace", "process_vm_readv",
+    "process_vm_writev", "mount", "umount2", "pivot_root", "unshare", "setns", "swapon",
+    "swapoff", "reboot", "syslog", "acct", "quotactl", "open_by_handle_at",
+    "name_to_handle_at", "fanotify_init",
+)  # fmt: skip
+_SECCOMP = """
+import errno, os, sys, seccomp
+f = seccomp.SyscallFilter(seccomp.ALLOW)
+for name in sys.argv[1:]:
+    try:
+        f.add_rule(seccomp.ERRNO(errno.EPERM), name)
+    except (RuntimeError, ValueError):
+        pass  # not a syscall on this architecture
+f.export_bpf(sys.stdout.buffer)
+"""
+
+
+def seccomp_filter(python: str = "/usr/bin/python3") -> tuple[bytes | None, str]:
+    """The compiled BPF program for bwrap --seccomp, made with libseccomp's own Python bindings
+    (Debian: python3-seccomp) by the system interpreter; (None, why) when they are missing."""
+    try:
+        out = subprocess.run(
+            [python, "-I", "-c", _SECCOMP, *DENIED_SYSCALLS],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        err = getattr(e, "stderr", b"") or b""
+        why = err.decode(errors="replace").strip().splitlines()[-1:] or [str(e)]
+        return None, f"no syscall filter (libseccomp's Python bindings: {why[0][:120]})"
+    return out.stdout, ""
+
+
 # -- the command -------------------------------------------------------------------------------
 def bwrap_path() -> str | None:
     return shutil.which("bwrap")
@@ -305,6 +346,7 @@ def run(
     stdout_cap: int,
     stderr_keep: int,
     env: dict[str, str],
+    seccomp: bytes | None = None,
 ) -> Run:
     """Start `command` (bwrap ... with `--json-status-fd 3`) in fresh cgroups, feed it stdin,
     wait at most timeout_s, then kill the whole namespace and remove the cgroups."""
@@ -314,24 +356,32 @@ def run(
         procs = [str(d / "cgroup.procs") for d in dirs]
         prefix = ["/bin/sh", "-c", _JOIN, "sh", str(len(dirs)), *procs]
     status_r, status_w = os.pipe()
+    fds = {"{STATUS_FD}": status_w}
+    if seccomp is not None:  # bwrap reads the filter from a pipe (small: fits its buffer)
+        filter_r, filter_w = os.pipe()
+        os.write(filter_w, seccomp)
+        os.close(filter_w)
+        fds["{SECCOMP_FD}"] = filter_r
     try:
         proc = subprocess.Popen(
-            [*prefix, *(str(status_w) if a == "{STATUS_FD}" else a for a in command)],
+            [*prefix, *(str(fds[a]) if a in fds else a for a in command)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
             cwd="/",
             start_new_session=True,
-            pass_fds=(status_w,),
+            pass_fds=tuple(fds.values()),
         )
     except BaseException:
         os.close(status_r)
-        os.close(status_w)
+        for fd in fds.values():
+            os.close(fd)
         if cgroups:
             cgroups.remove(dirs)
         raise
-    os.close(status_w)
+    for fd in fds.values():
+        os.close(fd)
     init: dict[str, int] = {}
     out: list = []
     err: list[bytes] = []
