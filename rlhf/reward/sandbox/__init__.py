@@ -290,6 +290,9 @@ class SandboxScorer:
             out = self.run(extract_code(sample.response), tests)
         except TestFormatError as e:
             return None, f"exception: TestFormatError: {e}"[:300]
+        except Exception as e:  # e.g. a cgroup that could not be made: this sample's fallback
+            log.exception("sandbox run failed")
+            return None, f"exception: {type(e).__name__}: {e}"[:300]
         sample.info["sandbox_status"] = out.status
         sample.info["sandbox_s"] = round(time.monotonic() - t0, 3)
         if out.peak_mb is not None:

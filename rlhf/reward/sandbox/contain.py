@@ -87,6 +87,7 @@ class Cgroups:
             enabled = _enable_v2(own, wanted) if wanted else []
             try:
                 parent = own / name
+                _remove_stale(own)
                 parent.mkdir()
                 if enabled:
                     (parent / "cgroup.subtree_control").write_text(
@@ -120,6 +121,7 @@ class Cgroups:
             if ctrl in have or ctrl not in mounts or ctrl not in paths:
                 continue
             parent = Path(mounts[ctrl] + paths[ctrl]) / name
+            _remove_stale(parent.parent)
             try:
                 parent.mkdir()
             except OSError as e:
@@ -252,6 +254,20 @@ def _enable_v2(own: Path, wanted: list[str]) -> list[str]:
             except OSError:
                 pass  # e.g. our own cgroup holds processes (the no-internal-process rule)
     return out
+
+
+def _remove_stale(base: Path) -> None:
+    """Remove the empty cgroups of scorers whose process is gone (a reward actor that was
+    killed leaves its parent cgroup behind; its runs' processes died with their namespaces)."""
+    for d in base.glob("rlhf-sandbox-*-*"):
+        pid = d.name.split("-")[2]
+        if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        for run_dir in [*d.glob("run-*"), d]:
+            try:
+                run_dir.rmdir()
+            except OSError:
+                pass
 
 
 def _procs(d: Path) -> list[int]:
