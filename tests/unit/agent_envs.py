@@ -27,7 +27,9 @@ class CountdownEnv(TextEnv):
             if self.fault == "raise":
                 raise RuntimeError("env bug")
             if self.fault == "hang":
-                time.sleep(3600)
+                # Far past any step timeout in the tests, yet finite: a thread-isolated env's
+                # abandoned worker thread keeps pytest's interpreter from exiting until it returns.
+                time.sleep(30)
             if self.fault == "exit":
                 os._exit(3)
         done = self.t >= self.turns
