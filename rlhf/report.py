@@ -76,8 +76,9 @@ def _finite(v: Any) -> bool:
 def plot_run(run_dir: Path) -> Path:
     """run_dir/report.png from run_dir/metrics.jsonl: a 3x2 figure with the primary metric (raw
     and smoothed), the KL, the response / episode length, the stacked time per phase, the
-    held-out evaluation (eval.jsonl, step 0 included) and the learner's and engines' idle
-    shares (the rollout pipeline's overlap)."""
+    held-out evaluation (eval.jsonl, step 0 included; agent runs without one: turns per
+    episode, success rate, truncated share) and the learner's and engines' idle shares (the
+    rollout pipeline's overlap)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
@@ -150,20 +151,25 @@ def plot_run(run_dir: Path) -> Path:
         _no_data(ax_t, "timing/*_s")
 
     evals = jsonl.read(run_dir / jsonl.EVAL)
-    _lines(
-        ax_eval,
-        evals,
-        [r.get("step", i) for i, r in enumerate(evals)],
-        sorted(
-            {
-                k
-                for r in evals
-                for k in r
-                if k.startswith("eval/") and (k.endswith("accuracy") or "pass@" in k)
-            }
-        ),
-        "held-out evaluation (eval.jsonl)",
-    )
+    agent = ["env/turns_mean", "env/success_rate", "env/truncated_frac"]
+    if not evals and any("env/turns_mean" in r for r in rows):
+        # Agent runs (no held-out eval): turns per episode next to the success rate.
+        _lines(ax_eval, rows, steps, agent, "agent episodes: turns, success, truncated")
+    else:
+        _lines(
+            ax_eval,
+            evals,
+            [r.get("step", i) for i, r in enumerate(evals)],
+            sorted(
+                {
+                    k
+                    for r in evals
+                    for k in r
+                    if k.startswith("eval/") and (k.endswith("accuracy") or "pass@" in k)
+                }
+            ),
+            "held-out evaluation (eval.jsonl)",
+        )
     _lines(
         ax_idle,
         rows,

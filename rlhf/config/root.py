@@ -109,8 +109,10 @@ def _check_llm(cfg: RootConfig) -> None:
             f"colocated placement shares learner bundles: at most learner.num_ranks "
             f"({cfg.learner.num_ranks}) rollout workers, got {r.num_workers}",
         )
-    # 'task' is the built-in task's rule: it cannot score prompts from a file.
-    for key, kind, fn in cfg.reward.terms():
+    # 'task' is the built-in task's rule: it cannot score prompts from a file. (Agent episodes
+    # go to the reward actors only with env.score_transcript: the environment scores them.)
+    scored = not cfg.env.id or cfg.env.score_transcript
+    for key, kind, fn in cfg.reward.terms() if scored else ():
         if kind == "fn" and fn == "task" and cfg.data.path:
             raise ConfigError(
                 f"{key}.fn",

@@ -34,8 +34,16 @@ from typing import Any
 
 from rlhf.batch import GenerationRequest, Sample
 
-# (context ids, seed, max new tokens, stop token ids) -> (sampled ids, their logprobs, finish)
-Generate = Callable[[list[int], int, int, list[int]], Awaitable[tuple[list[int], list[float], str]]]
+# (context ids, seed, max new tokens, stop token ids) -> (sampled ids, their logprobs, the ids
+# the engine itself reports as the request's prompt)
+Generate = Callable[
+    [list[int], int, int, list[int]], Awaitable[tuple[list[int], list[float], list[int]]]
+]
+
+
+def digest(ids: list[int]) -> str:
+    """A short digest of token ids (the episode's turn log records the engine's contexts)."""
+    return hashlib.blake2b(str(list(ids)).encode(), digest_size=8).hexdigest()
 
 
 def turn_seed(seed: int, turn: int) -> int:
@@ -226,7 +234,14 @@ async def run_episode(
 ) -> Sample:
     """One episode of `env` (a ThreadEnv / ProcessEnv) on the task in `request`, as a Sample."""
     start = time.perf_counter()
-    task = {"prompt": request.prompt, "answer": request.answer, **request.fields}
+    # The prompt row: its columns at the top level (the interface's contract) and under
+    # "fields" (as PromptSource hands them over).
+    task = {
+        **request.fields,
+        "prompt": request.prompt,
+        "answer": request.answer,
+        "fields": request.fields,
+    }
     prompt_ids: list[int] = []
     response: list[int] = []
     mask: list[int] = []
@@ -242,6 +257,8 @@ async def run_episode(
         "env_error": "",
         "env_return": 0.0,
         "turn_starts": [],  # response positions where each model turn starts
+        # per model turn, the engine's own record of what it was given: (length, digest)
+        "engine_contexts": [],
     }
     ended = False
     try:
@@ -252,13 +269,14 @@ async def run_episode(
             room = limits.max_episode_tokens - len(prompt_ids) - len(response)
             if room <= 0:
                 break
-            ids, lps, _ = await generate(
+            ids, lps, seen = await generate(
                 prompt_ids + response,
                 turn_seed(request.seed, turn),
                 min(limits.max_tokens_per_turn, room),
                 stop_ids,
             )
             info["turn_starts"].append(len(response))
+            info["engine_contexts"].append((len(seen), digest(seen)))
             response += ids
             mask += [1] * len(ids)
             logprobs += lps
@@ -279,7 +297,7 @@ async def run_episode(
                 break  # no turn left to answer the environment's reply
             # A turn cut at max_tokens_per_turn has no end-of-turn token: close it (not sampled,
             # mask 0) so that the environment's reply follows a well-formed turn.
-            close = [] if ids and ids[-1] in stop_ids else stop_ids[:1]
+            close = [] if ids and ids[-1] in stop_ids else list(renderer.turn_end_ids)
             delta = close + list(renderer.delta_ids(messages))
             if len(prompt_ids) + len(response) + len(delta) >= limits.max_episode_tokens:
                 break  # no room for the reply and another turn: cut here

@@ -36,6 +36,7 @@ class CharRenderer:
     """Characters as ids (ord + 10); a model turn ends with EOS."""
 
     stop_token_ids = [EOS]
+    turn_end_ids = [EOS]
 
     def prompt_ids(self, messages, tools):
         return [ord(c) + 10 for m in messages for c in m["content"]]
@@ -61,7 +62,7 @@ class FakeEngine:
             ids[-1] = EOS
         self.calls.append((list(context), seed, max_tokens, ids))
         await asyncio.sleep(0)
-        return ids, [-0.5] * n, "stop" if ids[-1] == EOS else "length"
+        return ids, [-0.5] * n, list(context)
 
 
 POOL = ThreadPoolExecutor(8)
@@ -199,3 +200,35 @@ def test_transcript_marks_segments():
         {"by": "env", "text": "12"},
         {"by": "model", "text": "13"},
     ]
+
+
+@pytest.mark.parametrize("score_transcript", [False, True])
+def test_pipeline_episode_reward_is_return_plus_transcript_score(score_transcript):
+    from rlhf.config import RolloutConfig
+    from rlhf.pipeline import RolloutPipeline
+
+    class Rewards:  # the reward actors' stand-in: the transcript scores 0.5
+        def __init__(self):
+            self.calls = 0
+
+        def score(self, samples):
+            self.calls += 1
+            for s in samples:
+                s.reward = 0.5
+            pipe._on_scored(samples)
+            return []
+
+    cfg = RolloutConfig(prompts_per_step=1, samples_per_prompt=2)
+    rewards = Rewards()
+    pipe = RolloutPipeline(cfg, None, [], rewards, seed=0, score_episodes=score_transcript)
+    pipe.ledger.issue(0, 1, 0)
+    pipe.requests[0] = []
+    eps = [
+        _episode_sample([1, 0, 1], [(0, 0.0), (2, 1.0)], 0.0, engine_call_s=0.1, env_return=1.0)
+        for _ in range(2)
+    ]
+    for i, s in enumerate(eps):
+        s.info["sample_index"] = i
+    pipe._on_generated(eps)
+    assert rewards.calls == int(score_transcript)  # no transcript score: no reward call
+    assert [s.reward for s in pipe.kept[0]] == [1.5 if score_transcript else 1.0] * 2
