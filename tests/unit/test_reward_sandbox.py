@@ -46,22 +46,28 @@ def _sandbox_processes(tag: str) -> list[int]:
 
 
 def _children() -> list[int]:
-    """Our sandbox launchers (`bwrap` children of this process) still running. Other children
-    (e.g. multiprocessing's resource tracker from earlier tests) are not the sandbox's."""
-    me = str(os.getpid())
-    out = []
+    """Our sandbox launchers (`bwrap` processes descending from this one: the slots' spawners
+    fork them) still running. Other processes are not the sandbox's."""
+    parent, argv0, state = {}, {}, {}
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 with open(f"/proc/{d}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
                 with open(f"/proc/{d}/cmdline", "rb") as f:
-                    argv0 = f.read().split(b"\0")[0]
+                    argv0[int(d)] = f.read().split(b"\0")[0]
             except OSError:
                 continue
-            if fields[1] == me and fields[0] != "Z" and argv0.endswith(b"bwrap"):
-                out.append(int(d))
-    return out
+            parent[int(d)], state[int(d)] = int(fields[1]), fields[0]
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return [p for p, a in argv0.items() if a.endswith(b"bwrap") and state.get(p) != "Z" and ours(p)]
 
 
 @pytest.fixture(scope="module")

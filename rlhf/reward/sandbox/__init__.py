@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import re
 import secrets
 import time
@@ -106,6 +107,7 @@ class SandboxScorer:
         self.tag = secrets.token_hex(8)
         self.root = os.geteuid() == 0
         self.cgroups: contain.Cgroups | None = None
+        self.slots: queue.Queue[contain.Slot] = queue.Queue()
         self._plans: dict[str, CallTests | IOTests] = {}
         self.isolation, self.unavailable = self._set_up()
         if self.unavailable:
@@ -128,11 +130,17 @@ class SandboxScorer:
         cg = contain.Cgroups(self.tag, c.memory_mb << 20, c.max_processes, c.concurrency)
         no_cgroups = ""
         if cg.missing:
-            if not getattr(c, "allow_no_cgroups", False):
+            if not c.allow_no_cgroups:
                 return "", f"{cg.missing} (reward.sandbox.allow_no_cgroups=true runs without)"
             no_cgroups = ", NO per-run cgroups (allow_no_cgroups)"
         else:
             self.cgroups = cg
+        try:
+            for _ in range(c.concurrency):
+                self.slots.put(contain.Slot(self.cgroups, self.python))
+        except OSError as e:
+            self.close_cgroups()
+            return "", f"sandbox slots could not be started ({e})"
         missing = self._missing_layers()
         if missing:
             self.close_cgroups()
@@ -177,7 +185,7 @@ class SandboxScorer:
         if self.seccomp is not None and f.get("seccomp") != "2":
             missing.append("the syscall filter (Seccomp mode 2)")
         if self.cgroups is not None and not out.peak_mb:
-            missing.append("the run did not join its memory cgroup")
+            missing.append("the run is not in its memory cgroup")
         return missing
 
     # -- running -----------------------------------------------------------------------------
@@ -219,16 +227,20 @@ class SandboxScorer:
             spec.update(mode="io", inputs=list(plan.inputs), out_limit=c.file_size_mb << 20)
         else:
             spec.update(mode="calls", steps=[list(s) for s in plan.steps])
-        r = contain.run(
-            self._command(),
-            json.dumps(spec).encode(),
-            timeout_s or c.timeout_s,
-            self.cgroups,
-            stdout_cap=(c.file_size_mb << 20) + (1 << 20),
-            stderr_keep=c.max_output_kb << 10,
-            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "RLHF_SANDBOX_TAG": self.tag},
-            seccomp=self.seccomp,
-        )
+        slot = self.slots.get()
+        try:
+            r = contain.run(
+                slot,
+                self._command(),
+                json.dumps(spec).encode(),
+                timeout_s or c.timeout_s,
+                stdout_cap=(c.file_size_mb << 20) + (1 << 20),
+                stderr_keep=c.max_output_kb << 10,
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "RLHF_SANDBOX_TAG": self.tag},
+                seccomp=self.seccomp,
+            )
+        finally:
+            self.slots.put(slot)
         raw = _Raw("ran", {}, r.stderr, r.peak_mb)
         if r.rc is None:
             raw.status = "timeout"
@@ -309,6 +321,8 @@ class SandboxScorer:
         return list(self.pool.map(self._one, samples))
 
     def close_cgroups(self) -> None:
+        while not self.slots.empty():
+            self.slots.get().close()
         if self.cgroups is not None:
             self.cgroups.close()
             self.cgroups = None

@@ -1,29 +1,33 @@
-"""Containment of one sandboxed run: bubblewrap namespaces, a minimal root filesystem, per-run
-cgroups, and a kill that does not need the program's cooperation.
+"""Containment of sandboxed runs: bubblewrap namespaces, a minimal root filesystem, cgroups
+per slot, and a kill that does not need the program's cooperation.
 
-A run is `sh` (joins the run's cgroups) -> `setpriv` (as root: uid/gid 65534, no groups) ->
-`bwrap` -> `python -I -S -c <harness>`. bubblewrap (Debian's `bubblewrap`, maintained, no
-setuid bit needed) gives:
+The scorer has `concurrency` slots; a slot runs one program at a time and owns a cgroup in each
+hierarchy that carries a limit (memory.max or memory.limit_in_bytes with swap, pids.max, a
+one-CPU quota), so each limit counts every process of the run and nothing of another run. A
+slot's spawner (started inside those cgroups) forks each run: `setpriv` (as root: uid/gid
+65534, no groups) -> `bwrap` -> `python -I -S -c <harness>`. bubblewrap (Debian's
+`bubblewrap`, maintained, no setuid bit needed) gives:
 - new user, PID, network, IPC, UTS, mount and cgroup namespaces (`--unshare-all
   --unshare-user`), no nested user namespaces (`--disable-userns`), no capabilities and
-  NO_NEW_PRIVS, a new terminal session, SIGKILL when the launcher dies;
+  NO_NEW_PRIVS, a new terminal session, SIGKILL when its parent dies, a seccomp filter;
 - a root filesystem holding only read-only binds of /usr (and the /bin, /lib symlinks), the
   interpreter's prefix, fresh /proc and /dev, and a private size-capped tmpfs on /tmp: nothing
-  of the host is writable and no host file system socket, checkout, checkpoint or home exists.
-Per run, a cgroup in each hierarchy that carries a limit (memory.max or memory.limit_in_bytes
-with swap, pids.max, a one-CPU quota) counts every process of the run; at the end the
-namespace's init (bwrap's PID 1, from `--json-status-fd`) is SIGKILLed through a pidfd, which
-takes every process of the PID namespace with it, `setsid` daemons included; where cgroup v2 is
-mounted `cgroup.kill` does the same for the run's cgroup. Any layer that cannot be set up is
-reported by name (`Cgroups.missing`, the scorer's probe) and the sandbox fails closed.
+  of the host is writable and no host socket, checkout, checkpoint or home exists inside.
+At the timeout, and after every run, the namespace's init (bwrap's PID 1, from
+`--json-status-fd`) is SIGKILLed through a pidfd, which takes every process of the PID namespace
+with it, `setsid` daemons included; then the slot's cgroups are swept (anything but the spawner
+is SIGKILLed). Any layer that cannot be set up is reported by name (`Cgroups.missing`, the
+scorer's probe) and the sandbox fails closed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -46,15 +50,14 @@ _JOIN = (
 @dataclass
 class _Hierarchy:
     parent: Path  # our directory for run cgroups in this hierarchy
-    limits: list[tuple[str, str]]  # (file, value) written into each run cgroup, in order
-    kill: bool = False  # cgroup v2: cgroup.kill
+    limits: list[tuple[str, str]]  # (file, value) written into each slot's cgroup, in order
     peak: str = ""  # file with the run's memory peak, if this hierarchy has memory
 
 
 @dataclass
 class Cgroups:
-    """One cgroup per run in each hierarchy that limits memory, processes or CPU. `missing`
-    names what could not be set up ('' when memory and pids limits both work)."""
+    """A cgroup per slot (one run at a time) in each hierarchy that limits memory, processes or
+    CPU. `missing` names what could not be set up ('' when memory and pids limits both work)."""
 
     tag: str
     memory_bytes: int
@@ -77,7 +80,7 @@ class Cgroups:
         mounts = _cgroup_mounts()
         paths = _own_cgroups()
         name = f"rlhf-sandbox-{os.getpid()}-{self.tag}"
-        mem, pids = str(self.memory_bytes), str(self.max_pids)
+        mem, pids = str(self.memory_bytes), str(self.max_pids + 1)  # + the slot's spawner
         have: set[str] = set()
         errors = []
         v2 = mounts.get("cgroup2")
@@ -101,14 +104,16 @@ class Cgroups:
                 limits = []
                 if "memory" in enabled:
                     limits += [("memory.max", mem), ("memory.swap.max", "0")]
-                    limits += [("memory.oom.group", "1")]
                 if "pids" in enabled:
                     limits.append(("pids.max", pids))
                 if "cpu" in enabled:
                     limits.append(("cpu.max", "100000 100000"))
                 peak = "memory.peak" if "memory" in enabled else ""
-                self.hierarchies.append(_Hierarchy(parent, limits, kill=True, peak=peak))
-                have.update(enabled)
+                if enabled:
+                    self.hierarchies.append(_Hierarchy(parent, limits, peak=peak))
+                    have.update(enabled)
+                else:
+                    parent.rmdir()
         for ctrl, limits, peak in (
             (
                 "memory",
@@ -144,14 +149,14 @@ class Cgroups:
         return f"per-run cgroup limits ({', '.join(lacking)}): {why}"
 
     def create(self) -> list[Path]:
-        """The cgroups of a new run, limits set."""
+        """The cgroups of a new slot, limits set."""
         with self._lock:
             self._n += 1
             n = self._n
         dirs = []
         try:
             for h in self.hierarchies:
-                d = h.parent / f"run-{n}"
+                d = h.parent / f"slot-{n}"
                 d.mkdir()
                 dirs.append(d)
                 for f, value in h.limits:
@@ -170,14 +175,6 @@ class Cgroups:
                 except (OSError, ValueError):
                     return None
         return None
-
-    def kill(self, dirs: list[Path]) -> None:
-        for h, d in zip(self.hierarchies, dirs):
-            if h.kill:
-                try:
-                    (d / "cgroup.kill").write_text("1")
-                except OSError:
-                    pass
 
     def remove(self, dirs: list[Path], wait_s: float = 5.0) -> None:
         """Remove the run's cgroups once their processes are gone (SIGKILLing any left)."""
@@ -198,7 +195,7 @@ class Cgroups:
 
     def close(self) -> None:
         for h in self.hierarchies:
-            for d in h.parent.glob("run-*"):
+            for d in h.parent.glob("slot-*"):
                 try:
                     self.remove([d], wait_s=1.0)
                 except OSError:
@@ -263,7 +260,7 @@ def _remove_stale(base: Path) -> None:
         pid = d.name.split("-")[2]
         if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
             continue
-        for run_dir in [*d.glob("run-*"), d]:
+        for run_dir in [*d.glob("slot-*"), d]:
             try:
                 run_dir.rmdir()
             except OSError:
@@ -348,131 +345,252 @@ def root_binds(python: str) -> list[str]:
 @dataclass
 class Run:
     rc: int | None  # exit code (negative: signal), None after a timeout
-    stdout: bytes  # the harness's result lines (None when over the cap)
+    stdout: bytes  # the harness's result lines
     stderr: str  # its last bytes
-    overflow: bool
+    overflow: bool  # stdout was over the cap (and dropped)
     peak_mb: float | None
 
 
+# The spawner: one long-lived process per slot, started inside the slot's cgroups, that forks
+# every run of the slot. Runs so inherit the cgroups instead of being moved into them: moving a
+# process into a cgroup (a write to cgroup.procs) made each run's Python start ~20-30 ms slower
+# here, a third of a run. It receives (argv, env) and the run's pipes over a SOCK_SEQPACKET
+# socket and answers with a pidfd of the run (bwrap's monitor). Trusted: no program code runs in
+# it; the programs cannot reach it (another PID namespace) and the OOM killer spares it.
+_SPAWNER = r"""
+import ctypes, json, os, signal, socket, sys
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the scorer
+try:
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("-1000")
+except OSError:
+    pass
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the runs
+sock = socket.socket(fileno=int(sys.argv[1]))
+while True:
+    try:
+        msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 8)
+    except OSError:
+        break
+    if not msg:
+        break
+    req = json.loads(msg)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.setsid()
+            for i, fd in enumerate(fds):  # via 100+ first: a target may be another's source
+                os.dup2(fd, 100 + i)
+            for i, target in enumerate(req["targets"]):
+                os.dup2(100 + i, target, inheritable=True)
+            os.closerange(max(req["targets"]) + 1, 65536)
+            os.execve(req["argv"][0], req["argv"], req["env"])
+        finally:
+            os._exit(127)
+    for fd in fds:
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [pidfd])
+    os.close(pidfd)
+"""
+
+
+class Slot:
+    """One run at a time: its cgroups (when there are any) and its spawner."""
+
+    def __init__(self, cgroups: Cgroups | None, python: str):
+        self.cgroups, self.python = cgroups, python
+        self.dirs = cgroups.create() if cgroups else []
+        self.proc: subprocess.Popen | None = None
+        self._start()
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        prefix = []
+        if self.dirs:
+            procs = [str(d / "cgroup.procs") for d in self.dirs]
+            prefix = ["/bin/sh", "-c", _JOIN, "sh", str(len(procs)), *procs]
+        try:
+            self.proc = subprocess.Popen(
+                [*prefix, self.python, "-I", "-S", "-c", _SPAWNER, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                cwd="/",
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self.sock = ours
+
+    def spawn(self, argv: list[str], env: dict[str, str], fds: list[int]) -> int:
+        """Start argv with fds as 0, 1, 2, 3, ...; returns a pidfd of the new process. The
+        caller's copies of fds are closed."""
+        req = json.dumps({"argv": argv, "env": env, "targets": list(range(len(fds)))})
+        try:
+            for attempt in (0, 1):
+                try:
+                    socket.send_fds(self.sock, [req.encode()], fds)
+                    msg, got, _, _ = socket.recv_fds(self.sock, 4096, 1)
+                    if msg and got:
+                        return got[0]
+                except OSError:
+                    pass
+                if attempt == 0:  # the spawner died (it should not): a fresh one, once
+                    self.close_spawner()
+                    self._start()
+            raise OSError("the sandbox spawner does not answer")
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def sweep(self, wait_s: float = 5.0) -> None:
+        """After a run: SIGKILL anything of it still in the slot's cgroups (nothing normally:
+        its PID namespace is gone) and wait until only the spawner is left."""
+        deadline = time.monotonic() + wait_s
+        keep = {self.proc.pid} if self.proc else set()
+        for d in self.dirs:
+            while left := [p for p in _procs(d) if p not in keep]:
+                if time.monotonic() > deadline:
+                    raise OSError(f"processes {left} of a finished run stay in {d}")
+                for pid in left:
+                    _kill_pid(pid)
+                time.sleep(0.002)
+
+    def reset_peak(self) -> None:
+        for h, d in zip(self.cgroups.hierarchies if self.cgroups else [], self.dirs):
+            if h.peak:
+                try:
+                    (d / h.peak).write_text("0")
+                except OSError:
+                    pass
+
+    def close_spawner(self) -> None:
+        self.sock.close()
+        if self.proc is not None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+    def close(self) -> None:
+        self.close_spawner()
+        if self.cgroups:
+            self.cgroups.remove(self.dirs)
+
+
 def run(
+    slot: Slot,
     command: list[str],
     stdin: bytes,
     timeout_s: float,
-    cgroups: Cgroups | None,
     stdout_cap: int,
     stderr_keep: int,
     env: dict[str, str],
     seccomp: bytes | None = None,
 ) -> Run:
-    """Start `command` (bwrap ... with `--json-status-fd 3`) in fresh cgroups, feed it stdin,
-    wait at most timeout_s, then kill the whole namespace and remove the cgroups."""
-    dirs = cgroups.create() if cgroups else []
-    prefix = []
-    if dirs:
-        procs = [str(d / "cgroup.procs") for d in dirs]
-        prefix = ["/bin/sh", "-c", _JOIN, "sh", str(len(dirs)), *procs]
-    status_r, status_w = os.pipe()
-    fds = {"{STATUS_FD}": status_w}
+    """Run `command` (bwrap ... --json-status-fd {STATUS_FD} [--seccomp {SECCOMP_FD}]) in the
+    slot, feed it stdin, wait at most timeout_s, then kill its whole PID namespace."""
+    pipes = [os.pipe() for _ in range(4)]  # stdin, stdout, stderr, bwrap's status
+    child = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
+    ours = [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]]
+    marks = {"{STATUS_FD}": "3"}
     if seccomp is not None:  # bwrap reads the filter from a pipe (small: fits its buffer)
         filter_r, filter_w = os.pipe()
         os.write(filter_w, seccomp)
         os.close(filter_w)
-        fds["{SECCOMP_FD}"] = filter_r
+        child.append(filter_r)
+        marks["{SECCOMP_FD}"] = "4"
+    argv = [marks.get(a, a) for a in command]
+    slot.reset_peak()
     try:
-        proc = subprocess.Popen(
-            [*prefix, *(str(fds[a]) if a in fds else a for a in command)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd="/",
-            start_new_session=True,
-            pass_fds=tuple(fds.values()),
-        )
+        monitor = slot.spawn(argv, env, child)
     except BaseException:
-        os.close(status_r)
-        for fd in fds.values():
+        for fd in ours:
             os.close(fd)
-        if cgroups:
-            cgroups.remove(dirs)
         raise
-    for fd in fds.values():
-        os.close(fd)
-    init: dict[str, int] = {}
+    status: dict = {}
     out: list = []
     err: list[bytes] = []
     threads = [
-        threading.Thread(target=_read_status, args=(status_r, init), daemon=True),
-        threading.Thread(target=_read_capped, args=(proc.stdout, stdout_cap, out), daemon=True),
-        threading.Thread(target=_read_tail, args=(proc.stderr, stderr_keep, err), daemon=True),
+        threading.Thread(target=_read_status, args=(ours[3], status), daemon=True),
+        threading.Thread(target=_read_capped, args=(ours[1], stdout_cap, out), daemon=True),
+        threading.Thread(target=_read_tail, args=(ours[2], stderr_keep, err), daemon=True),
     ]
     for t in threads:
         t.start()
-    try:
-        proc.stdin.write(stdin)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    rc: int | None
-    try:
-        rc = proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        rc = None
-    finally:
-        if cgroups:
-            cgroups.kill(dirs)
-        pidfd = init.get("pidfd")
+    with os.fdopen(ours[0], "wb") as f:
+        try:
+            f.write(stdin)
+        except BrokenPipeError:
+            pass
+    exited = _wait_pidfd(monitor, timeout_s)
+    init = status.get("pidfd")
+    for pidfd in (init, monitor):
         if pidfd is not None:
             try:
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    _wait_pidfd(monitor, 5.0)
     for t in threads:
         t.join(timeout=2)
-    if pidfd is not None:
-        os.close(pidfd)
-    peak = None
-    if cgroups:
-        peak = cgroups.peak_mb(dirs)
-        cgroups.remove(dirs)
+    for pidfd in (init, monitor):
+        if pidfd is not None:
+            os.close(pidfd)
+    slot.sweep()
+    peak = slot.cgroups.peak_mb(slot.dirs) if slot.cgroups else None
+    rc: int | None = None
+    if exited:
+        code = status.get("exit-code")
+        # bwrap reports a command killed by signal N as 128 + N; no report: bwrap itself died
+        rc = -9 if code is None else (128 - code if code > 128 else code)
     stdout, overflow = out[0] if out else (b"", False)
     return Run(rc, stdout, (err[0] if err else b"").decode(errors="replace"), overflow, peak)
 
 
-def _read_status(fd: int, init: dict) -> None:
-    """bwrap's first status document names the namespace's init; hold a pidfd to it at once
-    (so the pid cannot be reused before the kill)."""
+def _wait_pidfd(pidfd: int, timeout_s: float) -> bool:
+    """True when the process exited within timeout_s."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout_s) * 1000))
+
+
+def _read_status(fd: int, status: dict) -> None:
+    """bwrap's status documents, one a line: the first names the namespace's init (a pidfd to it
+    is opened at once, so the pid cannot be reused before the kill), the last its exit code.
+    Only bwrap writes here: the fd is not passed to the program."""
     with os.fdopen(fd, "rb") as f:
-        first = f.readline()
-        try:
-            pid = int(json.loads(first)["child-pid"])
-            init["pidfd"] = os.pidfd_open(pid)
-        except (ValueError, KeyError, TypeError, OSError):
-            pass
-        f.read()
+        for i, line in enumerate(f):
+            try:
+                doc = json.loads(line)
+                if i == 0:
+                    status["pidfd"] = os.pidfd_open(int(doc["child-pid"]))
+                elif type(doc.get("exit-code")) is int:
+                    status["exit-code"] = doc["exit-code"]
+            except (ValueError, KeyError, TypeError, AttributeError, OSError):
+                pass
 
 
-def _read_capped(stream, cap: int, out: list) -> None:
+def _read_capped(fd: int, cap: int, out: list) -> None:
     chunks, n, overflow = [], 0, False
-    while chunk := stream.read(65536):
-        if not overflow:
-            n += len(chunk)
-            if n > cap:
-                overflow, chunks = True, []
-            else:
-                chunks.append(chunk)
+    with os.fdopen(fd, "rb") as stream:
+        while chunk := stream.read(65536):
+            if not overflow:
+                n += len(chunk)
+                if n > cap:
+                    overflow, chunks = True, []
+                else:
+                    chunks.append(chunk)
     out.append((b"".join(chunks), overflow))
 
 
-def _read_tail(stream, keep: int, out: list[bytes]) -> None:
+def _read_tail(fd: int, keep: int, out: list[bytes]) -> None:
     buf = b""
-    while chunk := stream.read(65536):
-        buf = (buf + chunk)[-keep:]
+    with os.fdopen(fd, "rb") as stream:
+        while chunk := stream.read(65536):
+            buf = (buf + chunk)[-keep:]
     out.append(buf)
 
 
