@@ -262,8 +262,12 @@ async def run_episode(
     }
     ended = False
     try:
-        messages, _ = await env.reset(task, request.seed)
-        prompt_ids = list(renderer.prompt_ids(messages, env.schemas))
+        first = await env.reset(task, request.seed)
+        try:
+            messages, _ = first
+            prompt_ids = list(renderer.prompt_ids(messages, env.schemas))
+        except Exception as e:
+            raise EnvFailed("exception", f"bad reset result or messages: {e}") from e
         stop_ids = list(renderer.stop_token_ids)
         for turn in range(limits.max_turns):
             room = limits.max_episode_tokens - len(prompt_ids) - len(response)
@@ -281,15 +285,17 @@ async def run_episode(
             mask += [1] * len(ids)
             logprobs += lps
             info["turns"] += 1
-            messages, reward, terminated, truncated, step_info = await env.step(
-                renderer.action_text(ids)
-            )
-            step_info = step_info or {}
+            result = await env.step(renderer.action_text(ids))
+            try:  # what an environment returns is untrusted too
+                messages, reward, terminated, truncated, step_info = result
+                reward, step_info = float(reward), dict(step_info or {})
+            except (TypeError, ValueError) as e:
+                raise EnvFailed("exception", f"step returned {type(result).__name__}: {e}") from e
             info["tool_calls"] += int(step_info.get("tool_calls", 0))
             info["tool_errors"] += int(step_info.get("tool_errors", 0))
             info["success"] = bool(step_info.get("success", info["success"]))
             last_sampled = max((i for i, m in enumerate(mask) if m), default=-1)
-            turn_rewards.append((last_sampled, float(reward)))
+            turn_rewards.append((last_sampled, reward))
             if terminated or truncated:
                 ended, info["truncated"] = True, bool(truncated)
                 break
@@ -298,7 +304,10 @@ async def run_episode(
             # A turn cut at max_tokens_per_turn has no end-of-turn token: close it (not sampled,
             # mask 0) so that the environment's reply follows a well-formed turn.
             close = [] if ids and ids[-1] in stop_ids else list(renderer.turn_end_ids)
-            delta = close + list(renderer.delta_ids(messages))
+            try:
+                delta = close + list(renderer.delta_ids(messages))
+            except Exception as e:  # messages the chat template cannot render
+                raise EnvFailed("exception", f"unrenderable messages: {e}") from e
             if len(prompt_ids) + len(response) + len(delta) >= limits.max_episode_tokens:
                 break  # no room for the reply and another turn: cut here
             response += delta
