@@ -18,6 +18,8 @@ def preflight(cfg: RootConfig) -> RootConfig:
         from rlhf.rollout.gym_runner import check_gym_config  # gymnasium + torch
 
         check_gym_config(cfg.rollout.gym)
+    if cfg.model.uses_lora:
+        check_lora_targets(cfg)
     if cfg.env.id:
         from rlhf.rollout.agent_loop import check_env_config  # the env registry
 
@@ -31,6 +33,20 @@ def preflight(cfg: RootConfig) -> RootConfig:
     for message in advisories(cfg):
         console(f"warning: {message}")
     return cfg
+
+
+def check_lora_targets(cfg: RootConfig) -> None:
+    """model.lora.target_modules name linear layers of the model (its config.json, or the
+    built-in tiny model's architecture), checked on a weightless meta-device copy."""
+    from rlhf.models.lora import check_target_modules, tiny_hf_config  # transformers
+
+    if cfg.model.path:
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(cfg.model.path)
+    else:
+        hf_config = tiny_hf_config(cfg.model)
+    check_target_modules(cfg.model.lora, hf_config)
 
 
 def advisories(cfg: RootConfig) -> list[str]:

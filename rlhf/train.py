@@ -173,6 +173,7 @@ def build_trainer(
             placement.rollout,
             runtime_env,
             max_restarts=restarts,
+            lora=cfg.model.lora if cfg.model.uses_lora else None,
         )
         rewards = RewardGroup(
             cfg.reward, cfg.data.task, placement.reward, runtime_env, max_restarts=restarts

@@ -11,6 +11,7 @@ ratio of the medians. One table is printed; the rows and the machine go to a JSO
 | --------------- | -------------------------------------- | ------------------------------------- |
 | startup         | launch -> end of step 1 (`rlhf.train`) | launch -> one bare `vllm.LLM` built   |
 | weight_sync     | learner rank 0 -> vLLM engine, loaded  | raw gloo broadcast of the same bytes  |
+| lora_sync       | LoRA r8 adapter sync, served           | full-weights sync, same model         |
 | learner         | LearnerGroup.update tokens/s           | bare PyTorch loop, same model/optim   |
 | generation      | VllmEngine.generate tokens/s           | HF `generate`, same model and prompts |
 | cartpole        | seconds to return 475 from launch      | Stable-Baselines3 PPO                 |
@@ -378,6 +379,77 @@ def bench_weight_sync(args) -> list[Row]:
                 ray.kill(a)
             ray.util.remove_placement_group(s[0].pg)
             ray.util.remove_placement_group(rs[0].pg)
+    finally:
+        ray.shutdown()
+    return rows
+
+
+def bench_lora_sync(args) -> list[Row]:
+    """model.lora.rank=8: the adapter-only sync against the full-weights sync of the same model,
+    alternately, each timed up to the engine's next generate (vLLM loads an adapter lazily
+    there, so the load is inside the measurement; the full side runs the same generate)."""
+    import ray
+
+    from rlhf.batch import GenerationRequest
+    from rlhf.rollout.vllm_engine import VllmEngine
+
+    env = ray_start()
+    probe = [GenerationRequest(prompt_id=0, sample_index=0, seed=0, prompt="1+2=")]
+    rows = []
+    try:
+        for size in args.sizes:
+            path, s, sides = model_path(size), slots(4), {}
+            print(f"  lora_sync {size}: a learner and an engine per side", flush=True)
+            for i, (side, extra) in enumerate((("full", []), ("lora", ["model.lora.rank=8"]))):
+                cfg = root_config(
+                    size,
+                    ["learner.num_ranks=1", "rollout.vllm.gpu_memory_utilization=0.15", *extra],
+                )
+                learners = learner_group(cfg, path, s[2 * i : 2 * i + 1], env, rows=16)
+                lora = cfg.model.lora if cfg.model.uses_lora else None
+                engine = (
+                    ray.remote(VllmEngine)
+                    .options(**s[2 * i + 1].options(env))
+                    .remote(cfg.rollout, path, cfg.model.dtype, 0, 0, lora=lora)
+                )
+                host, port = ray.get(learners.sync_address())
+                meta = ray.get(learners.weight_meta())
+                bucket = cfg.learner.sync_bucket_mb << 20
+                ray.get(
+                    learners.init_weight_sync(host, port, 2)
+                    + [engine.init_weight_sync.remote(host, port, 1, 2, meta, bucket)]
+                )
+                sides[side] = (learners, engine, sum(4 * _numel(m[1]) for m in meta))
+            full_b, lora_b = sides["full"][2], sides["lora"][2]
+            row = Row(
+                "lora_sync",
+                f"{size} ({lora_b / 1e6:.2f} of {full_b / 1e6:.0f} MB)",
+                "s",
+                target="<= 0.2x",
+                note="ours: rank-8 adapter sync + the next generate (vLLM's adapter load); "
+                "baseline: full-weights sync + the same generate",
+            )
+            for rep in range(args.reps + 1):  # the first of each is a warm-up, not counted
+                took = {}
+                for side, (learners, engine, _) in sides.items():
+                    t = time.perf_counter()
+                    ray.get(learners.broadcast_weights() + [engine.receive_weights.remote(rep)])
+                    ray.get(engine.generate.remote(probe))
+                    took[side] = time.perf_counter() - t
+                if rep:
+                    row.ours.append(took["lora"])
+                    row.baseline.append(took["full"])
+            row.extra.update(bytes_lora=lora_b, bytes_full=full_b, bytes_ratio=lora_b / full_b)
+            print(
+                f"  lora_sync {size}: lora {spread(row.ours)} s ({lora_b} B), full "
+                f"{spread(row.baseline)} s ({full_b} B)",
+                flush=True,
+            )
+            rows.append(row)
+            for learners, engine, _ in sides.values():
+                for a in [*learners.actors, engine]:
+                    ray.kill(a)
+            ray.util.remove_placement_group(s[0].pg)
     finally:
         ray.shutdown()
     return rows
@@ -752,6 +824,7 @@ def bench_time_to_reward(args) -> list[Row]:
 BENCHES: dict[str, Callable] = {
     "startup": bench_startup,
     "weight_sync": bench_weight_sync,
+    "lora_sync": bench_lora_sync,
     "learner": bench_learner,
     "generation": bench_generation,
     "cartpole": bench_cartpole,
@@ -766,7 +839,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         "--only", default=",".join(BENCHES), help="comma-separated: " + ",".join(BENCHES)
     )
     p.add_argument("--reps", type=int, default=2, help="repetitions per side")
-    p.add_argument("--sizes", default="tiny,17M,134M", help="weight_sync model sizes")
+    p.add_argument("--sizes", default="tiny,17M,134M", help="weight_sync / lora_sync model sizes")
     p.add_argument("--quick", action="store_true", help="fewer cases (a smoke run)")
     p.add_argument("--out", default="", help="JSON file (default outputs/bench/bench-<time>.json)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the start-up run")

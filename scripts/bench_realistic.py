@@ -2,6 +2,7 @@
 
     python scripts/bench_realistic.py                 # Qwen2.5-0.5B's shape, 3 steps
     python scripts/bench_realistic.py --steps 2 --dtype bfloat16
+    python scripts/bench_realistic.py --lora-rank 8  # the LoRA row: adapter training + sync
 
 Builds, offline, a random-init Qwen2ForCausalLM with Qwen2.5-0.5B's config (494M parameters,
 24 layers, hidden 896, 14 query / 2 key-value heads, vocab 151,936, tied embeddings, 32k
@@ -168,8 +169,11 @@ def main() -> None:
     ap.add_argument("--tokenizer-vocab", type=int, default=8000)
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_realistic")
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--lora-rank", type=int, default=0, help="model.lora.rank (0 = full weights)")
     args = ap.parse_args()
     model_dir, run_dir = args.out / f"model-{args.dtype}", args.out / f"run-{args.dtype}"
+    if args.lora_rank:
+        run_dir = run_dir.with_name(f"{run_dir.name}-lora{args.lora_rank}")
     if args.build_only:
         t0 = time.perf_counter()
         n = build_model(model_dir, args.tokenizer_vocab, args.dtype)
@@ -210,6 +214,7 @@ def main() -> None:
         f"trainer.total_steps={args.steps}",
         "eval=off",
         "ray.num_cpus=3",
+        f"model.lora.rank={args.lora_rank}",
     ]
     t0 = time.perf_counter()
     proc = launch_train(
@@ -236,6 +241,7 @@ def main() -> None:
     print(
         f"\nbench_realistic: Qwen2.5-0.5B shape, random init, {params / 1e6:.1f}M parameters, "
         f"{args.dtype}, 1 learner rank (ZeRO-0) + 1 vLLM engine, 16 samples x <=16 new tokens"
+        + (f", LoRA rank {args.lora_rank}" if args.lora_rank else "")
     )
     print(f"wall time of the run (start-up included): {wall:.0f}s")
     print(

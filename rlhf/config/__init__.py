@@ -18,7 +18,7 @@ from rlhf.config.checks import ConfigError
 from rlhf.config.data import DataConfig, EvalConfig
 from rlhf.config.env import EnvConfig
 from rlhf.config.learner import LearnerConfig
-from rlhf.config.model import MlpConfig, ModelConfig, TinyModelConfig
+from rlhf.config.model import LoraConfig, MlpConfig, ModelConfig, TinyModelConfig
 from rlhf.config.reward import (
     REWARD_KINDS,
     JudgeConfig,
@@ -50,6 +50,7 @@ __all__ = [
     "JudgeConfig",
     "LearnerConfig",
     "LoggerConfig",
+    "LoraConfig",
     "MlpConfig",
     "ModelConfig",
     "PlacementConfig",

@@ -46,6 +46,50 @@ class MlpConfig:
         one_of("model.mlp.activation", self.activation, ["tanh", "relu"])
 
 
+# Every linear projection of a Qwen2/Llama-style block: what LoRA adapts by default.
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+VLLM_MAX_LORA_RANK = 512  # the largest max_lora_rank vLLM accepts
+
+
+@dataclass
+class LoraConfig:
+    """model.lora: train a LoRA adapter (through PEFT) instead of all weights; the rollout
+    engines keep the base and receive only the adapter (rlhf/models/lora.py,
+    rlhf/rollout/lora_sync.py). rank 0 (or model.lora=null) = full fine-tuning."""
+
+    rank: int = 0  # r of the low-rank update B @ A; 0 = off
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # dropout on the adapter's input (training only)
+    # Module names (the last part of the name, as PEFT matches them) that get an adapter;
+    # preflight checks each exists as a linear layer of the model.
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    def check(self) -> None:
+        if not isinstance(self.rank, int) or self.rank < 0:
+            raise ConfigError("model.lora.rank", f"must be an integer >= 0, got {self.rank!r}")
+        if not self.enabled:
+            return
+        if self.rank > VLLM_MAX_LORA_RANK:
+            raise ConfigError(
+                "model.lora.rank", f"vLLM serves ranks up to {VLLM_MAX_LORA_RANK}, got {self.rank}"
+            )
+        if not self.alpha > 0:
+            raise ConfigError("model.lora.alpha", f"must be > 0, got {self.alpha!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("model.lora.dropout", f"must be in [0, 1), got {self.dropout!r}")
+        if not self.target_modules:
+            raise ConfigError("model.lora.target_modules", "must name at least one module")
+        bad = [m for m in self.target_modules if not m or not str(m).isidentifier()]
+        if bad:
+            raise ConfigError(
+                "model.lora.target_modules", f"{bad} are not module names (e.g. q_proj)"
+            )
+
+
 @dataclass
 class ModelConfig:
     """Which policy the learners train and the rollout workers serve."""
@@ -59,12 +103,21 @@ class ModelConfig:
     critic_path: str = ""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     mlp: MlpConfig = field(default_factory=MlpConfig)
+    lora: LoraConfig | None = field(default_factory=LoraConfig)  # null = off, as rank 0
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.lora is not None and self.lora.enabled
 
     def check(self) -> None:
         one_of("model.kind", self.kind, ["causal_lm", "mlp"])
         one_of("model.dtype", self.dtype, DTYPES)
         self.tiny.check()
         self.mlp.check()
+        if self.lora is not None:
+            self.lora.check()
+        if self.uses_lora and self.kind != "causal_lm":
+            raise ConfigError("model.lora.rank", "LoRA is for model.kind=causal_lm")
         if self.path:
             hf_folder("model.path", self.path)
         if self.critic_path:

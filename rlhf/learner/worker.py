@@ -37,9 +37,14 @@ def build_policy(
         from rlhf.models.causal_lm import CausalLMPolicy
 
         critic_path = (model_cfg.critic_path or model_path) if with_critic else None
-        return CausalLMPolicy.from_pretrained(
+        policy = CausalLMPolicy.from_pretrained(
             model_path, model_cfg.dtype, temperature, model_cfg.gradient_checkpointing, critic_path
         )
+        if model_cfg.uses_lora:  # train an adapter on the frozen base (rlhf/models/lora.py)
+            from rlhf.models.lora import add_adapter
+
+            policy = add_adapter(policy, model_cfg.lora)
+        return policy
     from rlhf.models.mlp import ActorCritic
 
     return ActorCritic(env_spec, model_cfg.mlp)
@@ -136,9 +141,14 @@ class LearnerWorker:
             if algo.lr_schedule == "linear"
             else None,
         )
-        # A frozen copy of the starting policy, only when a KL term needs it.
+        # A frozen copy of the starting policy, only when a KL term needs it; with LoRA the
+        # base itself (this module with the adapter off), no second copy.
         self.ref = None
-        if algo.kl_coef > 0:
+        if algo.kl_coef > 0 and model_cfg.uses_lora:
+            from rlhf.models.lora import BaseReference
+
+            self.ref = BaseReference(self.engine)
+        elif algo.kl_coef > 0:
             self.ref = (
                 build_policy(model_cfg, model_path, temperature, env_spec).to(self.device).eval()
             )
@@ -208,7 +218,16 @@ class LearnerWorker:
         meta = [ParamMeta(*m) for m in self.weight_meta()]
         self.sync_buckets = plan_buckets(meta, bucket_bytes)
         if self.rank == 0:
-            self.sync = WeightSyncGroup(host, port, 0, world_size, self.device, meta, bucket_bytes)
+            self.sync = WeightSyncGroup(
+                host,
+                port,
+                0,
+                world_size,
+                self.device,
+                meta,
+                bucket_bytes,
+                timeout_s=self.cfg.sync_timeout_s,
+            )
 
     # ---------------------------------------------------------------- scoring
     def _micro_batches(self, batch: Batch) -> list[tuple[Tensor | slice, Batch]]:
@@ -457,6 +476,8 @@ class LearnerWorker:
             tag=tag,
             save_latest=False,
             client_state={"rng": self._rng_state(), "updates": self.updates},
+            # LoRA: the adapter and its optimizer state; the frozen base is model.path's
+            exclude_frozen_parameters=self._build["model_cfg"].uses_lora,
         )
 
     def _rng_state(self) -> dict:
@@ -472,7 +493,9 @@ class LearnerWorker:
         # a tampered file. Load them with weights_only=True, allowing only the few DeepSpeed
         # value types its checkpoints hold.
         self.engine.checkpoint_engine.load = _load_weights_only
-        path, client_state = self.engine.load_checkpoint(folder, tag=tag)
+        path, client_state = self.engine.load_checkpoint(
+            folder, tag=tag, load_module_strict=not self._build["model_cfg"].uses_lora
+        )
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} in {folder}")
         self.updates = (client_state or {}).get("updates", 0)
@@ -486,7 +509,8 @@ class LearnerWorker:
     def export_hf(self, folder: str) -> None:
         """All ranks call this (ZeRO-3 gathers are collective); rank 0 writes the policy as a
         Hugging Face folder (rlhf.checkpoint.write_hf_folder), one parameter gathered at a
-        time so no rank holds more than the full model once."""
+        time so no rank holds more than the full model once. With LoRA: the merged model, and
+        the PEFT adapter folder beside it (rlhf.models.lora.export_adapter)."""
         import deepspeed
 
         from rlhf.checkpoint import write_hf_folder
@@ -500,7 +524,11 @@ class LearnerWorker:
             with ctx:
                 if self.rank == 0:
                     state[name] = p.detach().to("cpu", copy=True)
-        if self.rank == 0:
+        if self.rank == 0 and self._build["model_cfg"].uses_lora:
+            from rlhf.models.lora import export_adapter
+
+            export_adapter(folder, state, self._build["model_path"], self._build["model_cfg"])
+        elif self.rank == 0:
             write_hf_folder(
                 folder, state, self._build["model_path"], self._build["model_cfg"].dtype
             )

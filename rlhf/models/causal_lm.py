@@ -58,6 +58,9 @@ class CausalLMCritic(nn.Module):
 
 
 class CausalLMPolicy(nn.Module):
+    # model.lora (a LoraConfig) once rlhf.models.lora.add_adapter wrapped `lm` with PEFT
+    lora = None
+
     def __init__(
         self, lm: nn.Module, temperature: float = 1.0, critic: CausalLMCritic | None = None
     ):
@@ -126,5 +129,10 @@ class CausalLMPolicy(nn.Module):
         return logprobs, entropy, values
 
     def rollout_state(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Parameters under the names the rollout engine loads (the HF names)."""
+        """Parameters under the names the rollout engine loads: the HF names, or with a LoRA
+        adapter only the adapter's (the engines keep the base)."""
+        if self.lora is not None:
+            from rlhf.models.lora import adapter_state
+
+            return adapter_state(self.lm)
         return self.lm.named_parameters()

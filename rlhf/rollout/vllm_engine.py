@@ -12,14 +12,24 @@ import time
 from typing import Any
 
 from rlhf.batch import GenerationRequest, Sample
-from rlhf.config import RolloutConfig
+from rlhf.config import LoraConfig, RolloutConfig
 from rlhf.faults import NotSynced, restarted_actor, worker_index
 
 
 class VllmEngine:
     """Wrapped with ray.remote by the placement code; plain class so tests can read it."""
 
-    def __init__(self, cfg: RolloutConfig, model_path: str, dtype: str, seed: int, index: int):
+    def __init__(
+        self,
+        cfg: RolloutConfig,
+        model_path: str,
+        dtype: str,
+        seed: int,
+        index: int,
+        lora: LoraConfig | None = None,
+    ):
+        """lora: serve the base plus the adapter the learners send (rlhf/rollout/lora_sync.py);
+        None = the learners send full weights."""
         # Keep vLLM's engine core in this process: one fewer process per engine, and
         # collective_rpc reaches the worker extension directly.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -37,6 +47,13 @@ class VllmEngine:
             torch._dynamo.config.disable = True
 
         self.cfg, self.index, self.version = cfg, index, 0
+        self.adapter = None
+        lora_args = {}
+        if lora is not None and lora.enabled:
+            from rlhf.rollout.lora_sync import AdapterSlot
+
+            self.adapter = AdapterSlot(lora)
+            lora_args = self.adapter.engine_args()
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -50,6 +67,7 @@ class VllmEngine:
             # the learner divides its logits by the same temperature.
             logprobs_mode="processed_logprobs",
             worker_extension_cls="rlhf.rollout.weight_sync.VllmWeightReceiver",
+            **lora_args,
         )
         self.tokenizer = self.llm.get_tokenizer()
         # After Ray restarted this actor it serves the base weights and belongs to no weight-sync
@@ -90,7 +108,9 @@ class VllmEngine:
             else r.prompt
             for r in requests
         ]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        # LoRA: the current adapter's request (its name says the weight version), else None
+        lora = self.adapter.request if self.adapter is not None else None
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=lora)
         elapsed = time.perf_counter() - start
         samples = []
         for r, out in zip(requests, outputs):
@@ -134,7 +154,12 @@ class VllmEngine:
     def receive_weights(self, version: int) -> int:
         if not self.sync_ready:
             raise NotSynced(self.index)  # restarted: not in the group the learner sends to
-        self.llm.collective_rpc("receive_weights")
+        if self.adapter is not None:  # LoRA: only the adapter travels, the base stays
+            folder = self.adapter.next_folder()
+            self.llm.collective_rpc("receive_adapter", args=(folder,))
+            self.adapter.installed(folder, version)
+        else:
+            self.llm.collective_rpc("receive_weights")
         self.synced = True
         self.llm.reset_prefix_cache()  # cached KV was computed by the old weights
         self.version = version
@@ -163,14 +188,16 @@ class VllmRollout:
         slots,
         runtime_env: dict | None = None,
         max_restarts: int = 0,
+        lora: LoraConfig | None = None,
     ):
+        """lora: the engines serve the base plus the learners' adapter (model.lora)."""
         from rlhf.placement import spawn
 
         self.cfg = cfg
         self.workers = spawn(
             VllmEngine,
             slots,
-            lambda i: ((cfg, model_path, dtype, seed, i), {}),
+            lambda i: ((cfg, model_path, dtype, seed, i), {"lora": lora}),
             runtime_env,
             max_restarts=max_restarts,
         )

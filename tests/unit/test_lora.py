@@ -1,0 +1,231 @@
+"""model.lora: the config rules, the PEFT wrapping (which tensors train, under which names they
+travel), the adapter folder, the merged export and the base as reference -- in one process on a
+small random Qwen2 (the integration tests run the same code in the learners and vLLM)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rlhf.config import ConfigError, LoraConfig, RootConfig, to_schema, validate
+from rlhf.models import lora
+from rlhf.models.causal_lm import CausalLMPolicy
+from rlhf.preflight import check_lora_targets
+
+
+def _cfg(**lora_kwargs) -> RootConfig:
+    return to_schema(OmegaConf.create({"model": {"lora": lora_kwargs}}))
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"rank": -1}, "model.lora.rank"),
+        ({"rank": 8, "alpha": 0}, "model.lora.alpha"),
+        ({"rank": 8, "alpha": -2.0}, "model.lora.alpha"),
+        ({"rank": 8, "dropout": 1.0}, "model.lora.dropout"),
+        ({"rank": 8, "target_modules": []}, "model.lora.target_modules"),
+        (
+            {"rank": 8, "target_modules": ["q_proj", "self_attn.q proj"]},
+            "model.lora.target_modules",
+        ),
+        ({"rank": 1024}, "model.lora.rank"),
+    ],
+)
+def test_bad_lora_config_names_the_key(kwargs, key):
+    with pytest.raises(ConfigError) as e:
+        validate(_cfg(**kwargs))
+    assert e.value.key == key
+
+
+def test_lora_off_by_rank_zero_or_null():
+    assert not validate(_cfg(rank=0)).model.uses_lora
+    off = to_schema(OmegaConf.create({"model": {"lora": None}}))
+    assert off.model.lora is None and not validate(off).model.uses_lora
+    # rank 0 ignores the other fields: full fine-tuning as before
+    assert not validate(_cfg(rank=0, alpha=-1)).model.uses_lora
+    assert validate(_cfg(rank=8)).model.uses_lora
+
+
+def test_lora_needs_a_causal_lm():
+    cfg = _cfg(rank=8)
+    cfg.model.kind = "mlp"
+    with pytest.raises(ConfigError) as e:
+        cfg.model.check()
+    assert e.value.key == "model.lora.rank"
+
+
+def test_unknown_target_module_is_named_before_ray():
+    cfg = validate(_cfg(rank=8, target_modules=["q_proj", "qkv_proj"]))
+    with pytest.raises(ConfigError) as e:
+        check_lora_targets(cfg)
+    assert e.value.key == "model.lora.target_modules"
+    assert "qkv_proj" in str(e.value) and "q_proj" in str(e.value)  # what it has
+    check_lora_targets(validate(_cfg(rank=8)))  # the default targets exist in the tiny model
+
+
+def test_target_modules_checked_against_a_model_folder(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64).save_pretrained(tmp_path)
+    cfg = _cfg(rank=8)  # Qwen2 names; GPT-2 has c_attn / c_proj (Conv1D, not Linear)
+    cfg.model.path = str(tmp_path)
+    with pytest.raises(ConfigError, match="not linear layers"):
+        check_lora_targets(validate(cfg))
+
+
+# ------------------------------------------------------------------ the wrapped policy
+
+
+def _lm(seed=0):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=40,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _batch(seed=1, rows=3, length=10):
+    """The two Batch fields a policy's forward reads."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 40, (rows, length), generator=g)
+    return SimpleNamespace(input_ids=ids, attention_mask=torch.ones_like(ids))
+
+
+def _randomise_b(policy):
+    """A trained-looking adapter: PEFT starts B at 0 (adapter = identity)."""
+    with torch.no_grad():
+        for name, p in policy.lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+
+
+LORA = LoraConfig(rank=4, alpha=8.0)
+
+
+def test_only_the_adapter_trains_and_reaches_the_optimizer():
+    base = CausalLMPolicy(_lm())
+    n_base = sum(p.numel() for p in base.parameters())
+    policy = lora.add_adapter(CausalLMPolicy(_lm()), LORA)
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_A" in n or "lora_B" in n for n in trainable)
+    # 7 projections x 2 layers x (A, B)
+    assert len(trainable) == 7 * 2 * 2
+    grouped = [p for g in policy.param_groups(1e-3, 1e-3) for p in g["params"]]
+    assert {id(p) for p in grouped} == {
+        id(p) for n, p in policy.named_parameters() if p.requires_grad
+    }
+    # the frozen base is all of the original parameters
+    frozen = sum(p.numel() for p in policy.parameters() if not p.requires_grad)
+    assert frozen == n_base
+
+
+def test_fresh_adapter_is_the_base_and_rollout_state_is_adapter_only():
+    batch = _batch()
+    base = CausalLMPolicy(_lm())
+    policy = lora.add_adapter(CausalLMPolicy(_lm()), LORA)
+    with torch.no_grad():
+        assert torch.equal(base(batch)[0], policy(batch)[0])
+    from peft import get_peft_model_state_dict
+
+    names = [n for n, _ in policy.rollout_state()]
+    # exactly the names PEFT saves (and vLLM loads), in a stable order
+    assert set(names) == set(get_peft_model_state_dict(policy.lm))
+    assert all(n.startswith("base_model.model.model.layers.") for n in names)
+    assert all(".default." not in n for n in names)
+    sent = sum(p.numel() for _, p in policy.rollout_state())
+    full = sum(p.numel() for _, p in base.rollout_state())
+    assert sent < 0.2 * full
+
+
+def test_adapter_folder_loads_back_in_peft(tmp_path):
+    from peft import PeftModel
+
+    batch = _batch()
+    policy = lora.add_adapter(CausalLMPolicy(_lm()), LORA)
+    _randomise_b(policy)
+    lora.write_adapter_folder(tmp_path, {n: p.detach() for n, p in policy.rollout_state()}, LORA)
+    loaded = CausalLMPolicy(PeftModel.from_pretrained(_lm(), tmp_path).eval())
+    with torch.no_grad():
+        want, got = policy(batch)[0], loaded(batch)[0]
+        assert torch.allclose(want, got, atol=1e-6)
+        assert (want - CausalLMPolicy(_lm())(batch)[0]).abs().max() > 1e-3  # adapter matters
+
+
+def test_merged_state_equals_the_adapted_model(tmp_path):
+    batch = _batch()
+    _lm().save_pretrained(tmp_path / "base")
+    policy = lora.add_adapter(CausalLMPolicy(_lm()), LORA)
+    _randomise_b(policy)
+    adapter = {n: p.detach() for n, p in policy.rollout_state()}
+    state = lora.merged_state(str(tmp_path / "base"), adapter, LORA, "float32")
+    assert not any("lora" in k for k in state)
+    plain = _lm(seed=5)  # other weights, overwritten by the merged ones
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.allclose(policy(batch)[0], CausalLMPolicy(plain)(batch)[0], atol=1e-5)
+
+
+def test_base_reference_is_the_model_without_its_adapter():
+    batch = _batch()
+    policy = lora.add_adapter(CausalLMPolicy(_lm()), LORA)
+    _randomise_b(policy)
+
+    class _Engine:  # what BaseReference needs of a DeepSpeed engine: module and __call__
+        module = policy
+
+        def __call__(self, b, with_entropy=False):
+            return policy(b, with_entropy=with_entropy)
+
+    with torch.no_grad():
+        ref = lora.BaseReference(_Engine())(batch)[0]
+        assert torch.equal(ref, CausalLMPolicy(_lm())(batch)[0])
+        assert (policy(batch)[0] - ref).abs().max() > 1e-3  # the adapter is back on after
+
+
+def test_vllm_rank_choice():
+    assert [lora.vllm_max_lora_rank(r) for r in (1, 2, 8, 9, 300, 512)] == [
+        1,
+        8,
+        8,
+        16,
+        320,
+        512,
+    ]
+
+
+def test_adapter_slot_versions_each_load_and_keeps_one_folder():
+    """The engine side's bookkeeping (rlhf/rollout/lora_sync.py): a new adapter id per load (so
+    vLLM loads each once), the weight version in the name, one folder on disk, a config
+    vLLM's PEFT reader accepts."""
+    from vllm.lora.peft_helper import PEFTHelper
+
+    from rlhf.rollout.lora_sync import EXTENSION, AdapterSlot
+
+    slot = AdapterSlot(LoraConfig(rank=4, alpha=8.0))
+    args = slot.engine_args()
+    assert args["enable_lora"] and args["max_lora_rank"] == 8
+    assert args["worker_extension_cls"] == EXTENSION and args["max_loras"] == 1
+    assert slot.request is None  # before the first sync: the base alone
+    first = slot.next_folder()
+    helper = PEFTHelper.from_local_dir(first, None)
+    assert (helper.r, helper.lora_alpha) == (4, 8.0)
+    slot.installed(first, 0)
+    assert (slot.request.lora_name, slot.request.lora_int_id) == ("policy-v0", 1)
+    second = slot.next_folder()
+    slot.installed(second, 0)  # the same version again (a resume): still a new id
+    assert slot.request.lora_int_id == 2 and slot.request.lora_path == second
+    third = slot.next_folder()
+    slot.installed(third, 1)
+    assert slot.request.lora_name == "policy-v1"
+    assert [str(p) for p in slot.root.iterdir()] == [third]
