@@ -557,13 +557,11 @@ def test_nothing_of_any_sample_remains_on_the_host(scorer, hostile):
         time.sleep(0.25)
     print(f"keys gone after {time.monotonic() - t0:.1f} s")
     assert keys == [], keys
-    cgroups = [
-        str(p)
-        for h in scorer.cgroups.hierarchies
-        for p in h.parent.iterdir()
-        if p.is_dir() and p.name.startswith("run-")
-    ]
-    assert cgroups == []
+    slots = list(scorer.slots.queue)  # every slot's cgroups hold its idle spawner, nothing else
+    assert len(slots) == 4 and all(s.dirs for s in slots)
+    for slot in slots:
+        for d in slot.dirs:
+            assert (d / "cgroup.procs").read_text().split() == [str(slot.proc.pid)], d
 
 
 _FIND_KEYS = """
