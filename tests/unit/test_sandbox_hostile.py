@@ -562,6 +562,8 @@ def test_nothing_of_any_sample_remains_on_the_host(scorer, hostile):
     for slot in slots:
         for d in slot.dirs:
             assert (d / "cgroup.procs").read_text().split() == [str(slot.proc.pid)], d
+            if (d / "pids.current").exists():  # no zombie of a run is charged to the next one
+                assert (d / "pids.current").read_text().strip() == "1", d
 
 
 _FIND_KEYS = """

@@ -359,7 +359,9 @@ class Run:
 # it; the programs cannot reach it (another PID namespace) and the OOM killer spares it.
 _SPAWNER = r"""
 import ctypes, json, os, signal, socket, sys
-ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the scorer
+libc = ctypes.CDLL(None)
+libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the scorer
+libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: a run's orphans are reaped here, not left as zombies
 try:
     with open("/proc/self/oom_score_adj", "w") as f:
         f.write("-1000")
@@ -520,20 +522,26 @@ def run(
     ]
     for t in threads:
         t.start()
-    with os.fdopen(ours[0], "wb") as f:
-        try:
-            f.write(stdin)
-        except BrokenPipeError:
-            pass
+    try:  # (a run that dies before reading its spec closes the pipe early)
+        view = memoryview(stdin)
+        while view:
+            view = view[os.write(ours[0], view) :]
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(ours[0])
     exited = _wait_pidfd(monitor, timeout_s)
     init = status.get("pidfd")
-    for pidfd in (init, monitor):
+    # The init first (its namespace dies with it, and bwrap's monitor reaps it and exits), the
+    # monitor only if it does not (e.g. the init never started).
+    for pidfd, grace in ((init, 2.0), (monitor, 5.0)):
         if pidfd is not None:
             try:
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    _wait_pidfd(monitor, 5.0)
+            if _wait_pidfd(monitor, grace):
+                break
     for t in threads:
         t.join(timeout=2)
     for pidfd in (init, monitor):
