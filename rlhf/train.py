@@ -173,6 +173,7 @@ def build_trainer(
             placement.rollout,
             runtime_env,
             max_restarts=restarts,
+            env=cfg.env,
             lora=cfg.model.lora if cfg.model.uses_lora else None,
         )
         rewards = RewardGroup(
@@ -185,6 +186,7 @@ def build_trainer(
             rewards,
             seed=cfg.seed,
             ledger_path=run_dir / "ledger.jsonl",
+            score_episodes=cfg.env.score_transcript,
         )
         evaluator = (
             Evaluator.from_config(

@@ -3,17 +3,31 @@
 `generate` turns prompts into Samples with token ids, per-token logprobs of the sampled tokens,
 the finish reason and the weight version that produced them. New weights arrive through the
 weight-sync group (rlhf/rollout/weight_sync.py) and are loaded in place.
+
+Two engines behind the same methods, chosen once at construction:
+- single-turn prompts (`env.id` empty): vLLM's in-process `LLM`, one batched `generate` call;
+- agent episodes (`env.id` set): vLLM's `AsyncLLM` on an event loop of its own thread, one
+  coroutine per episode (rlhf/rollout/agent_loop.py), so episodes advance independently and
+  the engine batches whatever turns are ready. AsyncLLM always runs its engine core in a child
+  process; `collective_rpc` still reaches the worker extension there, so the weight sync is
+  the same. The actor's calls still run one at a time: a weight sync never lands mid-episode.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import time
-from typing import Any
+import uuid
+from typing import TYPE_CHECKING, Any
 
 from rlhf.batch import GenerationRequest, Sample
 from rlhf.config import LoraConfig, RolloutConfig
 from rlhf.faults import NotSynced, restarted_actor, worker_index
+
+if TYPE_CHECKING:
+    from rlhf.config import EnvConfig
 
 
 class VllmEngine:
@@ -26,6 +40,7 @@ class VllmEngine:
         dtype: str,
         seed: int,
         index: int,
+        env: EnvConfig | None = None,
         lora: LoraConfig | None = None,
     ):
         """lora: serve the base plus the adapter the learners send (rlhf/rollout/lora_sync.py);
@@ -33,7 +48,6 @@ class VllmEngine:
         # Keep vLLM's engine core in this process: one fewer process per engine, and
         # collective_rpc reaches the worker extension directly.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
         from vllm.platforms import current_platform
 
         if cfg.vllm.enforce_eager and current_platform.is_cpu():
@@ -45,16 +59,11 @@ class VllmEngine:
             import torch._dynamo
 
             torch._dynamo.config.disable = True
+            # AsyncLLM's engine core is a spawned child: it reads the same switch from here.
+            os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
 
         self.cfg, self.index, self.version = cfg, index, 0
-        self.adapter = None
-        lora_args = {}
-        if lora is not None and lora.enabled:
-            from rlhf.rollout.lora_sync import AdapterSlot
-
-            self.adapter = AdapterSlot(lora)
-            lora_args = self.adapter.engine_args()
-        self.llm = LLM(
+        engine_args = dict(
             model=model_path,
             dtype=dtype,
             seed=seed + 1000 * index,
@@ -67,9 +76,22 @@ class VllmEngine:
             # the learner divides its logits by the same temperature.
             logprobs_mode="processed_logprobs",
             worker_extension_cls="rlhf.rollout.weight_sync.VllmWeightReceiver",
-            **lora_args,
         )
-        self.tokenizer = self.llm.get_tokenizer()
+        self.adapter = None
+        if lora is not None and lora.enabled:
+            from rlhf.rollout.lora_sync import AdapterSlot
+
+            self.adapter = AdapterSlot(lora)
+            engine_args.update(self.adapter.engine_args())
+        self.env = env if env is not None and env.id else None
+        if self.env is None:
+            from vllm import LLM
+
+            self.llm = LLM(**engine_args)
+            self.tokenizer = self.llm.get_tokenizer()
+        else:
+            self.agents = _AgentEngine(engine_args, model_path, self.env, cfg)
+            self.agents.adapter = self.adapter
         # After Ray restarted this actor it serves the base weights and belongs to no weight-sync
         # group: refuse work until the trainer has re-synced it (rlhf/faults.py).
         self.synced = not restarted_actor()
@@ -88,6 +110,8 @@ class VllmEngine:
 
         if not self.synced:
             raise NotSynced(self.index)
+        if self.env is not None:
+            return self._episodes(requests)
         start = time.perf_counter()
         c = self.cfg
         params = [
@@ -137,6 +161,21 @@ class VllmEngine:
             )
         return samples
 
+    def _episodes(self, requests: list[GenerationRequest]) -> list[Sample]:
+        """One agent episode per request, all at once; Samples in request order."""
+        start = time.perf_counter()
+        samples = self.agents.run(requests)
+        elapsed = time.perf_counter() - start
+        for s in samples:
+            s.weight_version = self.version
+            s.info.update(engine=self.index, engine_call_s=elapsed)
+        return samples
+
+    def _rpc(self, method: str, args: tuple = ()) -> list[Any]:
+        if self.env is None:
+            return self.llm.collective_rpc(method, args=args)
+        return self.agents.call(self.agents.llm.collective_rpc(method, args=args))
+
     def init_weight_sync(
         self,
         host: str,
@@ -146,9 +185,7 @@ class VllmEngine:
         meta: list[tuple[str, tuple[int, ...], str]],
         bucket_bytes: int,
     ) -> None:
-        self.llm.collective_rpc(
-            "init_weight_sync", args=(host, port, rank_offset, world_size, meta, bucket_bytes)
-        )
+        self._rpc("init_weight_sync", (host, port, rank_offset, world_size, meta, bucket_bytes))
         self.sync_ready = True
 
     def receive_weights(self, version: int) -> int:
@@ -156,12 +193,16 @@ class VllmEngine:
             raise NotSynced(self.index)  # restarted: not in the group the learner sends to
         if self.adapter is not None:  # LoRA: only the adapter travels, the base stays
             folder = self.adapter.next_folder()
-            self.llm.collective_rpc("receive_adapter", args=(folder,))
+            self._rpc("receive_adapter", (folder,))
             self.adapter.installed(folder, version)
         else:
-            self.llm.collective_rpc("receive_weights")
+            self._rpc("receive_weights")
         self.synced = True
-        self.llm.reset_prefix_cache()  # cached KV was computed by the old weights
+        # cached KV was computed by the old weights
+        if self.env is None:
+            self.llm.reset_prefix_cache()
+        else:
+            self.agents.call(self.agents.llm.reset_prefix_cache())
         self.version = version
         return version
 
@@ -169,7 +210,110 @@ class VllmEngine:
         return self.version
 
     def weight_checksum(self) -> float:
-        return self.llm.collective_rpc("weight_checksum")[0]
+        return self._rpc("weight_checksum")[0]
+
+
+class _AgentEngine:
+    """vLLM's AsyncLLM on an event loop in a thread of its own, and the agent episodes that
+    run on it: `run(requests)` runs one coroutine per episode and waits for all of them."""
+
+    adapter = None  # the engine's AdapterSlot under model.lora (rlhf/rollout/lora_sync.py)
+
+    def __init__(self, engine_args: dict, model_path: str, env: EnvConfig, cfg: RolloutConfig):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from transformers import AutoTokenizer
+
+        from rlhf.envs.render import ChatRenderer
+        from rlhf.rollout.agent_loop import EpisodeLimits
+
+        self.env_cfg, self.cfg = env, cfg
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="agent-loop", daemon=True).start()
+        self.llm = self.call(self._start(engine_args))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.renderer = ChatRenderer(self.tokenizer)
+        self.limits = EpisodeLimits(
+            max_turns=env.max_turns,
+            max_tokens_per_turn=env.max_tokens_per_turn,
+            max_episode_tokens=env.max_episode_tokens or cfg.vllm.max_model_len,
+            step_timeout_s=env.step_timeout_s,
+        )
+        # Environment calls run here (thread isolation) or wait on their process here; a hung
+        # call holds its thread, so there are many.
+        self.pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="env")
+
+    @staticmethod
+    async def _start(engine_args: dict):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args, disable_log_stats=True))
+
+    def call(self, coro):
+        """Run a coroutine on the engine's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def generate(
+        self, context: list[int], seed: int, max_tokens: int, stop_ids: list[int]
+    ) -> tuple[list[int], list[float], list[int]]:
+        from vllm import SamplingParams, TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        c = self.cfg
+        params = SamplingParams(
+            n=1,
+            seed=seed,
+            logprobs=0,
+            top_p=c.top_p,
+            top_k=c.top_k,
+            temperature=c.temperature,
+            max_tokens=max_tokens,
+            stop_token_ids=stop_ids,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        final = None
+        async for out in self.llm.generate(
+            TokensPrompt(prompt_token_ids=context),
+            params,
+            request_id=uuid.uuid4().hex,
+            lora_request=self.adapter.request if self.adapter is not None else None,
+        ):
+            final = out
+        o = final.outputs[0]
+        ids = list(o.token_ids)
+        return ids, [lp[t].logprob for t, lp in zip(ids, o.logprobs)], list(final.prompt_token_ids)
+
+    def _env(self):
+        from rlhf.rollout.agent_loop import ProcessEnv, ThreadEnv
+
+        e = self.env_cfg
+        if e.isolation == "process":
+            return ProcessEnv(e.id, dict(e.kwargs), self.pool, e.step_timeout_s)
+        from rlhf.envs.base import make
+
+        return ThreadEnv(lambda: make(e.id, **dict(e.kwargs)), self.pool, e.step_timeout_s)
+
+    async def _run_all(self, requests: list[GenerationRequest]) -> list[Sample]:
+        from rlhf.rollout.agent_loop import run_episode
+
+        return list(
+            await asyncio.gather(
+                *(
+                    run_episode(self.generate, self._env(), self.renderer, r, self.limits)
+                    for r in requests
+                )
+            )
+        )
+
+    def run(self, requests: list[GenerationRequest]) -> list[Sample]:
+        from rlhf.rollout.agent_loop import transcript
+
+        samples = self.call(self._run_all(requests))
+        for s in samples:
+            s.response = self.tokenizer.decode(s.response_ids)
+            s.info["transcript"] = transcript(s, self.tokenizer.decode)
+        return samples
 
 
 class VllmRollout:
@@ -188,16 +332,18 @@ class VllmRollout:
         slots,
         runtime_env: dict | None = None,
         max_restarts: int = 0,
+        env: EnvConfig | None = None,
         lora: LoraConfig | None = None,
     ):
-        """lora: the engines serve the base plus the learners' adapter (model.lora)."""
+        """env: the agent environment (rlhf/envs); None or an empty id = single-turn prompts.
+        lora: the engines serve the base plus the learners' adapter (model.lora)."""
         from rlhf.placement import spawn
 
         self.cfg = cfg
         self.workers = spawn(
             VllmEngine,
             slots,
-            lambda i: ((cfg, model_path, dtype, seed, i), {"lora": lora}),
+            lambda i: ((cfg, model_path, dtype, seed, i), {"env": env, "lora": lora}),
             runtime_env,
             max_restarts=max_restarts,
         )
@@ -220,6 +366,8 @@ class VllmRollout:
         return worker_index(self.workers, error)
 
     def metrics(self, samples: list[Sample]) -> dict[str, float]:
+        from rlhf.rollout.agent_loop import env_metrics
+
         lengths = [len(s.response_ids) for s in samples]
         return {
             "rollout/response_len_mean": sum(lengths) / len(lengths),
@@ -227,6 +375,7 @@ class VllmRollout:
             "rollout/truncated_frac": sum(s.finish_reason == "length" for s in samples)
             / len(samples),
             "rollout/tokens": float(sum(lengths)),
+            **env_metrics(samples),
         }
 
     def state(self) -> dict[str, Any]:
@@ -244,6 +393,18 @@ class VllmRollout:
                 "answer": s.answer,
                 "reward": s.reward,
                 "finish": s.finish_reason,
+                # agent episodes: the whole transcript, each segment marked model / env
+                **(
+                    {
+                        "transcript": s.info.get("transcript", []),
+                        "turns": s.info.get("turns", 0),
+                        "turn_rewards": [r for _, r in s.turn_rewards or []],
+                        "success": s.info.get("success", False),
+                        "env_error": s.info.get("env_error", ""),
+                    }
+                    if s.response_mask is not None
+                    else {}
+                ),
             }
             for s in samples[:k]
         ]
