@@ -29,6 +29,11 @@ class LearnerConfig:
     diagnostics_every: int = 1
     offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU (GPU runs)
     sync_bucket_mb: int = 64  # weight broadcast bucket size
+    # Seconds any one weight-sync collective may wait: when an engine dies mid-broadcast, the
+    # learner and the other engines give up after this (not gloo's 600 s) and the trainer
+    # rebuilds the group. Must exceed the longest generate call an engine may still be busy
+    # with when a sync starts (rollout.max_staleness > 0 keeps engines generating).
+    sync_timeout_s: float = 120.0
 
     def check(self) -> None:
         one_of("learner.zero_stage", self.zero_stage, [0, 1, 2, 3])
@@ -41,3 +46,4 @@ class LearnerConfig:
         positive("learner.cpus_per_rank", self.cpus_per_rank, allow_zero=True)
         positive("learner.gpus_per_rank", self.gpus_per_rank, allow_zero=True)
         positive("learner.sync_bucket_mb", self.sync_bucket_mb)
+        positive("learner.sync_timeout_s", self.sync_timeout_s)

@@ -40,6 +40,8 @@ class ParamMeta:
 
 
 WeightMeta = list[ParamMeta]
+_TIMEOUT_KEY = "rlhf/sync_timeout_s"
+DEFAULT_TIMEOUT_S = 600.0  # gloo's own default
 
 
 def describe(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> WeightMeta:
@@ -86,21 +88,38 @@ class WeightSyncGroup:
         device: torch.device,
         meta: WeightMeta,
         bucket_bytes: int,
-        timeout_s: float = 600.0,
+        timeout_s: float | None = None,
     ):
+        """timeout_s: set by rank 0 (learner.sync_timeout_s; default gloo's 600 s) and
+        published through the store; the receivers take rank 0's value whatever they pass.
+        Every collective of the group fails after it, so when one member dies mid-broadcast
+        the others are freed in that time and the trainer can rebuild the group."""
         self.rank, self.device, self.meta = rank, device, meta
         self._in_flight = None  # rank 0: the Work of the bucket being sent
         self._slot = 0  # rank 0: which of the two staging buffers the next bucket uses
         self._buffers: dict = {}  # CPU: flat buffers kept between syncs (see _buffer)
         self.buckets = plan_buckets(meta, bucket_bytes)
-        timeout = datetime.timedelta(seconds=timeout_s)
         # Rank 0 hosts the store and must not wait for the others here: they join while the
         # process group is being created.
         store = dist.TCPStore(
-            host, port, world_size, is_master=rank == 0, timeout=timeout, wait_for_workers=False
+            host,
+            port,
+            world_size,
+            is_master=rank == 0,
+            timeout=datetime.timedelta(seconds=max(timeout_s or 0.0, DEFAULT_TIMEOUT_S)),
+            wait_for_workers=False,
         )
+        if rank == 0:
+            timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+            store.set(_TIMEOUT_KEY, repr(float(timeout_s)))
+        else:
+            timeout_s = float(store.get(_TIMEOUT_KEY).decode())
+        self.timeout_s = timeout_s
+        timeout = datetime.timedelta(seconds=timeout_s)
         if device.type == "cuda":
-            self.group = dist.ProcessGroupNCCL(store, rank, world_size)
+            opts = dist.ProcessGroupNCCL.Options()
+            opts._timeout = timeout
+            self.group = dist.ProcessGroupNCCL(store, rank, world_size, opts)
         else:
             self.group = dist.ProcessGroupGloo(store, rank, world_size, timeout)
 
