@@ -38,6 +38,7 @@ __all__ = [
     "AdvantageInputs",
     "AdvantageParams",
     "PolicyLossParams",
+    "AggTotals",
     "masked_sum",
     "masked_mean",
     "masked_whiten",
@@ -324,21 +325,13 @@ def grpo(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
 
 
 @ADVANTAGE_ESTIMATORS.register("grpo_no_std")
-@torch.no_grad()
-def grpo_no_std(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
-    """GRPO without std scaling: A_i = s_i - mean_group(s). Shapes and zero cases as grpo
-    (a single-sample group gets 0: no baseline information)."""
-    return _group_centered(x, p, scale_std=False)
-
-
 @ADVANTAGE_ESTIMATORS.register("dr_grpo")
 @torch.no_grad()
-def dr_grpo(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
-    """Dr.GRPO (Liu et al. 2025) advantage: A_i = s_i - mean_group(s), no std scaling.
-
-    Same math as ``grpo_no_std``; Dr.GRPO's length-bias fix is the loss aggregation
-    ``"seq-mean-token-sum-norm"``, not part of the advantage. Shapes as grpo.
-    """
+def grpo_no_std(x: AdvantageInputs, p: AdvantageParams) -> tuple[Tensor, Tensor]:
+    """GRPO without std scaling, also Dr.GRPO's advantage (Liu et al. 2025):
+    A_i = s_i - mean_group(s). Shapes and zero cases as grpo (a single-sample group gets 0:
+    no baseline information). Dr.GRPO's length-bias fix is the loss aggregation
+    ``"seq-mean-token-sum-norm"``, not part of the advantage."""
     return _group_centered(x, p, scale_std=False)
 
 
@@ -687,84 +680,81 @@ def kl_cov(
 # --------------------------------------------------------------------------- aggregation
 
 
-def _safe_div(num: Tensor, den: float | Tensor) -> Tensor:
+@dataclass(frozen=True)
+class AggTotals:
+    """The denominators of a loss aggregation: what the mean is taken over.
+
+    An aggregation returns ``sum over its rows / totals``, so when ``totals`` are those of the
+    whole minibatch -- every micro-batch on every data-parallel rank -- the parts' values add
+    up to the minibatch's value exactly, however the rows were cut. Callers build local totals
+    with ``AggTotals.of(mask)`` and add those of the other parts (``+``; the learner
+    all-reduces them over its ranks).
+
+    tokens: valid positions (mask != 0). seqs: sequences with at least one valid position.
+    length: the constant normaliser of seq-mean-token-sum-norm (the padded response length,
+    the same for every part).
+    """
+
+    tokens: float
+    seqs: float
+    length: int
+
+    @classmethod
+    def of(cls, mask: Tensor) -> AggTotals:
+        """The totals of one part. mask [B,T]."""
+        return cls(float(_valid(mask).sum()), float(_n_seqs(mask)), int(mask.shape[-1]))
+
+    def __add__(self, other: AggTotals) -> AggTotals:
+        if self.length != other.length:
+            raise ValueError(f"parts padded differently: length {self.length} != {other.length}")
+        return AggTotals(self.tokens + other.tokens, self.seqs + other.seqs, self.length)
+
+
+def _safe_div(num: Tensor, den: float) -> Tensor:
     """num / den, with den <= 0 (nothing valid) treated as 1 so the result is 0, not NaN."""
-    if isinstance(den, Tensor):
-        den = den.to(num.dtype)
-        return num / torch.where(den > 0, den, torch.ones_like(den))
     return num / (den if den > 0 else 1.0)
 
 
 def _n_seqs(mask: Tensor) -> Tensor:
-    """Sequences with at least one valid token (empty rows are not counted by default)."""
+    """Sequences with at least one valid token (empty rows are not counted)."""
     return _valid(mask).any(dim=-1).sum()
 
 
 @LOSS_AGGREGATIONS.register("token-mean")
-def token_mean(
-    per_token: Tensor,
-    mask: Tensor,
-    *,
-    total_tokens: float | Tensor | None = None,
-    total_seqs: int | None = None,
-    norm_length: int | None = None,
-) -> Tensor:
-    """sum(l * m) / total_tokens. per_token, mask: [B,T] -> scalar. total_tokens defaults
-    to mask.sum(); pass the minibatch's count when summing micro-batch losses."""
-    tot = mask.to(per_token.dtype).sum() if total_tokens is None else total_tokens
-    return _safe_div(masked_sum(per_token, mask), tot)
+def token_mean(per_token: Tensor, mask: Tensor, totals: AggTotals | None = None) -> Tensor:
+    """sum(l * m) / totals.tokens. per_token, mask: [B,T] -> scalar. totals default to
+    ``AggTotals.of(mask)``: the mean over this part alone."""
+    t = AggTotals.of(mask) if totals is None else totals
+    return _safe_div(masked_sum(per_token, mask), t.tokens)
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-mean")
-def seq_mean_token_mean(
-    per_token: Tensor,
-    mask: Tensor,
-    *,
-    total_tokens: float | Tensor | None = None,
-    total_seqs: int | None = None,
-    norm_length: int | None = None,
-) -> Tensor:
-    """sum_i mean_t(l_i,t) / total_seqs. [B,T] -> scalar. A sequence with no valid token
-    contributes 0; total_seqs defaults to the number of non-empty sequences."""
-    seq = masked_mean(per_token, mask, dim=-1)  # [B]
-    tot = _n_seqs(mask) if total_seqs is None else total_seqs
-    return _safe_div(seq.sum(), tot)
+def seq_mean_token_mean(per_token: Tensor, mask: Tensor, totals: AggTotals | None = None) -> Tensor:
+    """sum_i mean_t(l_i,t) / totals.seqs. [B,T] -> scalar. A sequence with no valid token
+    contributes 0 and is not counted."""
+    t = AggTotals.of(mask) if totals is None else totals
+    return _safe_div(masked_mean(per_token, mask, dim=-1).sum(), t.seqs)
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-sum")
-def seq_mean_token_sum(
-    per_token: Tensor,
-    mask: Tensor,
-    *,
-    total_tokens: float | Tensor | None = None,
-    total_seqs: int | None = None,
-    norm_length: int | None = None,
-) -> Tensor:
-    """sum_i sum_t(l_i,t) / total_seqs: each sequence's summed loss, averaged over
-    sequences (longer responses weigh more; veRL's "seq-mean-token-sum"). [B,T] -> scalar.
-    total_seqs defaults to the number of non-empty sequences."""
-    tot = _n_seqs(mask) if total_seqs is None else total_seqs
-    return _safe_div(masked_sum(per_token, mask), tot)
+def seq_mean_token_sum(per_token: Tensor, mask: Tensor, totals: AggTotals | None = None) -> Tensor:
+    """sum_i sum_t(l_i,t) / totals.seqs: each sequence's summed loss, averaged over
+    sequences (longer responses weigh more; veRL's "seq-mean-token-sum"). [B,T] -> scalar."""
+    t = AggTotals.of(mask) if totals is None else totals
+    return _safe_div(masked_sum(per_token, mask), t.seqs)
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-sum-norm")
 def seq_mean_token_sum_norm(
-    per_token: Tensor,
-    mask: Tensor,
-    *,
-    total_tokens: float | Tensor | None = None,
-    total_seqs: int | None = None,
-    norm_length: int | None = None,
+    per_token: Tensor, mask: Tensor, totals: AggTotals | None = None
 ) -> Tensor:
-    """Dr.GRPO: sum(l * m) / (total_seqs * norm_length). [B,T] -> scalar.
+    """Dr.GRPO: sum(l * m) / (totals.seqs * totals.length). [B,T] -> scalar.
 
-    A constant normaliser removes GRPO's per-sequence length bias. total_seqs defaults to
-    the number of non-empty sequences, norm_length to T (pass the minibatch's padded
-    length / max response length if micro-batches are padded differently).
+    A constant normaliser removes GRPO's per-sequence length bias; ``length`` is the
+    minibatch's padded length, not a trimmed micro-batch's.
     """
-    tot = _n_seqs(mask) if total_seqs is None else total_seqs
-    length = per_token.shape[-1] if norm_length is None else norm_length
-    return _safe_div(masked_sum(per_token, mask), tot * length)
+    t = AggTotals.of(mask) if totals is None else totals
+    return _safe_div(masked_sum(per_token, mask), t.seqs * t.length)
 
 
 # --------------------------------------------------------------------------- plain functions

@@ -100,5 +100,6 @@ class LearnerGroup:
 
     @staticmethod
     def reduce(per_rank: list[dict[str, float]]) -> dict[str, float]:
-        """Mean over ranks (each rank already averaged over its micro-batches)."""
-        return {k: sum(r[k] for r in per_rank) / len(per_rank) for k in per_rank[0]}
+        """The group's update metrics: every rank returns the same values, already reduced
+        over all ranks' rows (rlhf/learner/reduce.py), so rank 0's are the group's."""
+        return dict(per_rank[0])

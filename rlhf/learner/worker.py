@@ -20,6 +20,7 @@ from rlhf import algos
 from rlhf.batch import Batch
 from rlhf.config import AlgoConfig, LearnerConfig, ModelConfig
 from rlhf.learner.micro_batches import agree_on_count, pack_by_tokens, split_to_count
+from rlhf.learner.reduce import all_reduce_sum, group_metrics, group_totals
 from rlhf.resolve import resolve_function
 from rlhf.rollout.weight_sync import ParamMeta, WeightSyncGroup, describe, plan_buckets
 
@@ -162,6 +163,7 @@ class LearnerWorker:
         )
         self.aggregate = algos.LOSS_AGGREGATIONS.get(algo.loss_agg)
         self.kl_estimator = algos.KL_ESTIMATORS.get(algo.kl_estimator)
+        self.update_kl_estimator = algos.KL_ESTIMATORS.get("k3")  # _update_kl's diagnostic
         self.loss_params = algos.PolicyLossParams(
             clip_low=algo.clip_low,
             clip_high=algo.clip_high,
@@ -284,20 +286,18 @@ class LearnerWorker:
                 f"x grad_accum_steps x micro_batch_size = {a.minibatches} x "
                 f"{micro_per_minibatch} x {self.cfg.micro_batch_size}"
             )
-        norm_length = batch.action_mask.shape[1]
-        metrics: list[dict[str, float]] = []
+        minibatch_metrics: list[list[tuple[dict[str, float], float]]] = []
         grad_norms: list[float] = []
         skipped = 0
         for _ in range(a.epochs):
             order = torch.randperm(len(batch), generator=self.shuffle_gen).to(self.device)
-            for minibatch in batch.index(order).split(a.minibatches):
-                # Aggregation totals of the whole minibatch, so that the micro-batch losses add
-                # up to the minibatch loss exactly (see algos.LOSS_AGGREGATIONS).
-                totals = dict(
-                    total_tokens=float(minibatch.action_mask.sum()),
-                    total_seqs=len(minibatch),
-                    norm_length=norm_length,
-                )
+            minibatches = batch.index(order).split(a.minibatches)
+            # Each minibatch's totals over all its rows on all ranks (rlhf/learner/reduce.py):
+            # the micro-batch losses of every rank add up to the minibatch's loss exactly.
+            totals = group_totals(
+                [algos.AggTotals.of(m.action_mask) for m in minibatches], self.device
+            )
+            for minibatch, mb_totals in zip(minibatches, totals):
                 micros = [m for _, m in self._micro_batches(minibatch)]
                 step_metrics, dropped = [], False
                 for i, micro in enumerate(micros):
@@ -306,8 +306,10 @@ class LearnerWorker:
                     # optimizer step is rather than rely on DeepSpeed's fixed
                     # gradient_accumulation_steps counter (ZeRO reads it in backward).
                     self.engine.set_gradient_accumulation_boundary(last)
-                    loss, m = self._loss(micro, totals)
-                    self.engine.backward(loss, scale_wrt_gas=False)
+                    loss, m = self._loss(micro, mb_totals)
+                    # `loss` is this rank's share of the minibatch loss; DeepSpeed averages
+                    # gradients over the ranks, so K x the share gives the minibatch gradient.
+                    self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
                     if last and self.cfg.zero_stage == 0:
                         dropped = not self._grads_finite()
                     with self._optimizer_step_disabled() if dropped else contextlib.nullcontext():
@@ -322,10 +324,10 @@ class LearnerWorker:
                 if dropped or (norm is not None and not math.isfinite(norm)):
                     skipped += 1
                     continue
-                metrics.append(_minibatch_metrics(step_metrics))
+                minibatch_metrics.append(step_metrics)
                 if norm is not None:
                     grad_norms.append(norm)
-        out = {k: sum(d[k] for d in metrics) / len(metrics) for k in metrics[0]} if metrics else {}
+        out = group_metrics(minibatch_metrics, ADDITIVE_METRICS, self.device)
         self.updates += 1
         every = self.cfg.diagnostics_every
         if every and self.updates % every == 0:
@@ -350,47 +352,51 @@ class LearnerWorker:
     @contextlib.contextmanager
     def _optimizer_step_disabled(self):
         """ZeRO stage 0 has no overflow check in float32: around engine.step(), make the
-        optimizer's step a no-op, so weights and Adam state stay as they were while DeepSpeed
-        still zeroes the gradients and advances its micro-step counters (the LR scheduler
-        advances one step too)."""
+        optimizer's step a no-op and report an overflow, so weights, Adam state and the LR
+        schedule stay as they were (DeepSpeed advances the scheduler only when the optimizer
+        reports no overflow, as ZeRO's does on an invalid norm) while it still zeroes the
+        gradients and advances its micro-step counters."""
         opt = self.engine.optimizer
-        opt.step = lambda *args, **kwargs: None  # instance attribute shadows the method
+        opt.step = lambda *args, **kwargs: None  # instance attributes shadow the class's
+        opt.overflow = True
         try:
             yield
         finally:
-            del opt.step
+            del opt.step, opt.overflow
 
     @torch.no_grad()
     def _update_kl(self, batch: Batch) -> dict[str, float]:
-        """Over this rank's rows, after the update: algo/update_kl = KL(old || new), how far
+        """Over the group's rows, after the update: algo/update_kl = KL(old || new), how far
         the update moved the policy (k3 estimate from the behaviour samples; the console's KL
         when there is no reference); algo/update_gain = mean_t A_t (log pi_new - log pi_old),
         > 0 when the update made above-baseline actions likelier (the policy objective
         improved on its own batch); with a critic, algo/value_update_gain = the value loss
-        0.5 (V - R)^2 before minus after the update, > 0 when the critic fits its batch better."""
+        0.5 (V - R)^2 before minus after the update, > 0 when the critic fits its batch better.
+        Token means over all ranks' rows (one collective)."""
         self.engine.eval()
-        total, gain, v_gain, tokens = 0.0, 0.0, 0.0, 0.0
+        sums = torch.zeros(4, dtype=torch.float64)  # kl, gain, value gain, tokens
         for _, micro in self._micro_batches(batch):
             logprobs, _, values = self.engine(micro, with_entropy=False)
-            log_ratio = logprobs - micro.old_logprobs
-            kl = torch.exp(log_ratio) - 1 - log_ratio
             mask = micro.action_mask
-            total += float((kl * mask).sum())
-            gain += float((micro.advantages * log_ratio * mask).sum())
+            # Samples come from the old policy: KL(old || new) is k3 with old as "the policy".
+            kl = self.update_kl_estimator(micro.old_logprobs, logprobs)
+            sums[0] += float(algos.masked_sum(kl, mask))
+            sums[1] += float(
+                algos.masked_sum(micro.advantages * (logprobs - micro.old_logprobs), mask)
+            )
             if self.has_critic:
                 before = algos.value_loss(micro.values, micro.values, micro.returns, mask, None)
                 after = algos.value_loss(values, micro.values, micro.returns, mask, None)
-                v_gain += float((before - after).sum())
-            tokens += float(mask.sum())
-        out = {
-            "algo/update_kl": total / max(tokens, 1.0),
-            "algo/update_gain": gain / max(tokens, 1.0),
-        }
+                sums[2] += float(algos.masked_sum(before - after, mask))
+            sums[3] += float(mask.sum())
+        kl_sum, gain, v_gain, tokens = all_reduce_sum(sums.to(self.device)).tolist()
+        tokens = max(tokens, 1.0)
+        out = {"algo/update_kl": kl_sum / tokens, "algo/update_gain": gain / tokens}
         if self.has_critic:
-            out["algo/value_update_gain"] = v_gain / max(tokens, 1.0)
+            out["algo/value_update_gain"] = v_gain / tokens
         return out
 
-    def _loss(self, micro: Batch, totals: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(self, micro: Batch, totals: algos.AggTotals) -> tuple[torch.Tensor, dict[str, float]]:
         a, mask = self.algo, micro.action_mask
         logprobs, entropy, values = self.engine(micro)
         per_token, pg_metrics = self.policy_loss(
@@ -398,19 +404,19 @@ class LearnerWorker:
         )
         if micro.is_weights is not None:  # off-policy correction (algos.ROLLOUT_CORRECTIONS)
             per_token = per_token * micro.is_weights
-        pg_loss = self.aggregate(per_token, mask, **totals)
-        entropy_mean = self.aggregate(entropy, mask, **totals)
+        pg_loss = self.aggregate(per_token, mask, totals)
+        entropy_mean = self.aggregate(entropy, mask, totals)
         loss = pg_loss - a.entropy_coef * entropy_mean
         m = {"algo/pg_loss": pg_loss.item(), "algo/entropy": entropy_mean.item()}
         if micro.ref_logprobs is not None:
-            kl = self.aggregate(self.kl_estimator(logprobs, micro.ref_logprobs), mask, **totals)
+            kl = self.aggregate(self.kl_estimator(logprobs, micro.ref_logprobs), mask, totals)
             loss = loss + self.kl_loss_coef * kl
             m["algo/kl"] = kl.item()
         if self.has_critic:
             v_loss = self.aggregate(
                 algos.value_loss(values, micro.values, micro.returns, mask, a.value_clip),
                 mask,
-                **totals,
+                totals,
             )
             loss = loss + a.value_coef * v_loss
             m["algo/value_loss"] = v_loss.item()
@@ -419,7 +425,7 @@ class LearnerWorker:
             )
         m.update({f"algo/{k}": float(v) for k, v in pg_metrics.items()})
         m["algo/loss"] = loss.item()
-        # Each micro-batch's share is already folded into `totals`; scale_wrt_gas=False.
+        # A share of the minibatch's value: `totals` are the whole minibatch's, all ranks'.
         return loss, m
 
     # ---------------------------------------------------------------- weights
@@ -535,22 +541,11 @@ class LearnerWorker:
 
 
 # Metrics of _loss that are micro-batch shares of the minibatch's value (aggregated with the
-# minibatch's totals): they add up; the others are per-micro-batch means.
-ADDITIVE_METRICS = ("algo/loss", "algo/pg_loss", "algo/entropy", "algo/kl", "algo/value_loss")
-
-
-def _minibatch_metrics(parts: list[tuple[dict[str, float], float]]) -> dict[str, float]:
-    """One minibatch's metrics from its micro-batches' (metrics, action tokens): the shares
-    summed, the means weighted by tokens, so neither depends on how the rows were cut."""
-    tokens = sum(n for _, n in parts) or 1.0
-    return {
-        k: (
-            sum(m[k] for m, _ in parts)
-            if k in ADDITIVE_METRICS
-            else sum(m[k] * n for m, n in parts) / tokens
-        )
-        for k in parts[0][0]
-    }
+# minibatch's group totals): they add up over micro-batches and ranks; the others are
+# per-micro-batch token means (rlhf/learner/reduce.py group_metrics).
+ADDITIVE_METRICS = frozenset(
+    ("algo/loss", "algo/pg_loss", "algo/entropy", "algo/kl", "algo/value_loss")
+)
 
 
 def _load_weights_only(path: str, map_location=None):

@@ -17,6 +17,7 @@ from rlhf.algos import (
     POLICY_LOSSES,
     AdvantageInputs,
     AdvantageParams,
+    AggTotals,
     PolicyLossParams,
     Registry,
 )
@@ -324,8 +325,8 @@ def test_module_registries_contents(reg, expected):
         assert callable(reg.get(name)) and name in reg
 
 
-def test_dr_grpo_is_its_own_function():
-    assert ADVANTAGE_ESTIMATORS.get("dr_grpo") is not ADVANTAGE_ESTIMATORS.get("grpo_no_std")
+def test_dr_grpo_and_grpo_no_std_are_one_function_under_two_names():
+    assert ADVANTAGE_ESTIMATORS.get("dr_grpo") is ADVANTAGE_ESTIMATORS.get("grpo_no_std")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -699,7 +700,7 @@ def test_aggregation_matches_reference(mode, seed):
     assert got.dim() == 0
     assert got.item() == pytest.approx(ref_aggregate(mode, L(loss), L(mask)), rel=1e-9)
     kw = dict(total_tokens=50.0, total_seqs=11, norm_length=13)
-    got = LOSS_AGGREGATIONS.get(mode)(loss, mask, **kw)
+    got = LOSS_AGGREGATIONS.get(mode)(loss, mask, AggTotals(50.0, 11, 13))
     assert got.item() == pytest.approx(ref_aggregate(mode, L(loss), L(mask), **kw), rel=1e-9)
 
 
@@ -710,32 +711,22 @@ def test_aggregation_microbatch_sum_equals_minibatch(mode, seed):
     loss.requires_grad_(True)
     agg = LOSS_AGGREGATIONS.get(mode)
     whole = agg(loss, mask)
-    totals = dict(
-        total_tokens=mask.sum().item(),
-        total_seqs=int((mask.sum(-1) > 0).sum()),
-        norm_length=mask.shape[-1],
-    )
+    totals = AggTotals.of(mask)
+    assert totals == AggTotals(mask.sum().item(), int((mask.sum(-1) > 0).sum()), mask.shape[-1])
     parts = []
     for lo, hi in [(0, 3), (3, 4), (4, 8)]:
         m = mask[lo:hi]
         width = int(m.nonzero()[:, 1].max()) + 1 if m.any() else 1  # trim padding columns
-        parts.append(agg(loss[lo:hi, :width], m[:, :width], **totals))
+        parts.append(agg(loss[lo:hi, :width], m[:, :width], totals))
     total = torch.stack(parts).sum()
     assert total.item() == pytest.approx(whole.item(), rel=1e-12)
     (g_whole,) = torch.autograd.grad(whole, loss)
     (g_parts,) = torch.autograd.grad(total, loss)
     assert_close(g_parts, g_whole)
     assert torch.isfinite(g_whole).all()
-    # a tensor total (as after an all-reduce) works the same
-    t_tok = torch.tensor(float(totals["total_tokens"]))
-    again = agg(
-        loss,
-        mask,
-        total_tokens=t_tok,
-        total_seqs=totals["total_seqs"],
-        norm_length=totals["norm_length"],
-    )
-    assert again.item() == pytest.approx(whole.item(), rel=1e-12)
+    # the parts' own totals (untrimmed, as each rank builds them) add up to the whole's
+    parts_totals = [AggTotals.of(mask[lo:hi]) for lo, hi in [(0, 3), (3, 4), (4, 8)]]
+    assert sum(parts_totals[1:], parts_totals[0]) == totals
 
 
 @pytest.mark.parametrize("mode", AGG_MODES)
@@ -746,7 +737,7 @@ def test_aggregation_all_masked_is_zero_with_finite_grad(mode):
     assert out.item() == 0.0
     (g,) = torch.autograd.grad(out, loss)
     assert torch.equal(g, torch.zeros_like(g))
-    out = LOSS_AGGREGATIONS.get(mode)(loss, mask, total_tokens=0, total_seqs=0, norm_length=4)
+    out = LOSS_AGGREGATIONS.get(mode)(loss, mask, AggTotals(0.0, 0.0, 4))
     assert out.item() == 0.0
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from rlhf.algos import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossParams
+from rlhf.algos import LOSS_AGGREGATIONS, POLICY_LOSSES, AggTotals, PolicyLossParams
 
 SEEDS = [0, 1, 2, 3]
 
@@ -267,6 +267,8 @@ def test_seq_mean_token_sum_matches_reference_and_microbatches_add_up(seed):
     nseq = sum(1 for mrow in m if any(mrow))
     assert agg(per_token, mask).item() == pytest.approx(sum(seqs) / nseq)
     # micro-batches with the minibatch's total_seqs sum to the minibatch value
-    parts = [agg(per_token[i : i + 2], mask[i : i + 2], total_seqs=nseq) for i in (0, 2, 4)]
+    totals = AggTotals.of(mask)
+    assert totals.seqs == nseq
+    parts = [agg(per_token[i : i + 2], mask[i : i + 2], totals) for i in (0, 2, 4)]
     assert sum(p.item() for p in parts) == pytest.approx(sum(seqs) / nseq)
     assert agg(per_token, torch.zeros_like(mask)).item() == 0.0
