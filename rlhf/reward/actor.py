@@ -116,6 +116,16 @@ class RewardActor:
                 s.info["reward_error"] = error
         return samples
 
+    def state(self) -> dict[str, Any]:
+        """The scorers' checkpointed state, by term (only scorers that have one: the reward
+        model's normalisation moments)."""
+        return {t.name: t.scorer.state() for t in self.terms if hasattr(t.scorer, "state")}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for t in self.terms:
+            if t.name in state and hasattr(t.scorer, "load_state"):
+                t.scorer.load_state(state[t.name])
+
     def close(self) -> None:
         """Stop worker processes now (they also die with the actor)."""
         for t in self.terms:
@@ -164,6 +174,20 @@ class RewardGroup:
         actor = self.actors[self._next % len(self.actors)]
         self._next += 1
         return actor.score.remote(samples)
+
+    def state(self) -> list[Any]:
+        """One ref per actor of RewardActor.state() (each actor keeps its own moments)."""
+        return [a.state.remote() for a in self.actors]
+
+    def load_state(self, states: list[dict[str, Any]]) -> list[Any]:
+        """Actor i gets state i; with another actor count than when saved, every actor gets
+        the first one (a resume with a different reward.num_actors cannot be exact anyway)."""
+        same = len(states) == len(self.actors)
+        return [
+            a.load_state.remote(states[i] if same else states[0])
+            for i, a in enumerate(self.actors)
+            if states
+        ]
 
 
 def reward_metrics(samples: list[Sample]) -> dict[str, float]:

@@ -6,7 +6,9 @@ when `reward.gpus_per_actor > 0`, else on the CPU, and scores samples in batches
 an assistant turn (the format reward models are trained on); without one the text is
 `prompt + response`. Inputs longer than `max_length` keep their end (the response).
 With `normalize`, scores are standardised by a running mean/std over every sample scored so far
-(this batch included), so the reward scale does not drift with the model's raw logit scale.
+(this batch included), so the reward scale does not drift with the model's raw logit scale;
+those moments go into checkpoints (`state` / `load_state`, via the reward actor and the
+pipeline), so a resumed run normalises as the uninterrupted one would.
 
 `build_tiny_reward_model` writes a tiny randomly initialised reward model for tests and smoke
 runs, offline, with the tiny policy's char-level tokenizer.
@@ -41,6 +43,12 @@ class RunningMoments:
     @property
     def std(self) -> float:
         return math.sqrt(self.m2 / self.n) if self.n > 1 else 1.0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"n": self.n, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.n, self.mean, self.m2 = int(state["n"]), float(state["mean"]), float(state["m2"])
 
 
 def render(tokenizer, prompt: str, response: str) -> str:
@@ -80,6 +88,14 @@ class RewardModelScorer:
             # sequence classification pools the last non-pad token: it must know the pad id
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.moments = RunningMoments() if cfg.normalize else None
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the normalisation moments (none without `normalize`)."""
+        return {"moments": None if self.moments is None else self.moments.state_dict()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if self.moments is not None and state.get("moments") is not None:
+            self.moments.load_state_dict(state["moments"])
 
     def raw_scores(self, texts: list[str]) -> list[float]:
         import torch

@@ -107,3 +107,42 @@ def test_a_model_with_several_labels_is_refused(rm_path, tmp_path):
     AutoTokenizer.from_pretrained(rm_path).save_pretrained(tmp_path / "m3")
     with pytest.raises(ValueError, match="one output label"):
         RewardModelScorer(RewardModelConfig(path=str(tmp_path / "m3")))
+
+
+def test_normalisation_moments_survive_a_checkpoint(rm_path):
+    """A resumed scorer (state through JSON, as in trainer_state.json) normalises the next
+    batch exactly as the uninterrupted one does; a fresh one does not."""
+    import json
+
+    cfg = RewardModelConfig(path=str(rm_path), normalize=True)
+    first = [Sample(group_id=0, prompt=p, response=r) for p, r in SAMPLES]
+    later = [Sample(group_id=0, prompt=p, response=r) for p, r in SAMPLES[:2]]
+    sc = RewardModelScorer(cfg)
+    sc.score(first)
+    state = json.loads(json.dumps(sc.state()))
+    assert state["moments"]["n"] == len(SAMPLES)
+    resumed, fresh = RewardModelScorer(cfg), RewardModelScorer(cfg)
+    resumed.load_state(state)
+    want = [v for v, _ in sc.score(later)]
+    assert [v for v, _ in resumed.score(later)] == pytest.approx(want, abs=1e-9)
+    assert [v for v, _ in fresh.score(later)] != pytest.approx(want, abs=1e-3)
+    # without normalize there is nothing to keep, and loading a saved state changes nothing
+    plain = RewardModelScorer(RewardModelConfig(path=str(rm_path)))
+    assert plain.state() == {"moments": None}
+    plain.load_state(state)
+    assert plain.moments is None
+
+
+def test_the_reward_actor_checkpoints_its_scorers_state(rm_path):
+    from rlhf.config import RewardConfig
+    from rlhf.reward.actor import RewardActor
+
+    cfg = RewardConfig(kind="model")
+    cfg.model = RewardModelConfig(path=str(rm_path), normalize=True)
+    actor = RewardActor(cfg, "addition")
+    actor.score([Sample(group_id=0, prompt=p, response=r) for p, r in SAMPLES])
+    state = actor.state()
+    assert list(state.values())[0]["moments"]["n"] == len(SAMPLES)
+    again = RewardActor(cfg, "addition")
+    again.load_state(state)
+    assert again.state() == state
