@@ -248,7 +248,20 @@ class Trainer:
         sending = self.learners.broadcast_weights()
         receiving = self.rollout.receive_weights(version)
         try:
-            ray.get(receiving)
+            try:
+                ray.get(receiving)
+            except Exception:
+                # One engine dying fails the others' receives too (their group lost a member,
+                # learner.sync_timeout_s at the latest): raise the death, which the caller
+                # recovers from, not a survivor's collective error that may come first.
+                for ref in receiving:
+                    try:
+                        ray.get(ref)
+                    except rollout_errors():
+                        raise
+                    except Exception:
+                        pass
+                raise
         finally:
             # The learner side fails too when a receiver is gone; wait for it either way, so
             # that the next sync starts from an idle learner.
