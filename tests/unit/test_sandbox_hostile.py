@@ -383,17 +383,15 @@ ROOTLESS_TAGS: list[str] = []  # the rootless scorers' tags, for the final check
 _ROOTLESS = """
 import json, logging, sys
 logging.basicConfig(level=logging.WARNING)
-from rlhf.batch import Sample
 from rlhf.config import SandboxConfig
-from rlhf.reward.sandbox import SandboxScorer
+from rlhf.reward.sandbox import SandboxScorer  # (no rlhf.batch: torch costs 2 s to import)
 progs = json.loads(sys.argv[1])
 sb = SandboxScorer(SandboxConfig(timeout_s=2.0, memory_mb=192, concurrency=4,
                                  allow_no_cgroups=sys.argv[2] == "1"))
 out = {"unavailable": sb.unavailable, "isolation": sb.isolation, "rewards": {}, "tag": sb.tag}
-if not sb.unavailable:
-    samples = [Sample(group_id=0, response=c, fields={"tests": t}) for c, t in progs.values()]
-    for name, (v, err) in zip(progs, sb.score(samples)):
-        out["rewards"][name] = v if err is None else err
+if not sb.unavailable:  # all at once, `concurrency` at a time, as score() runs them
+    runs = {name: sb.pool.submit(sb.run, code, tests) for name, (code, tests) in progs.items()}
+    out["rewards"] = {name: r.result().reward for name, r in runs.items()}
 sb.close()
 print("RESULT " + json.dumps(out))
 """
