@@ -1,4 +1,5 @@
-"""Shared fixtures for integration tests: a real local Ray cluster and the real tiny model."""
+"""Shared fixtures for integration tests: a real local Ray cluster per module, the real tiny
+model, and real DeepSpeed learner groups on it."""
 
 import os
 import sys
@@ -35,3 +36,36 @@ def ray_local():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def learner_group(ray_local, tiny_model_path):
+    """learner_group(cfg, rows_per_step, runtime_env=None) -> a LearnerGroup of
+    cfg.learner.num_ranks one-CPU ranks (cfg.model.path, or the tiny model), in a placement
+    group of its own that is removed, ranks and all, when the test ends, passed or failed (so a
+    failure does not leave the next test waiting for CPUs)."""
+    from rlhf.learner.group import LearnerGroup
+    from rlhf.placement import Slot
+
+    groups = []
+
+    def make(cfg, rows_per_step: int, runtime_env: dict | None = None) -> LearnerGroup:
+        n = cfg.learner.num_ranks
+        groups.append(ray_local.util.placement_group([{"CPU": 1}] * n))
+        ray_local.get(groups[-1].ready())
+        return LearnerGroup(
+            cfg.learner,
+            cfg.algo,
+            cfg.model,
+            cfg.model.path or tiny_model_path,
+            [Slot(groups[-1], i, 1, 0) for i in range(n)],
+            rows_per_step=rows_per_step,
+            temperature=1.0,
+            total_steps=10,
+            seed=0,
+            runtime_env=runtime_env,
+        )
+
+    yield make
+    for pg in groups:
+        ray_local.util.remove_placement_group(pg)

@@ -14,7 +14,6 @@ from rlhf import algos
 from rlhf.batch import Sample, collate
 from rlhf.config import RootConfig
 from rlhf.learner.group import LearnerGroup
-from rlhf.placement import Slot
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).resolve().parent
@@ -35,29 +34,6 @@ def _batch(rows=32):
     return collate(samples)
 
 
-def _group(cfg, pg, runtime_env=None):
-    return LearnerGroup(
-        cfg.learner,
-        cfg.algo,
-        cfg.model,
-        cfg.model.path,
-        [Slot(pg, i, 1, 0) for i in range(cfg.learner.num_ranks)],
-        rows_per_step=32,
-        temperature=1.0,
-        total_steps=10,
-        seed=0,
-        runtime_env=runtime_env,
-    )
-
-
-@pytest.fixture(scope="module")
-def bundles(ray_local):
-    pg = ray.util.placement_group([{"CPU": 1}] * 2)
-    ray.get(pg.ready())
-    yield pg
-    ray.util.remove_placement_group(pg)
-
-
 def _checksums(learners):
     return (
         ray.get([a.state_checksum.remote() for a in learners.actors]),
@@ -66,13 +42,14 @@ def _checksums(learners):
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2])
-def test_nan_loss_on_one_rank_skips_the_step_everywhere(bundles, tiny_model_path, zero_stage):
+def test_nan_loss_on_one_rank_skips_the_step_everywhere(learner_group, tiny_model_path, zero_stage):
     cfg = RootConfig()
     cfg.model.path = tiny_model_path
     cfg.learner.zero_stage = zero_stage
     cfg.learner.micro_batch_size = 8  # 2 micro-batches per rank: gradient accumulation
     cfg.algo.lr = 3e-3
     cfg.algo.policy_loss = "nan_loss:nan_on_calls"
+    cfg.algo.lr_schedule = "linear"  # a skipped update must not advance the schedule either
     # Calls 3 and 4 are the second update's two micro-batches; rank 0 poisons only the first.
     env = {
         "env_vars": {
@@ -80,7 +57,7 @@ def test_nan_loss_on_one_rank_skips_the_step_everywhere(bundles, tiny_model_path
             "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         }
     }
-    learners = _group(cfg, bundles, env)
+    learners = learner_group(cfg, 32, env)
     batch = _batch()
     batch.advantages = torch.where(batch.seq_rewards > 0, 1.0, -1.0)[:, None] * batch.action_mask
 
@@ -97,16 +74,16 @@ def test_nan_loss_on_one_rank_skips_the_step_everywhere(bundles, tiny_model_path
     assert m2["learner/skipped_updates"] == 1
     assert w2 == w1, "a skipped update changed the weights"
     assert o2 == o1, "a skipped update changed the optimizer state"
+    assert m2["learner/lr"] == m1["learner/lr"], "a skipped update advanced the LR schedule"
     m3 = update()
     w3, _ = _checksums(learners)
     assert m3["learner/skipped_updates"] == 0 and w3[0] != w2[0]
+    assert m3["learner/lr"] < m2["learner/lr"]
     assert w3[0] == pytest.approx(w3[1], rel=1e-9), "ranks disagree"
     assert all(torch.isfinite(torch.tensor(v)) for v in m3.values())
-    for a in learners.actors:
-        ray.kill(a)
 
 
-def test_llm_critic_learns_under_zero3_and_is_not_synced(bundles, tiny_model_path):
+def test_llm_critic_learns_under_zero3_and_is_not_synced(learner_group, tiny_model_path):
     cfg = RootConfig()
     cfg.model.path = tiny_model_path
     cfg.learner.zero_stage = 3
@@ -115,7 +92,7 @@ def test_llm_critic_learns_under_zero3_and_is_not_synced(bundles, tiny_model_pat
     cfg.algo.lr = 1e-4
     cfg.algo.critic_lr = 1e-3
     cfg.algo.value_clip = 0.2
-    learners = _group(cfg, bundles)
+    learners = learner_group(cfg, 32)
     names = [m[0] for m in ray.get(learners.weight_meta())]
     assert names and not any("value_head" in n or "backbone" in n for n in names)
     batch = _batch()
@@ -142,5 +119,3 @@ def test_llm_critic_learns_under_zero3_and_is_not_synced(bundles, tiny_model_pat
     assert explained[-1] > explained[0], explained
     w = ray.get([a.state_checksum.remote() for a in learners.actors])
     assert w[0] == pytest.approx(w[1], rel=1e-9), "ranks disagree"
-    for a in learners.actors:
-        ray.kill(a)

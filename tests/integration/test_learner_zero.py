@@ -8,7 +8,6 @@ import torch
 from rlhf.batch import Sample, collate
 from rlhf.config import RootConfig
 from rlhf.learner.group import LearnerGroup
-from rlhf.placement import Slot
 
 pytestmark = pytest.mark.integration
 
@@ -33,24 +32,12 @@ def _fixed_batch():
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
-def test_zero_stage_trains_and_ranks_agree(ray_local, tiny_model_path, zero_stage):
+def test_zero_stage_trains_and_ranks_agree(learner_group, zero_stage):
     cfg = RootConfig()
     cfg.learner.zero_stage = zero_stage
     cfg.learner.micro_batch_size = 8  # 2 micro-batches per rank: gradient accumulation
     cfg.algo.lr = 3e-3
-    pg = ray.util.placement_group([{"CPU": 1}] * 2)
-    ray.get(pg.ready())
-    learners = LearnerGroup(
-        cfg.learner,
-        cfg.algo,
-        cfg.model,
-        tiny_model_path,
-        [Slot(pg, i, 1, 0) for i in range(2)],
-        rows_per_step=32,
-        temperature=1.0,
-        total_steps=10,
-        seed=0,
-    )
+    learners = learner_group(cfg, rows_per_step=32)
     batch = _fixed_batch()
     before = ray.get([a.state_checksum.remote() for a in learners.actors])
     losses = []
@@ -66,4 +53,3 @@ def test_zero_stage_trains_and_ranks_agree(ray_local, tiny_model_path, zero_stag
     assert losses[-1] < losses[0] - 0.05, losses
     assert abs(after[0] - before[0]) > 1e-3, "weights did not move"
     assert after[0] == pytest.approx(after[1], rel=1e-9), "ranks disagree"
-    ray.util.remove_placement_group(pg)

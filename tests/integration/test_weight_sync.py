@@ -45,35 +45,36 @@ def _diff(batch, learners) -> float:
     )
 
 
+@pytest.fixture(scope="module")
+def engine(ray_local, tiny_model_path):
+    """One engine for both ZeRO stages (its start-up is most of this module's time); each test
+    brings its own learner ranks and first sends their initial weights, as a run does."""
+    pg = ray.util.placement_group([{"CPU": 1}])
+    ray.get(pg.ready())
+    engine = (
+        ray.remote(VllmEngine)
+        .options(**Slot(pg, 0, 1, 0).options())
+        .remote(RootConfig().rollout, tiny_model_path, "float32", 0, 0)
+    )
+    yield engine
+    ray.kill(engine)
+    ray.util.remove_placement_group(pg)
+
+
 @pytest.mark.parametrize("zero_stage", [2, 3])
-def test_engine_serves_learner_weights_after_sync(ray_local, tiny_model_path, zero_stage):
+def test_engine_serves_learner_weights_after_sync(learner_group, engine, zero_stage):
     cfg = RootConfig()
     cfg.learner.zero_stage = zero_stage
     cfg.learner.micro_batch_size = 16
     cfg.learner.sync_bucket_mb = 1  # several buckets, to exercise the bucket plan
     cfg.algo.lr = 1e-2
-    pg = ray.util.placement_group([{"CPU": 1}] * 3)
-    ray.get(pg.ready())
-    learners = LearnerGroup(
-        cfg.learner,
-        cfg.algo,
-        cfg.model,
-        tiny_model_path,
-        [Slot(pg, i, 1, 0) for i in range(2)],
-        rows_per_step=64,
-        temperature=1.0,
-        total_steps=10,
-        seed=0,
-    )
-    engine = (
-        ray.remote(VllmEngine)
-        .options(**Slot(pg, 2, 1, 0).options())
-        .remote(cfg.rollout, tiny_model_path, "float32", 0, 0)
-    )
+    learners = learner_group(cfg, rows_per_step=64)
     rollout = _OneEngineRollout(engine)
     trainer = Trainer.__new__(Trainer)  # only the weight-sync methods are used
     trainer.learners, trainer.rollout, trainer.version = learners, rollout, 0
     trainer._init_weight_sync()
+    if ray.get(engine.weight_version.remote()) != 0:  # the other stage's test updated it
+        trainer.sync_weights(version=0)
 
     prompts = [
         GenerationRequest(
@@ -103,4 +104,3 @@ def test_engine_serves_learner_weights_after_sync(ray_local, tiny_model_path, ze
         v == 1 for v in [s.weight_version for s in ray.get(engine.generate.remote(prompts[:2]))]
     )
     assert _diff(fresh, learners) < SYNCED_TOL
-    ray.util.remove_placement_group(pg)
