@@ -1,4 +1,5 @@
-"""W&B offline logging, metrics.jsonl and the report for a real tiny GRPO run, and a Hydra sweep."""
+"""W&B offline logging, metrics.jsonl and the report for a real tiny GRPO run, and a Hydra sweep
+(the runs are the sweep's points)."""
 
 import json
 import os
@@ -39,22 +40,35 @@ def _run_record(run_dir: Path):
     return next(r.run for r in _wandb_records(path) if r.WhichOneof("record_type") == "run")
 
 
-def test_wandb_offline_run_logs_config_and_every_step(tmp_path):
-    run_dir = tmp_path / "run"
-    steps = 4
-    _run(
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A two-point Hydra sweep with offline W&B: each point is a full run (both tests read
+    its folders), so the module pays the CLI's start-up once instead of for a third run."""
+    sweep_dir = tmp_path_factory.mktemp("observability") / "sweep"
+    proc = _run(
         [
+            "-m",
             "+experiment=grpo",
-            f"trainer.total_steps={steps}",
+            f"trainer.total_steps={STEPS}",
+            "seed=1,2",
             "logger.wandb.mode=offline",
             "logger.samples_every=2",
-            f"hydra.run.dir={run_dir}",
-        ]
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        timeout=900,
     )
+    return sweep_dir, proc
+
+
+def test_wandb_offline_run_logs_config_and_every_step(sweep):
+    run_dir = sweep[0] / "0"  # seed=1
     config, history = read_offline_run(run_dir)
-    assert config["algo"]["advantage"] == "grpo" and config["trainer"]["total_steps"] == steps
+    assert config["algo"]["advantage"] == "grpo" and config["trainer"]["total_steps"] == STEPS
     metric_rows = [h for h in history if "reward/mean" in h]
-    assert [h["trainer/step"] for h in metric_rows] == list(range(1, steps + 1))
+    assert [h["trainer/step"] for h in metric_rows] == list(range(1, STEPS + 1))
     for h in metric_rows:
         for key in (
             "reward/mean",
@@ -69,25 +83,14 @@ def test_wandb_offline_run_logs_config_and_every_step(tmp_path):
             assert key in h, key
     assert any("samples" in h for h in history), "no sample table logged"
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
-    assert [r["step"] for r in lines] == list(range(1, steps + 1))
+    assert [r["step"] for r in lines] == list(range(1, STEPS + 1))
     assert (run_dir / "report.png").stat().st_size > 10_000
     record = _run_record(run_dir)
     assert "grpo" in list(record.tags)
 
 
-def test_two_point_sweep_groups_runs_and_summarises(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    proc = _run(
-        [
-            "-m",
-            "+experiment=grpo",
-            "trainer.total_steps=2",
-            "seed=1,2",
-            "logger.wandb.mode=offline",
-            f"hydra.sweep.dir={sweep_dir}",
-        ],
-        timeout=900,
-    )
+def test_two_point_sweep_groups_runs_and_summarises(sweep):
+    sweep_dir, proc = sweep
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "metrics.jsonl").exists())
     assert [p.name for p in jobs] == ["0", "1"]
     groups = {_run_record(j).run_group for j in jobs}

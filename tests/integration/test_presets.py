@@ -132,6 +132,8 @@ def sweep(tmp_path_factory):
     configs = {p: compose(*_overrides(p)) for p in PRESETS}
     cfg, resolved = configs[PRESETS[0]]
     model_path = resolve_model_path(cfg)
+    if ray.is_initialized():  # left by another module (a .remote call auto-initialises Ray)
+        ray.shutdown()
     runtime_env = init_ray(cfg)
     try:
         trainer = None
