@@ -198,13 +198,15 @@ def test_a_signal_saves_the_step_and_finishes_with_128_plus_its_number(tmp_path)
             os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's notice, during step 2
 
     t = make_trainer(tmp_path, at_step=preempt)
+    # What was there before (SIG_DFL alone; Ray's handler once an earlier test ran ray.init).
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Stopped) as stopped:
         t.fit()
     assert stopped.value.signum == signal.SIGTERM
     assert wandb_exit_code(tmp_path) == 128 + signal.SIGTERM
     assert t.checkpoints.latest().name == "step-000002"
     assert steps_in(tmp_path)["metrics.jsonl"] == [1, 2]
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are restored
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are restored
 
 
 def test_a_second_signal_stops_at_once_with_130(tmp_path):
