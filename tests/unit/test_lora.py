@@ -229,3 +229,17 @@ def test_adapter_slot_versions_each_load_and_keeps_one_folder():
     slot.installed(third, 1)
     assert slot.request.lora_name == "policy-v1"
     assert [str(p) for p in slot.root.iterdir()] == [third]
+
+
+def test_adapter_gets_gradients_under_gradient_checkpointing():
+    """model.gradient_checkpointing with a frozen base: the checkpointed blocks' inputs need
+    grad for the adapter inside them to get any (PEFT arranges it when wrapping)."""
+    lm = _lm()
+    lm.gradient_checkpointing_enable()
+    policy = lora.add_adapter(CausalLMPolicy(lm), LORA)
+    policy.train()
+    policy(_batch())[0].sum().backward()
+    grads = {n: p.grad for n, p in policy.named_parameters() if p.requires_grad}
+    assert all(g is not None for g in grads.values())
+    # B starts at 0, so A's first gradient is 0; every B, in every block, gets one
+    assert all(float(g.abs().sum()) > 0 for n, g in grads.items() if "lora_B" in n)
