@@ -85,6 +85,9 @@ def validate(cfg: RootConfig) -> RootConfig:
     else:
         _check_gym(cfg)
     _check_batch_split(cfg)
+    if cfg.algo.rollout_is == "auto":  # AlgoConfig.rollout_is: tis where samples can go stale
+        stale = cfg.rollout.max_staleness > 0
+        cfg = replace(cfg, algo=replace(cfg.algo, rollout_is="tis" if stale else "none"))
     return cfg
 
 

@@ -343,7 +343,8 @@ def _driver(**algo):
 
     from rlhf.config import AlgoConfig
 
-    a = AlgoConfig(overlong_max_len=6, **algo)
+    # As validate() resolves it: rollout_is "auto" is "none" on-policy.
+    a = AlgoConfig(overlong_max_len=6, **{"rollout_is": "none", **algo})
     return SimpleNamespace(
         algo=a,
         advantage_fn=ADVANTAGE_ESTIMATORS.get(a.advantage),

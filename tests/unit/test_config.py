@@ -148,10 +148,17 @@ def test_bad_jsonl_row_is_named(tmp_path):
 def test_stale_rollouts_without_correction_are_flagged_before_ray():
     from rlhf.preflight import advisories
 
-    assert advisories(load("+experiment=grpo")) == []
-    stale = load("+experiment=grpo", "rollout.max_staleness=1")
+    assert advisories(validate(load("+experiment=grpo"))) == []
+    stale = validate(load("+experiment=grpo", "rollout.max_staleness=1", "algo.rollout_is=none"))
     (message,) = advisories(stale)
     assert "rollout.max_staleness=1" in message and "algo.rollout_is" in message
-    assert (
-        advisories(load("+experiment=grpo", "rollout.max_staleness=1", "algo.rollout_is=tis")) == []
-    )
+
+
+def test_rollout_is_auto_corrects_stale_runs_only():
+    """The default, measured best on stale runs (AlgoConfig.rollout_is): tis when samples can
+    be older than the weights, none on-policy; an explicit choice is kept."""
+    assert validate(load("+experiment=grpo")).algo.rollout_is == "none"
+    assert validate(load("+experiment=grpo", "rollout.max_staleness=2")).algo.rollout_is == "tis"
+    kept = validate(load("+experiment=grpo", "rollout.max_staleness=2", "algo.rollout_is=mask"))
+    assert kept.algo.rollout_is == "mask"
+    assert load("+experiment=grpo").algo.rollout_is == "auto"  # the input is left as it was
