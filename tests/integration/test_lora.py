@@ -189,7 +189,7 @@ def test_checkpoint_holds_the_adapter_and_resumes_exactly(setup, tmp_path):
     assert ray.get([a.state_checksum.remote() for a in learners.actors]) == after
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_calls=1)  # its own process, gone (memory freed) after the call
 def _serve(model_path, prompts, adapter_path=None, rank=8):
     """Generate with a fresh vLLM engine on `model_path` (with `adapter_path` as a LoRA)."""
     import os
@@ -201,7 +201,7 @@ def _serve(model_path, prompts, adapter_path=None, rank=8):
     llm = LLM(
         model=model_path,
         dtype="float32",
-        gpu_memory_utilization=0.05,
+        gpu_memory_utilization=0.1,
         enforce_eager=True,
         max_model_len=64,
         logprobs_mode="processed_logprobs",
