@@ -87,6 +87,7 @@ def _next_preset(trainer, placement, cfg, resolved, run_dir: Path, model_path: s
         trainer.pipeline.rewards,
         seed=cfg.seed,
         ledger_path=run_dir / "ledger.jsonl",
+        score_episodes=cfg.env.score_transcript,
     )
     name, group, tags = run_identity(cfg)
     logger = RunLogger(
