@@ -23,11 +23,12 @@ most 16 tokens, one thread on the shared 2-core machine), ``--steps 150``:
 | agent_calculator | 0 | 0.329 | 0.868 | +0.540 | 1.96 | 7.6 | 86.8 |
 | agent_calculator | 1 | 0.443 | 0.872 | +0.428 | 1.96 | 6.7 | 66.3 |
 | agent_calculator | 2 | 0.266 | 0.838 | +0.573 | 1.96 | 5.4 | 66.6 |
+| agent_guess | 0 | 0.293 | 0.696 | +0.403 | 3.32 | (cached) | 82.4 |
+| agent_guess | 1 | 0.250 | 0.700 | +0.450 | 3.30 | 3.5 | 85.6 |
+| agent_guess | 2 | 0.438 | 0.818 | +0.380 | 3.20 | 4.4 | 75.6 |
 
-``agent_guess``, seed 0, ``--steps 100``: 0.254 -> 0.589 (+0.336), 3.39 turns per episode
-(success per 10 steps 0.21 0.29 0.37 0.40 0.44 0.49 0.48 0.55 0.59 0.59). The calculator's
-curve climbs from ~0.2 to ~0.8 by step 100, so its 2 turns are one tool call and one answer;
-the guesses take 3-4 turns and improve by using the higher/lower replies.
+Median rise: calculator +0.540, guess +0.403. A calculator episode takes 2 turns (one tool
+call, one answer); the guesses take 3-4 turns and improve by using the higher/lower replies.
 """
 
 from __future__ import annotations
