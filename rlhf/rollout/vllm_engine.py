@@ -246,9 +246,20 @@ class _AgentEngine:
     @staticmethod
     async def _start(engine_args: dict):
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args, disable_log_stats=True))
+        args = dict(engine_args, disable_log_stats=True)
+        if current_platform.is_cpu():
+            # Turns arriving one by one make the scheduler split prefills across steps; with
+            # a per-request seed vLLM then rewinds the request's generator, which a CPU
+            # generator cannot do ("CPU Generator does not use offset": the engine core dies,
+            # seen after ~25 agent steps). Whole prefills only: a context fits the budget.
+            args.update(
+                enable_chunked_prefill=False,
+                max_num_batched_tokens=max(4096, engine_args["max_model_len"]),
+            )
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 
     def call(self, coro):
         """Run a coroutine on the engine's loop and wait for its result."""
