@@ -179,7 +179,12 @@ def test_token_budget_update_equals_the_fixed_row_split(model_path):
             assert r["logprob_diff"] < 1e-5, (case, r)
             assert r["norm_rel"] < 1e-6 and r["weight_rel"] < 1e-6, (case, r)
             assert r["loss_rel"] < 1e-5, (case, r)
-            assert all(g < 1e-6 for g in r["grad_rel"]), (case, r)
+            # The first minibatch's gradient to 1e-6. The second follows an Adam step, about
+            # lr x sign(gradient), which turns float32 rounding of near-zero gradient entries
+            # into weight differences: ~1.7e-6 since the totals are the group's (the weights
+            # themselves still agree to 1e-6 above).
+            first, *later = r["grad_rel"]
+            assert first < 1e-6 and all(g < 1e-5 for g in later), (case, r)
             assert len(r["grad_rel"]) == (2 if case[0] == 0 else 0)
         # Both ranks ran the same count at every call (compute_logprobs, 2 minibatches, KL),
         # though they packed into different ones: rank 1's long rows need more.
