@@ -405,7 +405,8 @@ def bench_lora_sync(args) -> list[Row]:
                     size,
                     ["learner.num_ranks=1", "rollout.vllm.gpu_memory_utilization=0.15", *extra],
                 )
-                learners = learner_group(cfg, path, s[2 * i : 2 * i + 1], env, rows=16)
+                batch_rows = cfg.learner.micro_batch_size
+                learners = learner_group(cfg, path, s[2 * i : 2 * i + 1], env, rows=batch_rows)
                 lora = cfg.model.lora if cfg.model.uses_lora else None
                 engine = (
                     ray.remote(VllmEngine)
