@@ -62,17 +62,22 @@ class FunctionScorer:
     """`score(samples)` -> one Outcome per sample, each call in a worker with its own timeout."""
 
     def __init__(self, fn: str, task_name: str, timeout_s: float, workers: int):
-        import pebble
 
         self.fn, self.task_name, self.timeout_s = fn, task_name, timeout_s
         # Import the function's module here, once: forked workers inherit it, so a worker's
         # first call does not spend its timeout importing (math-verify + sympy take ~1 s).
         load_fn(fn, task_name)
+        self.workers = workers
+        self.pool = self._new_pool()
+
+    def _new_pool(self):
+        import pebble
+
         # fork: a replacement for a killed worker starts in milliseconds, and nothing re-runs
         # the actor's __main__ (spawn/forkserver would). The child only runs pebble's loop and
         # the user's function, never the actor's threads or Ray.
-        self.pool = pebble.ProcessPool(
-            max_workers=workers,
+        return pebble.ProcessPool(
+            max_workers=self.workers,
             initializer=_die_with_parent,
             context=multiprocessing.get_context("fork"),
         )
@@ -80,7 +85,28 @@ class FunctionScorer:
     def score(self, samples: list) -> list[Outcome]:
         import pebble
 
-        futures = [
+        try:
+            futures = self._schedule(samples)
+        except RuntimeError:
+            # pebble marks the whole pool broken when a worker dies outside a call (killed while
+            # idle, e.g. by the OOM killer): no sample was lost, so start a fresh pool and go on.
+            self.close()
+            self.pool = self._new_pool()
+            futures = self._schedule(samples)
+        out: list[Outcome] = []
+        for f in futures:
+            try:
+                out.append((f.result(), None))
+            except concurrent.futures.TimeoutError:
+                out.append((None, "timeout"))
+            except pebble.ProcessExpired as e:
+                out.append((None, f"crash: worker exited with code {e.exitcode}"))
+            except BaseException as e:  # raised in the user's function, SystemExit included
+                out.append((None, describe(e)))
+        return out
+
+    def _schedule(self, samples: list) -> list:
+        return [
             self.pool.schedule(
                 _call,
                 args=(
@@ -94,17 +120,6 @@ class FunctionScorer:
             )
             for s in samples
         ]
-        out: list[Outcome] = []
-        for f in futures:
-            try:
-                out.append((f.result(), None))
-            except concurrent.futures.TimeoutError:
-                out.append((None, "timeout"))
-            except pebble.ProcessExpired as e:
-                out.append((None, f"crash: worker exited with code {e.exitcode}"))
-            except BaseException as e:  # raised in the user's function, SystemExit included
-                out.append((None, describe(e)))
-        return out
 
     def close(self) -> None:
         self.pool.stop()

@@ -170,3 +170,26 @@ def test_workers_die_when_the_actor_process_is_killed(pid_log):
     while time.monotonic() < deadline and any(_alive(p) for p in workers):
         time.sleep(0.05)
     assert not [p for p in workers if _alive(p)]
+
+
+def test_a_worker_killed_while_idle_costs_nothing():
+    """pebble marks the whole pool broken when a worker dies between calls (the OOM killer, a
+    stray kill -9): the scorer starts a fresh pool and scores the next call as usual (found by
+    scripts/chaos.py: the run used to end there)."""
+    import multiprocessing
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from rlhf.reward.pool import FunctionScorer
+
+    scorer = FunctionScorer("task", "addition", timeout_s=5.0, workers=2)
+    samples = [SimpleNamespace(prompt="1+2=", response=r, answer="3", fields={}) for r in "34"]
+    try:
+        assert scorer.score(samples) == [(1.0, None), (0.0, None)]
+        idle = multiprocessing.active_children()[0]
+        os.kill(idle.pid, signal.SIGKILL)
+        idle.join(timeout=5)
+        assert scorer.score(samples) == [(1.0, None), (0.0, None)]
+    finally:
+        scorer.close()
