@@ -135,6 +135,9 @@ def build_and_fit(
         startup().say("building the tiny model (cached after the first run)")
     model_path = model_path or resolve_model_path(cfg)
     runtime_env = init_ray(cfg)
+    # SIGTERM now (ray.init installed its own handler): unwind and shut Ray down; Trainer.fit's
+    # loop handles it itself while it runs.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         trainer = build_trainer(cfg, run_dir, resolved, prompts, model_path, runtime_env)
         startup().say("ready: first step")
@@ -294,6 +297,19 @@ def resume_point(cfg: RootConfig, trainer) -> Path | None:
     return Path(cfg.trainer.resume)
 
 
+_sigterm_received = False  # set by the start-up SIGTERM handler: what the interrupt was
+
+
+def _exit_on_sigterm(signum, frame):
+    """SIGTERM outside the training loop (which handles signals itself, Trainer.fit): unwind
+    like Ctrl-C, so that `finally` shuts Ray down instead of the default action leaving its
+    processes behind. Ray's blocking calls re-raise a plain KeyboardInterrupt, so the signal
+    is remembered here rather than in the exception's type."""
+    global _sigterm_received
+    _sigterm_received = True
+    raise KeyboardInterrupt
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> float:
     try:
@@ -326,6 +342,14 @@ def main(dcfg: DictConfig) -> float:
         )
         sys.exit(128 + stop.signum)
     except KeyboardInterrupt:
+        if _sigterm_received:
+            print(
+                "rlhf: stopped by SIGTERM outside the training loop (start-up or shut-down); no "
+                "checkpoint was written for it. Rerun the same command to start again (or "
+                f"resume from the last checkpoint with the same hydra.run.dir={run_dir})",
+                file=sys.stderr,
+            )
+            sys.exit(128 + signal.SIGTERM)
         print(
             f"rlhf: interrupted; resume with the same hydra.run.dir={run_dir} "
             f"(trainer.resume=auto)",
