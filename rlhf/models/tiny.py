@@ -660,18 +660,6 @@ def build_tiny_model(
     return final
 
 
-def expected_accuracy_of_folder(path: str | Path, task: str | None = None) -> float:
-    """Expected temperature-1 exact-match accuracy of a saved tiny model (for checks)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(path)
-    meta = json.loads((path / "rlhf_tiny.json").read_text())
-    task_obj = get_task(task or meta["task"])
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(path)
-    return expected_accuracy(model, tok, _eval_problems(task_obj))
-
-
 __all__ = [
     "CODE_VERSION",
     "build_tokenizer",

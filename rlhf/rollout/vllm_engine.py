@@ -209,9 +209,6 @@ class VllmEngine:
     def weight_version(self) -> int:
         return self.version
 
-    def weight_checksum(self) -> float:
-        return self._rpc("weight_checksum")[0]
-
 
 class _AgentEngine:
     """vLLM's AsyncLLM on an event loop in a thread of its own, and the agent episodes that
