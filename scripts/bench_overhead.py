@@ -1,5 +1,6 @@
-"""Framework overhead (issue 13, benchmark 2): seconds per training step of the full Ray pipeline
-against a bare single-process loop doing the same work per step on the same model and batch.
+"""Framework overhead (make bench's overhead row): seconds per training step of the full Ray
+pipeline against a bare single-process loop doing the same work per step on the same model and
+batch.
 
     python scripts/bench_overhead.py [--steps 20] [--reps 2] [--configs default,matched]
                                      [--skip 3] [-- extra Hydra overrides]
@@ -213,7 +214,7 @@ class BareLoop:
 
     def sync(self) -> None:
         """The new weights into the in-process vLLM model: vLLM's layerwise reload around
-        load_weights, as rlhf.rollout.weight_sync.VllmWeightReceiver does (STACK.md)."""
+        load_weights, as rlhf.rollout.weight_sync.VllmWeightReceiver does."""
         from vllm.model_executor.model_loader.reload import (
             finalize_layerwise_reload,
             initialize_layerwise_reload,

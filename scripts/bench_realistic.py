@@ -1,4 +1,4 @@
-"""A real model's shape through GRPO end to end on this CPU machine (issue 12).
+"""A real model's shape through GRPO end to end on this CPU machine.
 
     python scripts/bench_realistic.py                 # Qwen2.5-0.5B's shape, 3 steps
     python scripts/bench_realistic.py --steps 2 --dtype bfloat16

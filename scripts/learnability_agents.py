@@ -10,7 +10,7 @@ normalises it within each group, and takes one PPO-clip step (on-policy, ratio 1
 token-mean loss over the sampled tokens only (environment tokens masked), AdamW, grad clip 1.
 
 It prints the success rate every 10 steps and, per seed, the mean success rate over the first
-and last fifth of the steps and the mean number of turns (issue 17's criterion: a rise of
+and last fifth of the steps and the mean number of turns (the agents' criterion: a rise of
 >= 0.2, median of 3 seeds, with more than one turn per episode).
 
     python scripts/learnability_agents.py --task agent_calculator --seeds 0 1 2 --steps 200

@@ -214,7 +214,7 @@ class VllmWeightReceiver:
         meta: list[tuple[str, tuple[int, ...], str]],
         bucket_bytes: int,
     ) -> None:
-        # Tensor-free arguments only: collective_rpc serialises them (STACK.md).
+        # Tensor-free arguments only: collective_rpc serialises them.
         rank = rank_offset + _tp_rank()
         meta = [ParamMeta(n, tuple(s), d) for n, s, d in meta]
         self._rlhf_sync = WeightSyncGroup(
@@ -229,7 +229,7 @@ class VllmWeightReceiver:
 
         model = self.model_runner.get_model()
         # The CPU backend repacks linear weights after loading; the layerwise reload restores
-        # the loadable layout first and re-applies the processing after (STACK.md).
+        # the loadable layout first and re-applies the processing after.
         initialize_layerwise_reload(model)
         model.load_weights(weights=self._rlhf_sync.receive())
         finalize_layerwise_reload(model, self.model_runner.model_config)

@@ -1,4 +1,4 @@
-"""A verl-style chat dataset trains end to end with the tiny model (issue 12).
+"""A verl-style chat dataset trains end to end with the tiny model.
 
 The test builds a parquet file whose prompts are chat `messages` lists (rendered by the tiny
 tokenizer's chat template into the task format), whose answers sit in a nested

@@ -5,7 +5,7 @@ serving the export, reports what a direct transformers computation on those weig
 
 Tolerances: the learner, transformers and vLLM all run float32 on the same weights. The learner
 and transformers run the same module code, so their logprobs agree to 1e-5; vLLM CPU agrees
-with transformers to ~1e-6 (STACK.md: 9.5e-7 max), so 1e-4 is required of it. The update moves
+with transformers to ~1e-6 (9.5e-7 max measured), so 1e-4 is required of it. The update moves
 the logprobs by more than 1e-3 (checked), so an export of the base weights fails the test.
 """
 

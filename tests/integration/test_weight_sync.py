@@ -1,7 +1,7 @@
 """After a weight sync, the vLLM engine serves the learner's weights.
 
 Tolerance: the learner (transformers, float32) and vLLM CPU (float32) agree on the logprobs of
-the same tokens to ~1e-6 with identical weights (STACK.md measured 9.5e-7 max). We require a
+the same tokens to ~1e-6 with identical weights (9.5e-7 max measured on this stack). We require a
 mean absolute difference below 1e-4 after the sync, and check that before the sync the
 difference is above 1e-3 (one update with lr 1e-2 moves logprobs by far more), so the test
 fails if the broadcast or the in-place load does nothing.

@@ -1,4 +1,4 @@
-"""Bad input fails fast, before Ray, naming the file and line or the key (issue 9).
+"""Bad input fails fast, before Ray, naming the file and line or the key.
 
 Each case runs the CLI exactly as a user would, with one fault injected, and asserts: exit code
 2, the config-error paragraph naming what is wrong, the "no Ray process was started" line, and

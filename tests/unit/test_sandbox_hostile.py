@@ -1,4 +1,4 @@
-"""reward.kind=sandbox against hostile programs, one mechanism per case (issue 20).
+"""reward.kind=sandbox against hostile programs, one mechanism per case.
 
 Every hostile program is written so that it WOULD score 1.0 if its trick worked (it returns the
 right answers only when it escaped, read a secret, forged the verdict, ...), so each must score
