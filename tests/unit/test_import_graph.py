@@ -103,3 +103,10 @@ def test_the_checker_sees_a_cycle(tmp_path):
     (pkg / "a.py").write_text("def f():\n    from pkg.b import g\n")
     (pkg / "b.py").write_text("from pkg import a\n")
     assert cycles(import_graph(pkg, "pkg")) == [["pkg.a", "pkg.b"]]
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test files by basename (no packages under tests/): two files of one name
+    in different folders break collection of the whole suite."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
