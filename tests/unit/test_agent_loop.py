@@ -138,11 +138,18 @@ def test_limits_max_turns_and_budget_truncate():
     assert s.info["truncated"] and len(s.prompt_ids) + len(s.response_ids) <= 12
 
 
-@pytest.mark.parametrize("isolation", ["thread", "process"])
-@pytest.mark.parametrize("fault", ["raise", "hang", "exit"])
+# An env that exits its process can only be contained with isolation=process.
+@pytest.mark.parametrize(
+    "fault, isolation",
+    [
+        ("raise", "thread"),
+        ("hang", "thread"),
+        ("raise", "process"),
+        ("hang", "process"),
+        ("exit", "process"),
+    ],
+)
 def test_env_faults_end_the_episode_only(fault, isolation):
-    if fault == "exit" and isolation == "thread":
-        pytest.skip("an env that exits its process needs isolation=process")
     limits = EpisodeLimits(
         max_turns=4, max_tokens_per_turn=5, max_episode_tokens=64, step_timeout_s=1
     )
