@@ -10,7 +10,7 @@ import ray
 
 from rlhf import jsonl
 from rlhf.config import AlgoConfig, LoggerConfig, TrainerConfig, WandbConfig
-from rlhf.faults import RunFailed, Stopped
+from rlhf.faults import RunFailed, Stopped, WorkerLost
 from rlhf.ledger import Ledger
 from rlhf.metrics import RunLogger
 from rlhf.trainer import Trainer
@@ -260,3 +260,36 @@ def test_a_fresh_start_in_a_used_folder_keeps_none_of_the_earlier_rows(tmp_path)
         "ledger.jsonl": [1, 2],
         "eval.jsonl": [0, 1, 2],
     }
+
+
+def test_an_engine_lost_while_draining_for_a_checkpoint_is_recovered(tmp_path):
+    """A rollout worker that dies while a checkpoint drains the pipeline: the trainer restarts
+    it and re-issues what it held (as in a step), then saves; the run goes on."""
+
+    class Worker:
+        class node_id:
+            @staticmethod
+            def remote():
+                return "node"
+
+    class LosingPipeline(Pipeline):
+        def __init__(self, run_dir):
+            super().__init__(run_dir)
+            self.drains, self.reissued = 0, []
+
+        def drain(self):
+            self.drains += 1
+            if self.drains == 1:
+                raise WorkerLost(0, "ActorDiedError: killed")
+
+        def reissue(self, worker):
+            self.reissued.append(worker)
+            return 3
+
+    t = make_trainer(tmp_path, total=3, save_every=2)
+    t.pipeline = LosingPipeline(tmp_path)
+    t.rollout.workers = [Worker()]
+    summary = t.fit()
+    assert summary["steps"] == 3
+    assert t.restarts == 1 and t.pipeline.reissued == [0] and t.pipeline.drains >= 2
+    assert (tmp_path / "checkpoints" / "step-000002" / "trainer_state.json").exists()
