@@ -13,17 +13,27 @@ Faults (each at a step drawn from --seed):
            `algo.policy_loss=nan_loss:nan_on_calls`); the update is skipped on every rank. The
            reference run gets the same NaN at the same step, so that step stays comparable.
 
-Checks: every prompt id the ledger closed is closed once (trained, filtered or expired; none
-twice) and the closed ids are the reference's (none lost); every step's ledger rows and learned
-metrics (all but timing/perf/fault) equal the reference's. Which steps are comparable: all
-steps before the first engine kill (driver kills and SIGTERM resume bit-exactly, a NaN skip is
-in both runs). An engine kill re-issues the prompts the engine held, and the re-synced engine
-generates them with the weights current at the restart, which are newer than the reference's
-when it died holding the next step's prompts (staleness 1); from then on the runs are
-different trajectories and only the ledger's bookkeeping is checked. A reward-worker kill that
-lands mid-call gives that sample reward.fallback (reward/crashes > 0): likewise the end of the
-comparable steps. Finally no process of any segment (Ray's, vLLM's, the reward workers) is
-alive.
+Checks (`check`): every step logged once; every prompt id the ledger closed is closed once
+(trained, filtered or expired) and none is lost (each id the data cursor handed out is closed,
+or open in the final checkpoint); every step trains prompts_per_step groups at most 1 version
+stale; the NaN steps' updates are skipped; the engine restarted once per kill; no process of any
+segment (Ray's, vLLM's, the reward workers) is alive at the end; and every step through
+`comparable_through` equals the reference: its ledger rows (prompt ids, status, weight version,
+rewards, digest of the response tokens; `attempts` aside, 2 for a re-issued prompt) and its
+learned metrics (all but timing/perf/fault).
+
+Which steps are comparable. Driver kills and SIGTERM resume bit-exactly and the NaN skip is in
+both runs, so the stop faults end nothing; an idle reward worker's death changes nothing (a kill
+that lands mid-call gives a sample reward.fallback, reward/crashes > 0: equality ends before
+that step). An engine kill, fired once step `at` is logged, is noticed either in the rollout
+phase of step at + 1 (or in the checkpoint drain before it) or in the weight sync ending step
+at + 1. What the dead engine held was sent after the sync to version `at`, and an actor runs
+its calls in order, so the reference generated it with `at` too. Noticed in the rollout phase,
+it is re-issued with the same seeds under `at`: the run equals the reference to the end.
+Noticed by the sync, it (the next step's first round) is re-issued under at + 1: step at + 1
+is still equal, at + 2 on is another trajectory (only the bookkeeping is checked there). The
+trainer's `fault: rollout worker` log line says which (`comparable_through`). Engine kills are
+planned after every stop fault, so a resume never replays a post-kill trajectory.
 
     python scripts/chaos.py --steps 40 --seed 1 --repeat 2     # the long version
     python scripts/chaos.py --ci --json summary.json  # tests/reliability/test_chaos.py
@@ -49,9 +59,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, launch_train  # noqa: E402
 
 VOLATILE = ("timing/", "perf/", "fault/", "learner/lr_")
+# Ledger keys that record the faults themselves (a re-issued prompt has attempts 2), not what
+# was trained: checked on their own, not compared with the reference.
+LEDGER_BOOKKEEPING = ("attempts",)
 RUN_FAULTS = ("engine", "reward")  # injected into a live segment, which goes on
 STOP_FAULTS = ("driver", "sigterm")  # end the segment; the same command resumes
 TOLERANCE = 1e-6
+PROMPTS_PER_STEP = 16  # +experiment=grpo's
 
 
 def base_args(steps: int) -> list[str]:
@@ -60,8 +74,10 @@ def base_args(steps: int) -> list[str]:
         f"trainer.total_steps={steps}",
         "trainer.save_every=2",
         "trainer.save_every_min=0",
+        "trainer.save_final=true",  # the final checkpoint holds the prompts open at the end
         "rollout.max_staleness=1",
         "rollout.filter_groups=true",
+        f"rollout.prompts_per_step={PROMPTS_PER_STEP}",
         "algo.policy_loss=nan_loss:nan_on_calls",
         "eval=off",
     ]
@@ -107,6 +123,16 @@ def checkpoints(run: Path) -> list[int]:
     return sorted(int(p.name[5:]) for p in folder.iterdir() if p.name.startswith("step-"))
 
 
+def ledger_row(r: dict) -> dict:
+    return {k: v for k, v in r.items() if k not in LEDGER_BOOKKEEPING}
+
+
+def recoveries(text: str) -> list[str]:
+    """The trainer's 'fault: rollout worker N died (REASON)' lines of a segment's log, in order:
+    REASON starts with 'during weight sync' when the death was noticed by a weight sync."""
+    return [line for line in text.splitlines() if line.startswith("fault: rollout worker ")]
+
+
 def same(a: dict, b: dict) -> bool:
     if a.keys() != b.keys():
         return False
@@ -136,8 +162,8 @@ def tree(pid: int) -> list:
 def titled(procs: list, prefix: str) -> list:
     out = []
     for p in procs:
-        try:
-            if " ".join(p.cmdline()).startswith(prefix):
+        try:  # a killed process lingers as a zombie until its parent reaps it
+            if p.status() != "zombie" and " ".join(p.cmdline()).startswith(prefix):
                 out.append(p)
         except Exception:  # exited meanwhile
             pass
@@ -306,7 +332,14 @@ def run_chaos(run: Path, steps: int, plan: list[tuple[int, str]], log=print) -> 
         raise RuntimeError(f"last segment exit {code}:\n{segments[-1].text()[-3000:]}")
     time.sleep(2.0)  # Ray's agents exit a moment after the driver
     left = alive([p for s in segments for p in s.seen.values()])
-    return {"injected": injected, "left_behind": left, "segments": len(segments)}
+    # Engine kills come after every stop fault (make_plan): all in the last segment.
+    engine_recoveries = [line for s in segments for line in recoveries(s.text())]
+    return {
+        "injected": injected,
+        "left_behind": left,
+        "segments": len(segments),
+        "engine_recoveries": engine_recoveries,
+    }
 
 
 def reference(run: Path, steps: int, nan_steps: list[int]) -> None:
@@ -315,7 +348,43 @@ def reference(run: Path, steps: int, nan_steps: list[int]) -> None:
         raise RuntimeError(f"reference run failed:\n{seg.text()[-3000:]}")
 
 
-def compare(run: Path, ref: Path, plan: list[tuple[int, str]], steps: int) -> dict:
+def comparable_through(
+    plan: list[tuple[int, str]], engine_recoveries: list[str], crash_steps: list[int], steps: int
+) -> int:
+    """The last step the chaos run must equal the reference on (see the module docstring).
+
+    An engine killed once step `at` is logged: the trainer notices the death either in the
+    rollout phase of step at + 1 (or the checkpoint drain before it), or in the weight sync
+    that ends step at + 1. Before that sync the engines serve version `at`, and everything the
+    dead engine held was sent after the sync to `at` (an actor runs its calls in order, so every
+    call sent before that sync had finished), so the reference generated it with `at` as well:
+    a recovery in the rollout phase re-issues it with the same seeds and the same weights, and
+    the run stays equal to the reference to the end. A recovery in the sync re-issues it (the
+    next step's first round, drawn under `at`) with version at + 1: step at + 2 onwards is
+    another trajectory; step at + 1 itself is equal either way (its samples were generated, or
+    re-issued under `at`, before that sync). A reward call that crashed (reward/crashes > 0 in
+    step s) gave a sample its fallback reward: equality ends at s - 1."""
+    engine_steps = [s for s, f in plan if f == "engine"]
+    if len(engine_recoveries) != len(engine_steps):
+        raise RuntimeError(
+            f"{len(engine_steps)} engine kills but {len(engine_recoveries)} recoveries in the "
+            f"logs: {engine_recoveries}"
+        )
+    ends = [steps]
+    for at, line in zip(engine_steps, engine_recoveries):
+        if "during weight sync" in line:
+            ends.append(at + 1)
+    ends += [s - 1 for s in crash_steps]
+    return min(ends)
+
+
+def compare(
+    run: Path,
+    ref: Path,
+    plan: list[tuple[int, str]],
+    steps: int,
+    engine_recoveries: list[str] | None = None,
+) -> dict:
     ledger, ref_ledger = rows(run, "ledger.jsonl"), rows(ref, "ledger.jsonl")
     closed = collections.Counter(r["prompt_id"] for r in ledger)
     trained = [r["prompt_id"] for r in ledger if r["status"] == "trained"]
@@ -327,9 +396,7 @@ def compare(run: Path, ref: Path, plan: list[tuple[int, str]], steps: int) -> di
     )
     still_open = {e["prompt_id"] for e in final["pipeline"]["ledger"]}
     crash_steps = [r["step"] for r in metrics if r.get("reward/crashes", 0) > 0]
-    engine_steps = [s for s, f in plan if f == "engine"]
-    # An engine kill after step s (fired once s is logged) changes what step s + 1 trains.
-    comparable_through = min([s for s in engine_steps] + [s - 1 for s in crash_steps] + [steps])
+    through = comparable_through(plan, engine_recoveries or [], crash_steps, steps)
     by_step = collections.defaultdict(list)
     for r in ledger:
         by_step[r["step"]].append(r)
@@ -340,7 +407,7 @@ def compare(run: Path, ref: Path, plan: list[tuple[int, str]], steps: int) -> di
     for got, want in zip(learned(metrics), learned(ref_metrics)):
         s = want["step"]
         rows_equal = len(by_step[s]) == len(ref_by_step[s]) and all(
-            same(a, b) for a, b in zip(by_step[s], ref_by_step[s])
+            same(ledger_row(a), ledger_row(b)) for a, b in zip(by_step[s], ref_by_step[s])
         )
         if got["step"] == s and same(got, want) and rows_equal:
             equal.append(s)
@@ -356,11 +423,21 @@ def compare(run: Path, ref: Path, plan: list[tuple[int, str]], steps: int) -> di
             set(range(max([*closed, *still_open]) + 1)) - set(closed) - still_open
         ),
         "prompts_open_at_end": len(still_open),
-        "closed_as_reference": not engine_steps and set(closed) == ref_closed,
+        "closed_as_reference": set(closed) == ref_closed,
+        "reissued_trained": sum(
+            1 for r in ledger if r["status"] == "trained" and r["attempts"] > 1
+        ),
+        "reference_attempts_max": max((r["attempts"] for r in ref_ledger), default=0),
+        "staleness_max": max(
+            (r["staleness"] for r in ledger if r["status"] == "trained"), default=0
+        ),
+        "trained_per_step": sorted(
+            collections.Counter(r["step"] for r in ledger if r["status"] == "trained").values()
+        ),
         "skipped_updates": [r["step"] for r in metrics if r.get("learner/skipped_updates")],
         "restarts": metrics[-1].get("fault/restarts") if metrics else None,
         "reward_crashes": sum(r.get("reward/crashes", 0) for r in metrics),
-        "comparable_through": comparable_through,
+        "comparable_through": through,
         "equal_steps": equal,
     }
 
@@ -384,7 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     reference(work / "reference", args.steps, [s for s, f in plan if f == "nan"])
     t_ref = time.monotonic() - t0
     out = run_chaos(work / "chaos", args.steps, plan, log=lambda m: print(m, flush=True))
-    out.update(compare(work / "chaos", work / "reference", plan, args.steps))
+    out.update(
+        compare(work / "chaos", work / "reference", plan, args.steps, out["engine_recoveries"])
+    )
     out.update(
         plan=plan,
         seed=args.seed,
@@ -405,15 +484,49 @@ def main(argv: list[str] | None = None) -> int:
         f"(comparable 1..{c}: {sum(1 for s in out['equal_steps'] if s <= c)}/{c}); left behind "
         f"{len(out['left_behind'])}; wall {out['reference_s']}s reference + {out['chaos_s']}s"
     )
+    problems = check(out, args.steps, plan)
+    for p in problems:
+        print(f"FAILED: {p}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
-    ok = (
-        out["trained_twice"] == 0
-        and not out["prompts_lost"]
-        and all(s in out["equal_steps"] for s in range(1, c + 1))
-        and not out["left_behind"]
-    )
-    return 0 if ok else 1
+        Path(args.json).write_text(json.dumps({**out, "problems": problems}, indent=1))
+    return 1 if problems else 0
+
+
+def check(out: dict, steps: int, plan: list[tuple[int, str]]) -> list[str]:
+    """What must hold after a chaos run (`out`: run_chaos + compare); the problems found."""
+    c, faults = out["comparable_through"], collections.Counter(f for _, f in plan)
+    stops = faults["driver"] + faults["sigterm"]
+    nan_steps = sorted(s for s, f in plan if f == "nan")
+    problems = [
+        f"{what}: {got!r}, expected {want!r}"
+        for what, got, want in (
+            ("steps logged", out["steps"], list(range(1, steps + 1))),
+            (
+                "faults injected",
+                sorted(i["fault"] for i in out["injected"]),
+                sorted(f for _, f in plan if f != "nan"),
+            ),
+            ("segments", out["segments"], 1 + stops),
+            ("prompts closed twice", out["trained_twice"], 0),
+            ("prompts lost", out["prompts_lost"], []),
+            ("trained groups per step", set(out["trained_per_step"]), {PROMPTS_PER_STEP}),
+            ("skipped (NaN) updates", out["skipped_updates"], nan_steps),
+            ("engine restarts", out["restarts"], float(faults["engine"])),
+            ("attempts in the reference", out["reference_attempts_max"], 1),
+            ("processes left behind", out["left_behind"], []),
+            (
+                "unequal comparable steps",
+                [s for s in range(1, c + 1) if s not in out["equal_steps"]],
+                [],
+            ),
+        )
+        if got != want
+    ]
+    if out["staleness_max"] > 1:
+        problems.append(f"a trained group {out['staleness_max']} versions old (bound 1)")
+    if c == steps and not out["closed_as_reference"]:
+        problems.append("the prompt ids closed differ from the reference's")
+    return problems
 
 
 if __name__ == "__main__":
