@@ -130,7 +130,11 @@ def ledger_row(r: dict) -> dict:
 def recoveries(text: str) -> list[str]:
     """The trainer's 'fault: rollout worker N died (REASON)' lines of a segment's log, in order:
     REASON starts with 'during weight sync' when the death was noticed by a weight sync."""
-    return [line for line in text.splitlines() if line.startswith("fault: rollout worker ")]
+    return [
+        line[line.index("fault: ") :]
+        for line in text.splitlines()
+        if "fault: rollout worker " in line and " died (" in line
+    ]
 
 
 def same(a: dict, b: dict) -> bool:
