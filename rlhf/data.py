@@ -457,7 +457,13 @@ class PromptSource:
         out = []
         if self.rows is None:
             for problem in self.task.sample(self._rng, n):
-                out.append({"prompt": problem.prompt, "answer": problem.answer, "fields": {}})
+                out.append(
+                    {
+                        "prompt": problem.prompt,
+                        "answer": problem.answer,
+                        "fields": dict(problem.fields),
+                    }
+                )
         else:
             for _ in range(n):
                 if self.position == len(self._order):

@@ -56,7 +56,7 @@ def eval_prompts(
         problems = table if len(table) <= cfg.num_prompts else rng.sample(table, cfg.num_prompts)
     else:
         problems = task.sample(rng, cfg.num_prompts)
-    return [{"prompt": p.prompt, "answer": p.answer, "fields": {}} for p in problems]
+    return [{"prompt": p.prompt, "answer": p.answer, "fields": dict(p.fields)} for p in problems]
 
 
 class Evaluator:

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 class Problem:
     prompt: str
     answer: str
+    # Extra columns handed to the reward with the answer (a reasoning-gym entry's index).
+    fields: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 def exact_match(completion: str, answer: str) -> float:
@@ -66,6 +68,8 @@ class Task:
     enumerate_problems: Callable[[], Iterable[Problem]] | None = field(default=None, repr=False)
     # The registered text environment (rlhf/envs) that plays an agent task; "" = single-turn.
     env: str = ""
+    # A reward that needs the problem's fields too: (completion, answer, fields) -> float.
+    reward_fields: Callable[[str, str, dict], float] | None = field(default=None, repr=False)
 
     def sample(self, rng: random.Random | int, n: int) -> list[Problem]:
         """``n`` problems drawn with ``rng`` (a ``random.Random`` or an int seed)."""
@@ -83,7 +87,9 @@ class Task:
             raise ValueError(f"task {self.name!r} has no finite problem list")
         return list(self.enumerate_problems())
 
-    def score(self, completion: str, answer: str) -> float:
+    def score(self, completion: str, answer: str, fields: dict | None = None) -> float:
+        if self.reward_fields is not None:
+            return float(self.reward_fields(completion, answer, dict(fields or {})))
         return float(self.reward(completion, answer))
 
 
@@ -294,16 +300,110 @@ TASKS: dict[str, Task] = {
 DEFAULT_TASK = "addition"
 
 
+# --------------------------------------------------------------------------------------------
+# reasoning-gym (data.task=reasoning_gym:<dataset name>; the reasoning_gym extra)
+
+REASONING_GYM = "reasoning_gym"
+# Entries are drawn by index from one procedural dataset of this size and seed; the run's data
+# RNG picks the indices. An entry is a pure function of (seed, index), so the reward actor
+# regenerates it from the index in the sample's fields and calls the dataset's score_answer.
+RG_SIZE, RG_SEED = 1_000_000, 0
+RG_INDEX = "rg_index"
+# The char-level tiny model's alphabet for any reasoning-gym task: printable ASCII and newline
+# (its prompts are English text; a character outside it becomes <unk>).
+RG_ALPHABET = "".join(chr(c) for c in range(32, 127)) + "\n"
+
+
+def _reasoning_gym():
+    try:
+        import reasoning_gym
+    except ImportError as e:
+        raise ImportError(
+            f"data.task={REASONING_GYM}:<name> needs the reasoning-gym package "
+            f"(pip install 'rlhf[reasoning_gym]'): {e}"
+        ) from e
+    return reasoning_gym
+
+
+def reasoning_gym_names() -> list[str]:
+    """reasoning-gym's dataset names (ImportError when it is not installed)."""
+    _reasoning_gym()
+    from reasoning_gym.factory import DATASETS
+
+    return sorted(DATASETS)
+
+
+@functools.cache
+def _rg_dataset(name: str):
+    return _reasoning_gym().create_dataset(name, seed=RG_SEED, size=RG_SIZE)
+
+
+def _rg_problem(name: str, index: int) -> Problem:
+    entry = _rg_dataset(name)[index]
+    return Problem(prompt=entry["question"], answer=str(entry["answer"]), fields={RG_INDEX: index})
+
+
+def _rg_score(name: str, completion: str, answer: str, fields: dict) -> float:
+    """The dataset's own score_answer on the entry the prompt came from."""
+    ds = _rg_dataset(name)
+    if RG_INDEX in fields:
+        entry = ds[int(fields[RG_INDEX])]
+    else:  # a prompt from elsewhere (a file): score against its answer alone
+        entry = {"question": "", "answer": answer, "metadata": {}}
+    # Clipped to [0, 1]: some datasets' partial credit comes out as 1.0000000000000002.
+    return min(1.0, max(0.0, float(ds.score_answer(completion.strip(), entry) or 0.0)))
+
+
+@functools.cache
+def reasoning_gym_task(name: str) -> Task:
+    """The Task of reasoning-gym dataset ``name``: its generator as the problems, its
+    ``score_answer`` as the reward. KeyError for an unknown name, ImportError when the package
+    is not installed."""
+    names = reasoning_gym_names()
+    if name not in names:
+        raise KeyError(
+            f"unknown reasoning-gym dataset {name!r} in data.task={REASONING_GYM}:{name}; "
+            f"it has: {', '.join(names)}"
+        )
+    _rg_dataset(name)  # a bad default config fails here, not in the first step
+    return Task(
+        name=f"{REASONING_GYM}:{name}",
+        alphabet=RG_ALPHABET,
+        make_problem=lambda rng: _rg_problem(name, rng.randrange(RG_SIZE)),
+        reward=lambda completion, answer: _rg_score(name, completion, answer, {}),
+        max_answer_chars=32,
+        reward_fields=functools.partial(_rg_score, name),
+    )
+
+
 def get_task(name: str) -> Task:
+    if name.startswith(REASONING_GYM + ":"):
+        return reasoning_gym_task(name.split(":", 1)[1])
     try:
         return TASKS[name]
     except KeyError:
         raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
 
 
-def _task_reward(task_name: str, prompt: str, completion: str, answer: str) -> float:
+def check_task_name(name: str) -> None:
+    """ValueError naming the choices when ``name`` is neither a built-in task nor an installed
+    reasoning-gym dataset (for data.task's check; nothing heavy is imported for a built-in)."""
+    if name in TASKS:
+        return
+    if not name.startswith(REASONING_GYM + ":"):
+        raise ValueError(
+            f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}, "
+            f"or {REASONING_GYM}:<dataset name>"
+        )
+    try:
+        reasoning_gym_task(name.split(":", 1)[1])
+    except (KeyError, ImportError) as e:
+        raise ValueError(str(e.args[0]) if e.args else str(e)) from None
+
+
+def _task_reward(task_name: str, prompt: str, completion: str, answer: str, **fields) -> float:
     del prompt  # the built-in rewards only compare against the reference answer
-    return get_task(task_name).score(completion, answer)
+    return get_task(task_name).score(completion, answer, fields)
 
 
 def task_reward(task_name: str) -> Callable[[str, str, str], float]:

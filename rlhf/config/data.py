@@ -44,9 +44,13 @@ class DataConfig:
         if self.path:
             data_file("data.path", self.path)
         else:
-            from rlhf.tasks import TASKS  # pure Python: the built-in tasks' names
+            # pure Python for a built-in; reasoning_gym:<name> imports reasoning-gym to check it
+            from rlhf.tasks import check_task_name
 
-            one_of("data.task", self.task, sorted(TASKS))
+            try:
+                check_task_name(self.task)
+            except ValueError as e:
+                raise ConfigError("data.task", str(e)) from None
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Text environments for agents: the interface and registry (base.py), tools (tools.py),
 rendering messages to tokens (render.py) and the built-in agent tasks' environments."""
 
-from rlhf.envs import calculator, guess_number
+from rlhf.envs import calculator, guess_number, skyrl
 from rlhf.envs.base import (
     EnvSpec,
     Episode,
@@ -10,6 +10,7 @@ from rlhf.envs.base import (
     TextEnv,
     make,
     register,
+    register_prefix,
     registered,
     run_episode,
     spec,
@@ -18,6 +19,8 @@ from rlhf.envs.tools import ToolCall, ToolError, parse_tool_call, run_tool, tool
 
 register("calculator", calculator.CalculatorEnv)
 register("guess_number", guess_number.GuessNumberEnv)
+# env.id=skyrl_gym:<id>: SkyRL-gym's own environments, unchanged (the skyrl extra).
+register_prefix(skyrl.PREFIX, skyrl.spec_for)
 
 # The scripted expert of each built-in environment (its demonstrations warm the tiny model up).
 EXPERTS = {"calculator": calculator.expert, "guess_number": guess_number.expert}
@@ -34,6 +37,7 @@ __all__ = [
     "make",
     "parse_tool_call",
     "register",
+    "register_prefix",
     "registered",
     "run_episode",
     "run_tool",

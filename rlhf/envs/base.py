@@ -57,6 +57,14 @@ class EnvSpec:
 
 
 _REGISTRY: dict[str, EnvSpec] = {}
+# "prefix:name" ids served by another library's registry (rlhf/envs/skyrl.py): prefix -> a
+# function name -> EnvSpec (KeyError for an unknown name, ImportError when not installed).
+_PREFIXES: dict[str, Callable[[str], EnvSpec]] = {}
+
+
+def register_prefix(prefix: str, resolve: Callable[[str], EnvSpec]) -> None:
+    """Route ids ``"<prefix>:<name>"`` to ``resolve(name)`` instead of importing ``prefix``."""
+    _PREFIXES[prefix] = resolve
 
 
 def register(env_id: str, entry_point: str | EnvFactory, **default_kwargs: Any) -> None:
@@ -82,6 +90,8 @@ def spec(env_id: str) -> EnvSpec:
     name = env_id
     if ":" in env_id:
         module, name = env_id.split(":", 1)
+        if module in _PREFIXES:
+            return _PREFIXES[module](name)
         importlib.import_module(module)  # registers its environments
     if name not in _REGISTRY:
         raise KeyError(f"unknown env id {env_id!r}; registered: {', '.join(registered())}")

@@ -588,7 +588,7 @@ def build_tiny_model(
     if task_obj.env:  # agent tasks only: the single-turn tasks' cache keys stay as they were
         params["agent_format"] = AGENT_FORMAT_VERSION
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    final = root / f"{task}-{_cache_key(params, task_obj)}"
+    final = root / f"{task.replace(':', '-')}-{_cache_key(params, task_obj)}"
     if (final / "config.json").is_file():
         return final
 

@@ -44,7 +44,9 @@ def load_fn(fn: str, task_name: str) -> Callable[..., Any]:
         from rlhf.tasks import task_reward
 
         score = task_reward(task_name)
-        return lambda prompt, completion, answer="", **_: score(prompt, completion, answer)
+        return lambda prompt, completion, answer="", **fields: score(
+            prompt, completion, answer, **fields
+        )
     from rlhf.resolve import resolve_function
 
     return resolve_function(fn, key="reward.fn")
