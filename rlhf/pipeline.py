@@ -25,7 +25,14 @@ Agent episodes (`env.id` set): each request is one episode of the environment, r
 engine's agent loop (rlhf/rollout/agent_loop.py) with the request's seed; the group of a task
 is several episodes with different seeds. An episode's reward is its return (the sum of its
 turn rewards), plus the reward actors' score of the transcript when `env.score_transcript`;
-without it the reward actors are not called for episodes.
+without it the reward actors are not called for episodes. The guarantees hold for episodes as
+they are: an episode is one request, generated whole by one engine call, so the ledger has one
+row per group of episodes (with each episode's turns, turn rewards and turn versions:
+rlhf/ledger.py); an engine lost mid-episode has its episodes re-issued whole with the same
+seeds (environment reset with the request's seed, turn t sampled with turn_seed(seed, t)); a
+checkpoint's drain waits for every episode in flight to end. An episode's weight version is
+the oldest of its turns' and a group's the oldest of its episodes', so the staleness bound
+and its expiry never understate an episode's age; dynamic sampling compares episode returns.
 
 Dynamic sampling (`rollout.filter_groups`, DAPO): groups whose rewards are all equal carry no
 signal for group-relative advantages; they are set aside and more prompts are drawn for the same
@@ -251,8 +258,8 @@ class RolloutPipeline:
             self._on_generated(samples)
 
     def _on_generated(self, samples: list[Sample]) -> None:
-        for s in samples:
-            if self.ledger[s.group_id].status == "issued":
+        for s in samples:  # (a group's version: the oldest of its samples', see Ledger.generated)
+            if self.ledger[s.group_id].status in ("issued", "generated"):
                 self.ledger.generated(s.group_id, s.weight_version)
         self._engine_busy_s += samples[0].info["engine_call_s"] if samples else 0.0
         if samples and samples[0].response_mask is not None and not self.score_episodes:

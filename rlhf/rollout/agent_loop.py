@@ -18,7 +18,14 @@ raises, hangs past the timeout or kills its process ends that episode only (`inf
 the collate step gives such an episode no loss and no weight in its group (rlhf/batch.py).
 
 Seeds: the environment is reset with the request's seed and model turn t samples with
-`turn_seed(seed, t)`, so the same request replays the same episode.
+`turn_seed(seed, t)`, so the same request replays the same episode (an engine that dies
+mid-episode has its requests re-issued whole: the replay starts from reset, not from a turn).
+
+Weight versions: every model turn records the version of the weights that sampled it
+(`info["turn_versions"]`); the episode's version is the OLDEST of them (`episode_version`), so
+the staleness the pipeline bounds is never understated, even if a weight sync landed between
+two turns. (On the vLLM actor it cannot: the actor runs one call at a time and an episode is
+one call, so all its turns share a version; the record makes that checkable, not assumed.)
 """
 
 from __future__ import annotations
@@ -44,6 +51,12 @@ Generate = Callable[
 def digest(ids: list[int]) -> str:
     """A short digest of token ids (the episode's turn log records the engine's contexts)."""
     return hashlib.blake2b(str(list(ids)).encode(), digest_size=8).hexdigest()
+
+
+def episode_version(turn_versions: list[int], default: int) -> int:
+    """An episode's weight version: the oldest version of any of its sampled turns (`default`,
+    the engine's version, for an episode that sampled nothing)."""
+    return min(turn_versions, default=default)
 
 
 def turn_seed(seed: int, turn: int) -> int:
@@ -231,8 +244,11 @@ async def run_episode(
     renderer,
     request: GenerationRequest,
     limits: EpisodeLimits,
+    version: Callable[[], int] = lambda: 0,
 ) -> Sample:
-    """One episode of `env` (a ThreadEnv / ProcessEnv) on the task in `request`, as a Sample."""
+    """One episode of `env` (a ThreadEnv / ProcessEnv) on the task in `request`, as a Sample.
+    version(): the engine's weight version now; each turn records it (the older one, should
+    it change while the turn is sampled)."""
     start = time.perf_counter()
     # The prompt row: its columns at the top level (the interface's contract) and under
     # "fields" (as PromptSource hands them over).
@@ -259,6 +275,7 @@ async def run_episode(
         "turn_starts": [],  # response positions where each model turn starts
         # per model turn, the engine's own record of what it was given: (length, digest)
         "engine_contexts": [],
+        "turn_versions": [],  # per model turn, the weight version that sampled it
     }
     ended = False
     try:
@@ -273,12 +290,14 @@ async def run_episode(
             room = limits.max_episode_tokens - len(prompt_ids) - len(response)
             if room <= 0:
                 break
+            before = version()
             ids, lps, seen = await generate(
                 prompt_ids + response,
                 turn_seed(request.seed, turn),
                 min(limits.max_tokens_per_turn, room),
                 stop_ids,
             )
+            info["turn_versions"].append(min(before, version()))
             info["turn_starts"].append(len(response))
             info["engine_contexts"].append((len(seen), digest(seen)))
             response += ids

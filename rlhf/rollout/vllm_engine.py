@@ -92,6 +92,7 @@ class VllmEngine:
         else:
             self.agents = _AgentEngine(engine_args, model_path, self.env, cfg)
             self.agents.adapter = self.adapter
+            self.agents.version = lambda: self.version
         # After Ray restarted this actor it serves the base weights and belongs to no weight-sync
         # group: refuse work until the trainer has re-synced it (rlhf/faults.py).
         self.synced = not restarted_actor()
@@ -164,10 +165,12 @@ class VllmEngine:
     def _episodes(self, requests: list[GenerationRequest]) -> list[Sample]:
         """One agent episode per request, all at once; Samples in request order."""
         start = time.perf_counter()
+        from rlhf.rollout.agent_loop import episode_version
+
         samples = self.agents.run(requests)
         elapsed = time.perf_counter() - start
-        for s in samples:
-            s.weight_version = self.version
+        for s in samples:  # the oldest version any of its turns was sampled by
+            s.weight_version = episode_version(s.info["turn_versions"], self.version)
             s.info.update(engine=self.index, engine_call_s=elapsed)
         return samples
 
@@ -215,6 +218,7 @@ class _AgentEngine:
     run on it: `run(requests)` runs one coroutine per episode and waits for all of them."""
 
     adapter = None  # the engine's AdapterSlot under model.lora (rlhf/rollout/lora_sync.py)
+    version = staticmethod(lambda: 0)  # the engine's weight version now (set by VllmEngine)
 
     def __init__(self, engine_args: dict, model_path: str, env: EnvConfig, cfg: RolloutConfig):
         from concurrent.futures import ThreadPoolExecutor
@@ -308,7 +312,9 @@ class _AgentEngine:
         return list(
             await asyncio.gather(
                 *(
-                    run_episode(self.generate, self._env(), self.renderer, r, self.limits)
+                    run_episode(
+                        self.generate, self._env(), self.renderer, r, self.limits, self.version
+                    )
                     for r in requests
                 )
             )

@@ -24,6 +24,7 @@ from rlhf.rollout.agent_loop import (  # noqa: E402
     ProcessEnv,
     ThreadEnv,
     env_metrics,
+    episode_version,
     run_episode,
     transcript,
     turn_seed,
@@ -125,6 +126,34 @@ def test_same_seed_same_episode_and_turn_seeds_differ():
     c = _episode(FakeEngine(), seed=8)
     assert c.response_ids != a.response_ids
     assert len({turn_seed(7, t) for t in range(8)}) == 8
+
+
+def test_each_turn_records_its_weight_version_and_the_episode_takes_the_oldest():
+    """A sync landing between turns (version 4 -> 5, while the environment steps) and one
+    landing while a turn is sampled (5 -> 6): each turn records the oldest version it may hold
+    tokens of, the episode the oldest of its turns'."""
+    version = [4]
+    engine = FakeEngine()
+
+    async def syncing(context, seed, max_tokens, stop_ids):
+        out = await engine(context, seed, max_tokens, stop_ids)
+        if len(engine.calls) == 3:
+            version[0] = 6  # mid-turn: this turn's tokens may be partly the old weights'
+        return out
+
+    class SyncBetweenTurns(CharRenderer):
+        def action_text(self, ids):  # runs after the turn's version is recorded
+            if len(engine.calls) == 1:
+                version[0] = 5
+            return super().action_text(ids)
+
+    req = GenerationRequest(prompt_id=3, sample_index=1, seed=7, prompt="12+", answer="x")
+    env = ThreadEnv(lambda: make("countdown", turns=3), POOL, 2)
+    s = asyncio.run(run_episode(syncing, env, SyncBetweenTurns(), req, LIMITS, lambda: version[0]))
+    assert s.info["turns"] == 3 and s.info["turn_versions"] == [4, 5, 5]
+    assert episode_version(s.info["turn_versions"], default=6) == 4
+    assert episode_version([], default=6) == 6  # nothing sampled: the engine's version
+    assert _episode(FakeEngine()).info["turn_versions"] == [0, 0, 0]  # no version given: 0s
 
 
 def test_limits_max_turns_and_budget_truncate():

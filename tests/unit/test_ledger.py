@@ -45,3 +45,57 @@ def test_resume_drops_later_rows_and_a_torn_last_line(tmp_path):
     )
     ledger.close(9, "trained", step=3, version=3)  # the next row starts on a line of its own
     assert [r["prompt_id"] for r in read_ledger(path)] == [1, 2, 9]
+
+
+def test_an_episode_group_row_has_turns_turn_rewards_versions_and_digests(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    ledger.issue(3, step=2)
+    ledger.assign(3, engine=0)
+
+    def episode(ids, mask, turn_rewards, versions, error=""):
+        info = {"turns": len(versions), "turn_versions": versions, "env_error": error}
+        return Sample(
+            group_id=3,
+            response_ids=ids,
+            response_mask=mask,
+            turn_rewards=turn_rewards,
+            reward=sum(r for _, r in turn_rewards),
+            weight_version=min(versions),
+            info=info,
+        )
+
+    # two turns each; the second episode's turns straddle a weight sync (versions 1 then 2)
+    group = [
+        episode([5, 6, 90, 91, 7], [1, 1, 0, 0, 1], [(1, 0.0), (4, 1.0)], [2, 2]),
+        episode([8, 90, 9], [1, 0, 1], [(0, 0.0), (2, 0.5)], [1, 2], "timeout"),
+    ]
+    for s in group:
+        ledger.generated(3, s.weight_version)
+    assert ledger[3].weight_version == 1  # the oldest turn of the group, whatever the order
+    ledger.scored(3)
+    row = ledger.close(3, "trained", step=2, version=2, group=group)
+    assert row["turns"] == [2, 2]
+    assert row["turn_rewards"] == [[0.0, 1.0], [0.0, 0.5]]
+    assert row["turn_versions"] == [[2, 2], [1, 2]]
+    assert row["env_errors"] == ["", "timeout"]
+    assert row["rewards"] == [1.0, 0.5]
+    assert row["weight_version"] == 1 and row["staleness"] == 1  # never understated
+    assert read_ledger(tmp_path / "ledger.jsonl") == [row]
+
+    # the digests change with a sampled token; `sampled` ignores the environment's tokens
+    def close_again(pid, g):
+        ledger.issue(pid, step=2)
+        ledger.generated(pid, 2)
+        return ledger.close(pid, "trained", step=2, version=2, group=g)
+
+    other_env = [episode([5, 6, 80, 81, 7], [1, 1, 0, 0, 1], [(1, 0.0), (4, 1.0)], [2, 2])]
+    other_sampled = [episode([5, 4, 90, 91, 7], [1, 1, 0, 0, 1], [(1, 0.0), (4, 1.0)], [2, 2])]
+    same = close_again(4, group[:1])
+    env_changed, sampled_changed = close_again(5, other_env), close_again(6, other_sampled)
+    assert env_changed["sampled"] == same["sampled"] != sampled_changed["sampled"]
+    assert len({same["responses"], env_changed["responses"], sampled_changed["responses"]}) == 3
+    # single-turn groups keep the old row
+    ledger.issue(7, step=2)
+    ledger.generated(7, 2)
+    plain = ledger.close(7, "trained", step=2, version=2, group=[Sample(group_id=7, reward=1.0)])
+    assert "turns" not in plain and "sampled" not in plain
