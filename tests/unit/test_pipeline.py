@@ -29,12 +29,14 @@ class FakeEngine:
         self.index, self.version = index, 0
         self.rng = random.Random(index)
 
-    def reset(self, delay_seed: int) -> None:
-        self.version = 0
+    def reset(self, delay_seed: int, episodes: bool = False) -> None:
+        self.version, self.episodes = 0, episodes
         self.rng = random.Random(delay_seed * 10 + self.index)
 
     def generate(self, requests):
         time.sleep(self.rng.uniform(0.0, 0.02))
+        if self.episodes:
+            return [self._episode(r) for r in requests]
         return [
             Sample(
                 group_id=r.prompt_id,
@@ -49,6 +51,28 @@ class FakeEngine:
             )
             for r in requests
         ]
+
+    def _episode(self, r):
+        """Two turns, as if a weight sync had landed between them in sample 0 of each group
+        (its first turn one version older); return = seed parity, all 1.0 for ids % 3 == 0."""
+        turn_versions = [max(self.version - (r.sample_index == 0), 0), self.version]
+        ret = 1.0 if r.prompt_id % 3 == 0 else float(r.seed % 2)
+        return Sample(
+            group_id=r.prompt_id,
+            prompt_ids=[1, 2],
+            response_ids=[4 + r.seed % 5, 9, 5],
+            rollout_logprobs=[-1.0, 0.0, -1.0],
+            response_mask=[1, 0, 1],
+            turn_rewards=[(0, 0.0), (2, ret)],
+            weight_version=min(turn_versions),  # the engine's rule (agent_loop.episode_version)
+            info={
+                "sample_index": r.sample_index,
+                "engine_call_s": 0.01,
+                "turns": 2,
+                "turn_versions": turn_versions,
+                "env_return": ret,
+            },
+        )
 
     def receive_weights(self, version: int) -> int:
         self.version = version
@@ -126,6 +150,7 @@ def make_pipeline(
     engines=2,
     seed=0,
     name="ledger.jsonl",
+    episodes=False,
 ):
     """A pipeline on `engines` stand-in engines not used by the previous pipeline (two
     pipelines of one test run side by side)."""
@@ -141,7 +166,7 @@ def make_pipeline(
     start = _next_engine[0] if _next_engine[0] + engines <= len(pool) else 0
     workers = pool[start : start + engines]
     _next_engine[0] = start + engines
-    ray.get([w.reset.remote(delay_seed) for w in workers])
+    ray.get([w.reset.remote(delay_seed, episodes) for w in workers])
     pipeline = RolloutPipeline(
         cfg,
         PromptSource(DataConfig(), seed),
@@ -149,6 +174,7 @@ def make_pipeline(
         FakeRewards(ACTORS["rewards"], equal_every, delay_seed),
         seed=seed,
         ledger_path=tmp_path / name,
+        score_episodes=not episodes,
     )
     return pipeline, workers
 
@@ -216,6 +242,37 @@ def test_dynamic_sampling_honours_the_round_cap(ray_cluster, tmp_path):
         assert metrics["rollout/filter_rounds"] == 2 and metrics["rollout/filter_fill"] == 6
     rows = read_ledger(tmp_path / "ledger.jsonl")
     assert {r["round"] for r in rows} == {0, 1, 2}
+
+
+def test_episode_groups_staleness_by_oldest_turn_and_dynamic_sampling(ray_cluster, tmp_path):
+    """Episodes (returns from the environment, no reward actors): a group's version is its
+    oldest turn's, so staleness 1 expires the groups whose oldest turn is 2 versions old even
+    though their newest turn is not; all-equal returns are set aside and more tasks drawn."""
+    pipeline, workers = make_pipeline(
+        tmp_path, staleness=1, filter_groups=True, max_rounds=4, episodes=True
+    )
+    for samples, metrics, version in run_steps(pipeline, workers, 5):
+        assert len(samples) == 24
+        oldest = [min(s.info["turn_versions"]) for s in samples]
+        assert version - min(oldest) <= 1, "a trained episode has a turn older than the bound"
+        assert metrics["rollout/staleness_max"] == version - min(oldest)
+        groups = {}
+        for s in samples:
+            groups.setdefault(s.group_id, []).append(s.reward)
+        assert not any(len(set(g)) == 1 for g in groups.values()), "an all-equal group trained"
+    rows = read_ledger(tmp_path / "ledger.jsonl")
+    expired = [r for r in rows if r["status"] == "expired"]
+    # expired by the old turn alone: every one's newest turns were within the bound
+    assert expired and all(
+        r["staleness"] == 2 and max(v for ep in r["turn_versions"] for v in ep) == r["step"] - 2
+        for r in expired
+    )
+    assert {r["prompt_id"] for r in rows if r["prompt_id"] % 3 == 0} <= {
+        r["prompt_id"] for r in rows if r["status"] == "filtered"
+    }
+    assert all(r["turns"] == [2] * 4 for r in rows)
+    ids = [r["prompt_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "a group was decided twice"
 
 
 def test_same_seed_same_batches_whatever_the_timing(ray_cluster, tmp_path):
