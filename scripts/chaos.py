@@ -35,7 +35,8 @@ is still equal, at + 2 on is another trajectory (only the bookkeeping is checked
 trainer's `fault: rollout worker` log line says which (`comparable_through`). Engine kills are
 planned after every stop fault, so a resume never replays a post-kill trajectory.
 
-    python scripts/chaos.py --steps 40 --seed 1 --repeat 2     # the long version
+    python scripts/chaos.py --seed 1  # the long version: 400 steps, each fault 3 times
+    python scripts/chaos.py --steps 60 --repeat 1 --workdir /tmp/chaos  # a shorter soak
     python scripts/chaos.py --ci --json summary.json  # tests/reliability/test_chaos.py
 
 Prints one summary line per fault and a final summary (JSON with --json).
@@ -448,9 +449,11 @@ def compare(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0, help="draws the fault steps")
-    ap.add_argument("--repeat", type=int, default=2, help="each fault this many times")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="each fault this many times (engine: at most 3)"
+    )
     ap.add_argument("--ci", action="store_true", help="the short plan of tests/reliability")
     ap.add_argument("--workdir", default=None, help="default: a fresh temporary folder")
     ap.add_argument("--json", default=None, help="write the summary here too")
