@@ -15,6 +15,7 @@ ratio of the medians. One table is printed; the rows and the machine go to a JSO
 | learner         | LearnerGroup.update tokens/s           | bare PyTorch loop, same model/optim   |
 | generation      | VllmEngine.generate tokens/s           | HF `generate`, same model and prompts |
 | cartpole        | seconds to return 475 from launch      | Stable-Baselines3 PPO                 |
+| agents          | per-episode agent loop samples/s       | turn lock-step, same engine/episodes  |
 | overhead        | Trainer s/step, default and matched    | bare 1-process loop, vLLM in-process  |
 | time_to_reward  | s to reward 0.8 from launch; s/step    | TRL GRPOTrainer (scripts/bench_trl.py)|
 
@@ -765,6 +766,29 @@ def bench_cartpole(args) -> list[Row]:
     return [row, steady]
 
 
+def bench_agents(args) -> list[Row]:
+    """scripts/bench_agents.py in a child process (its AsyncLLM engine ends with it)."""
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="bench-agents-")) / "bench_agents.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_agents.py"), "--out", str(out)]
+    cmd += ["--reps", str(args.reps)] + (["--episodes", "32"] if args.quick else [])
+    subprocess.run(cmd, cwd=ROOT, check=True, timeout=900)
+    result = json.loads(out.read_text())
+    return [
+        Row(
+            "agents",
+            "long-tailed turns (1..8)",
+            "samples/s",
+            ours=result["samples_per_s"]["per_episode"],
+            baseline=result["samples_per_s"]["lock_step"],
+            target=">= 1.3x",
+            note="per-episode agent loop vs turn lock-step, same engine/episodes",
+            higher_is_better=True,
+        )
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # Framework overhead and time to reward (scripts/bench_overhead.py, scripts/bench_trl.py)
 # --------------------------------------------------------------------------------------------
@@ -829,6 +853,7 @@ BENCHES: dict[str, Callable] = {
     "learner": bench_learner,
     "generation": bench_generation,
     "cartpole": bench_cartpole,
+    "agents": bench_agents,
     "overhead": bench_overhead,
     "time_to_reward": bench_time_to_reward,
 }
