@@ -68,7 +68,7 @@ AGENT_CHAT_TEMPLATE = (
 )
 # Bump when the agent format or warm-up changes the bytes built for an agent task (part of the
 # agent tasks' cache key only, so the single-turn tasks' cached models stay valid).
-AGENT_FORMAT_VERSION = "agent-v1"
+AGENT_FORMAT_VERSION = "agent-v2"  # v2: success checked every step once non-zero
 
 # Defaults chosen by scripts/learnability.py.
 DEFAULT_HIDDEN_SIZE = 128
@@ -456,7 +456,7 @@ def agent_warmup(
 ) -> tuple[int, float]:
     """Supervised warm-up of an agent task on its expert's demonstrations (loss on the model's
     turns only), stopped once the sampled episode success rate reaches ``target`` (checked
-    every ``eval_every`` steps). Returns (steps taken, last measured success rate)."""
+    every ``eval_every`` steps, and every step once it is above zero). Returns (steps taken, last measured success rate)."""
     from rlhf.envs.render import ChatRenderer
 
     renderer = ChatRenderer(tokenizer)
@@ -488,7 +488,9 @@ def agent_warmup(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         taken = step + 1
-        if taken % eval_every == 0 or taken == steps:
+        # Success climbs from its first episodes to past twice the target within a few steps,
+        # so once any episode succeeds it is checked every step (the start must stay low).
+        if taken % eval_every == 0 or taken == steps or success > 0:
             success = sampled_success(model, renderer, task, seed)
     model.eval()
     return taken, success
