@@ -456,7 +456,8 @@ def agent_warmup(
 ) -> tuple[int, float]:
     """Supervised warm-up of an agent task on its expert's demonstrations (loss on the model's
     turns only), stopped once the sampled episode success rate reaches ``target`` (checked
-    every ``eval_every`` steps, and every step once it is above zero). Returns (steps taken, last measured success rate)."""
+    every ``eval_every`` steps, and every step once it is above zero). Returns (steps taken,
+    last measured success rate)."""
     from rlhf.envs.render import ChatRenderer
 
     renderer = ChatRenderer(tokenizer)
