@@ -138,15 +138,24 @@ def run_seed(args, seed: int) -> dict:
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
     n_params = sum(p.numel() for p in model.parameters())
+    if args.lora_rank > 0:  # the framework's model.lora: PEFT adapter, base frozen
+        from peft import get_peft_model
+
+        from rlhf.config import LoraConfig
+        from rlhf.models.lora import peft_config
+
+        lora = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha or 2.0 * args.lora_rank)
+        if args.lora_targets:
+            lora.target_modules = args.lora_targets.split(",")
+        model = get_peft_model(model, peft_config(lora))
+    trainable = [p for p in model.parameters() if p.requires_grad]
     eval_set = tiny._eval_problems(task)
     exp0 = tiny.expected_accuracy(model, tok, eval_set)
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, args.beta2)
-    )
+    opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0, betas=(0.9, args.beta2))
     rewards: list[float] = []
     t1 = time.perf_counter()
     for step in range(args.steps):
@@ -167,7 +176,7 @@ def run_seed(args, seed: int) -> dict:
         loss = -(obj * m).sum() / m.sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         rewards.append(r.mean().item())
         if (step + 1) % 10 == 0 and args.verbose:
@@ -182,6 +191,7 @@ def run_seed(args, seed: int) -> dict:
     return dict(
         seed=seed,
         params=n_params,
+        trainable=sum(p.numel() for p in trainable),
         exp0=exp0,
         exp1=tiny.expected_accuracy(model, tok, eval_set),
         first=statistics.mean(rewards[:k]),
@@ -216,15 +226,23 @@ def main() -> None:
         help="stop the warm-up at this expected accuracy (negative: run all warm-up steps)",
     )
     ap.add_argument("--beta2", type=float, default=0.999)
+    ap.add_argument(
+        "--lora-rank", type=int, default=0, help="train a LoRA adapter of this rank (0: all)"
+    )
+    ap.add_argument("--lora-alpha", type=float, default=0.0, help="LoRA alpha (0: 2 x rank)")
+    ap.add_argument(
+        "--lora-targets", default="", help="comma-separated target modules (default: all 7)"
+    )
     _, rows = run_probe(ap, run_seed, "reward", "rlhf-learnability-")
     print(
-        "| seed | params | expected acc start | expected acc end | first fifth | last fifth "
-        "| rise | build s | RL s |"
+        "| seed | params | trainable | expected acc start | expected acc end | first fifth "
+        "| last fifth | rise | build s | RL s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['seed']} | {r['params']} | {r['exp0']:.3f} | {r['exp1']:.3f} | {r['first']:.3f} "
+            f"| {r['seed']} | {r['params']} | {r['trainable']} | {r['exp0']:.3f} "
+            f"| {r['exp1']:.3f} | {r['first']:.3f} "
             f"| {r['last']:.3f} | {r['last'] - r['first']:+.3f} | {r['build_s']:.1f} "
             f"| {r['rl_s']:.1f} |"
         )
