@@ -38,6 +38,15 @@ What else was measured (250 steps, rise = last fifth - first fifth, min/mean ove
 - A warm-up stopped at 0.10 or 0.20 instead of 0.15 worked as well (addition9: +0.36 / +0.31 min).
 The reward per 10 steps climbs smoothly from ~0.2 to ~0.9 by step ~150, so 100-150 steps
 already give a rise of ~0.45.
+
+LoRA (``--lora-rank 8``, alpha 16; seed 0, 250 steps; the framework's model.lora through PEFT):
+on the 7 projections alone the reward plateaus near 0.45 whatever the lr -- lr 3e-3 +0.110,
+1e-3 +0.196, 5e-4 +0.227; rank 16 / alpha 32: lr 1e-3 +0.160, 3e-3 -0.025 (rose, then fell).
+With ``--lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head``: lr 1e-3
++0.643 (0.21 -> 0.98, 48k trainable parameters), lr 3e-3 +0.292 (faster, then noisy): the
+output layer needs to move on this task. vLLM 0.32 does not serve an lm_head adapter for Qwen2
+("expected target modules in {q_proj, ...} but received ['lm_head', ...]" when the engine loads
+it), so the framework cannot use that recipe as it stands.
 """
 
 from __future__ import annotations

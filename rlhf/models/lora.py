@@ -143,23 +143,33 @@ def vllm_max_lora_rank(rank: int) -> int:
 
 def linear_module_names(hf_config) -> set[str]:
     """Last name parts of every nn.Linear in the model `hf_config` describes (built on the
-    meta device: no weights, no memory)."""
+    meta device: no weights, no memory), except its output layer (lm_head): vLLM serves
+    adapters on the linear layers inside the blocks, and refuses to load an adapter with an
+    lm_head part ("expected target modules in {...} but received ['lm_head']", seen with vLLM
+    0.32 and Qwen2 at the engine's first generate, after Ray started)."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config)
-    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    head = model.get_output_embeddings()
+    return {
+        n.rsplit(".", 1)[-1]
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and m is not head
+    }
 
 
 def check_target_modules(cfg: LoraConfig, hf_config) -> None:
     """ConfigError naming model.lora.target_modules when one of them is not a linear layer
-    of the model (PEFT would raise only inside the learner, after Ray started)."""
+    of the model that vLLM can serve an adapter on (PEFT would raise only inside the learner,
+    vLLM only at the first generate, after Ray started)."""
     linear = linear_module_names(hf_config)
     unknown = [m for m in cfg.target_modules if m not in linear]
     if unknown:
         raise ConfigError(
             "model.lora.target_modules",
-            f"{unknown} are not linear layers of this model; it has {sorted(linear)}",
+            f"{unknown} are not linear layers of this model that vLLM serves an adapter on; "
+            f"it has {sorted(linear)}",
         )
 
 

@@ -65,6 +65,14 @@ def test_unknown_target_module_is_named_before_ray():
     check_lora_targets(validate(_cfg(rank=8)))  # the default targets exist in the tiny model
 
 
+def test_lm_head_target_is_named_before_ray():
+    """An nn.Linear, but vLLM refuses an adapter with an lm_head part at the first generate."""
+    cfg = validate(_cfg(rank=8, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(ConfigError, match=r"\['lm_head'\] are not linear layers") as e:
+        check_lora_targets(cfg)
+    assert e.value.key == "model.lora.target_modules"
+
+
 def test_target_modules_checked_against_a_model_folder(tmp_path):
     from transformers import GPT2Config
 
