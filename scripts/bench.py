@@ -12,6 +12,7 @@ ratio of the medians. One table is printed; the rows and the machine go to a JSO
 | startup         | launch -> end of step 1 (`rlhf.train`) | launch -> one bare `vllm.LLM` built   |
 | weight_sync     | learner rank 0 -> vLLM engine, loaded  | raw gloo broadcast of the same bytes  |
 | lora_sync       | LoRA r8 adapter sync, served           | full-weights sync, same model         |
+| lora_learner    | LoRA r8 update s/step, peak RSS        | full fine-tuning, same model and batch|
 | learner         | LearnerGroup.update tokens/s           | bare PyTorch loop, same model/optim   |
 | generation      | VllmEngine.generate tokens/s           | HF `generate`, same model and prompts |
 | cartpole        | seconds to return 475 from launch      | Stable-Baselines3 PPO                 |
@@ -464,6 +465,96 @@ def _numel(shape) -> int:
     return n
 
 
+def _learner_pids() -> set[int]:
+    """Pids of this machine's learner rank processes (titled `ray::LearnerWorker...`)."""
+    import psutil
+
+    pids = set()
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and cmd[0].startswith("ray::LearnerWorker"):
+            pids.add(p.pid)
+    return pids
+
+
+def _peak_rss(pid: int) -> int:
+    """The kernel's peak resident set size of `pid` (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def bench_lora_learner(args) -> list[Row]:
+    """model.lora.rank=8 against full fine-tuning of the same model: seconds per
+    LearnerGroup.update of the same batch (alternately), and each learner rank's peak RSS
+    (the kernel's high-water mark after the updates: model, gradients and AdamW moments)."""
+    import ray
+    import torch
+
+    from rlhf.learner.group import LearnerGroup
+
+    env = ray_start()
+    rows = []
+    n_rows = 32
+    try:
+        for size in [s for s in args.sizes if s != "tiny"] or args.sizes:
+            path, s, sides = model_path(size), slots(2), {}
+            print(f"  lora_learner {size}: a full and a rank-8 learner", flush=True)
+            lean = ["learner.num_ranks=1", "learner.micro_batch_size=16"]
+            for i, (side, extra) in enumerate((("full", []), ("lora", ["model.lora.rank=8"]))):
+                before = _learner_pids()
+                cfg = root_config(size, [*lean, *extra])
+                group = learner_group(cfg, path, s[i : i + 1], env, rows=n_rows)
+                ray.get(group.weight_meta())  # built
+                (pid,) = _learner_pids() - before
+                sides[side] = (group, pid)
+            batch = synthetic_batch(path, n_rows, prompt_len=8, response_len=24)
+            batch = LearnerGroup.attach(batch, ray.get(sides["full"][0].compute_logprobs(batch)))
+            batch.advantages = torch.randn_like(batch.old_logprobs) * batch.action_mask
+            batch.returns = batch.advantages.clone()
+            case = f"{size}, {n_rows} rows x {batch.input_ids.shape[1]} tokens"
+            step = Row(
+                "lora_learner",
+                case,
+                "s/update",
+                target="report",
+                note="ours: rank-8 LoRA (7 projections) LearnerGroup.update, ZeRO-2, 1 rank; "
+                "baseline: full fine-tuning, same batch",
+            )
+            for rep in range(args.reps + 1):  # the first of each is a warm-up, not counted
+                for side, (group, _) in sides.items():
+                    t = time.perf_counter()
+                    ray.get(group.update(batch.learning_rows()))
+                    if rep:
+                        (step.ours if side == "lora" else step.baseline).append(
+                            time.perf_counter() - t
+                        )
+            rss = {side: _peak_rss(pid) / 2**30 for side, (_, pid) in sides.items()}
+            mem = Row(
+                "lora_learner",
+                f"{size}, peak RSS",
+                "GiB",
+                ours=[rss["lora"]],
+                baseline=[rss["full"]],
+                target="report",
+                note="the learner rank's peak resident memory (VmHWM) after the updates",
+            )
+            print(
+                f"  lora_learner {size}: lora {spread(step.ours)} s, full {spread(step.baseline)} "
+                f"s; peak RSS lora {rss['lora']:.2f} GiB, full {rss['full']:.2f} GiB",
+                flush=True,
+            )
+            rows += [step, mem]
+            for group, _ in sides.values():
+                for a in group.actors:
+                    ray.kill(a)
+            ray.util.remove_placement_group(s[0].pg)
+    finally:
+        ray.shutdown()
+    return rows
+
+
 # --------------------------------------------------------------------------------------------
 # learner tokens/s against a bare PyTorch loop
 # --------------------------------------------------------------------------------------------
@@ -850,6 +941,7 @@ BENCHES: dict[str, Callable] = {
     "startup": bench_startup,
     "weight_sync": bench_weight_sync,
     "lora_sync": bench_lora_sync,
+    "lora_learner": bench_lora_learner,
     "learner": bench_learner,
     "generation": bench_generation,
     "cartpole": bench_cartpole,
@@ -865,7 +957,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         "--only", default=",".join(BENCHES), help="comma-separated: " + ",".join(BENCHES)
     )
     p.add_argument("--reps", type=int, default=2, help="repetitions per side")
-    p.add_argument("--sizes", default="tiny,17M,134M", help="weight_sync / lora_sync model sizes")
+    p.add_argument("--sizes", default="tiny,17M,134M", help="weight_sync / lora_* model sizes")
     p.add_argument("--quick", action="store_true", help="fewer cases (a smoke run)")
     p.add_argument("--out", default="", help="JSON file (default outputs/bench/bench-<time>.json)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the start-up run")
