@@ -1,7 +1,8 @@
 """Per-episode scheduling of agent episodes against a turn-lock-step loop: samples/s of each on
 the same engine, model and episodes, and their ratio, measured in the same run.
 
-    python scripts/bench_agents.py [--episodes 64] [--reps 3] [--seed 0] [--out FILE]
+    python scripts/bench_agents.py [--episodes 128] [--windows 0 16] [--reps 5] [--seed 0]
+                                   [--out FILE]
 
 Episodes: a synthetic environment (`LongTail`) whose number of model turns is drawn per
 episode, seeded, from a long-tailed distribution on 1..8 (P(n) proportional to n^-1.5: most
@@ -10,16 +11,22 @@ tiny model's format) after each turn; the prompts are the calculator task's (`47
 by the agent_tool tiny model (its warmed-up format: a tool call, then an answer), so the
 model's turns vary in length as in a real run.
 
-- ours: the engine's agent loop as a run uses it (rlhf/rollout/vllm_engine.py `_AgentEngine`,
-  vLLM's AsyncLLM, rlhf/rollout/agent_loop.run_episode): all episodes start together and each
-  advances as its own turns finish; the engine batches whatever turns are ready.
-- baseline: turn lock-step, the same run_episode code behind a barrier: every episode's turn t
-  is submitted together, and no episode starts turn t+1 before the slowest turn t of the batch
-  has finished (an episode that ended leaves the barrier).
-Both run each repetition on the same episodes (prompts, seeds, turn counts); the order of the
-two alternates between repetitions. samples/s = episodes / wall seconds of the whole batch.
-Prints the medians and the ratio (target >= 1.3x) and writes JSON (--out, default
-outputs/bench/bench_agents-<time>.json).
+- ours: the engine's agent loop (rlhf/rollout/vllm_engine.py `_AgentEngine`: vLLM's AsyncLLM,
+  rlhf/rollout/agent_loop.run_episode): every episode its own coroutine, advancing as its own
+  turns finish; the engine batches whatever turns are ready. At most `window` episodes in
+  flight, the next starting when one ends.
+- baseline: turn lock-step, the same run_episode code behind a barrier, in batches of `window`
+  episodes: every episode's turn t is submitted together, and no episode starts turn t+1
+  before the slowest turn t of its batch has finished (an episode that ended leaves the
+  barrier); the next batch starts when the whole batch has ended.
+Window 0 = all episodes at once: what one engine call of a run does today (one call's episodes
+all start together; the actor runs one call at a time), so only the turns' different lengths
+separate the two. Window 16: a stream of episodes through 16 slots, where lock-step also leaves
+the slots of finished episodes idle until its batch's longest episode ends.
+Both run each repetition on the same episodes (prompts, seeds, turn counts; the script checks
+that both sample the same tokens); the order of the two alternates between repetitions.
+samples/s = episodes / wall seconds. Prints the medians, spread and ratio per window
+(target >= 1.3x) and writes JSON (--out, default outputs/bench/bench_agents-<time>.json).
 """
 
 from __future__ import annotations
@@ -142,42 +149,97 @@ def requests(n: int, seed: int):
     ]
 
 
-async def _per_episode(agents, reqs):
+async def _per_episode(agents, reqs, window: int):
+    """Our agent loop: every episode its own coroutine; at most `window` in flight, a new one
+    starting as soon as one ends (window = all: one engine call's episodes)."""
     from rlhf.rollout.agent_loop import ThreadEnv, run_episode
 
-    def env():
-        return ThreadEnv(LongTail, agents.pool, 5.0)
-
-    return await asyncio.gather(
-        *(run_episode(agents.generate, env(), agents.renderer, r, agents.limits) for r in reqs)
-    )
-
-
-async def _lock_step(agents, reqs):
-    from rlhf.rollout.agent_loop import ThreadEnv, run_episode
-
-    gate = LockStep(agents.generate, len(reqs))
+    slots = asyncio.Semaphore(window)
 
     async def one(r):
-        try:
+        async with slots:
             env = ThreadEnv(LongTail, agents.pool, 5.0)
-            return await run_episode(gate.for_episode(), env, agents.renderer, r, agents.limits)
-        finally:
-            await gate.leave()
+            return await run_episode(agents.generate, env, agents.renderer, r, agents.limits)
 
     return await asyncio.gather(*(one(r) for r in reqs))
 
 
-def timed(agents, mode, reqs) -> tuple[float, list]:
+async def _lock_step(agents, reqs, window: int):
+    """Turn lock-step in batches of `window` episodes, one batch after the other."""
+    from rlhf.rollout.agent_loop import ThreadEnv, run_episode
+
+    out = []
+    for start in range(0, len(reqs), window):
+        batch = reqs[start : start + window]
+        gate = LockStep(agents.generate, len(batch))
+
+        async def one(r, gate=gate):
+            try:
+                env = ThreadEnv(LongTail, agents.pool, 5.0)
+                return await run_episode(gate.for_episode(), env, agents.renderer, r, agents.limits)
+            finally:
+                await gate.leave()
+
+        out += await asyncio.gather(*(one(r) for r in batch))
+    return out
+
+
+def timed(agents, mode, reqs, window) -> tuple[float, list]:
     t = time.perf_counter()
-    samples = agents.call((_per_episode if mode == "per_episode" else _lock_step)(agents, reqs))
+    run = _per_episode if mode == "per_episode" else _lock_step
+    samples = agents.call(run(agents, reqs, window))
     return time.perf_counter() - t, samples
+
+
+def measure(agents, reqs, window: int, reps: int) -> dict:
+    """Both modes `reps` times on the same episodes, alternating which goes first."""
+    results: dict[str, list[float]] = {"per_episode": [], "lock_step": []}
+    same_tokens = []
+    for rep in range(reps):
+        order = ["per_episode", "lock_step"] if rep % 2 == 0 else ["lock_step", "per_episode"]
+        got = {}
+        for mode in order:
+            seconds, samples = timed(agents, mode, reqs, window)
+            got[mode] = samples
+            results[mode].append(len(reqs) / seconds)
+            print(
+                f"  window {window:4d} rep {rep} {mode:11s} {seconds:6.2f} s  "
+                f"{len(reqs) / seconds:7.2f} samples/s  "
+                f"turns {sum(s.info['turns'] for s in samples)}"
+                f" (env errors {sum(bool(s.info['env_error']) for s in samples)})",
+                flush=True,
+            )
+        pairs = zip(got["per_episode"], got["lock_step"])
+        same_tokens.append(sum(a.response_ids == b.response_ids for a, b in pairs) / len(reqs))
+    ours = statistics.median(results["per_episode"])
+    base = statistics.median(results["lock_step"])
+    print(
+        f"window {window}: per-episode {ours:.1f} samples/s "
+        f"({min(results['per_episode']):.1f}..{max(results['per_episode']):.1f}), lock-step "
+        f"{base:.1f} ({min(results['lock_step']):.1f}..{max(results['lock_step']):.1f}): "
+        f"ratio {ours / base:.2f}x (target >= {TARGET}x); identical tokens in both modes "
+        f"{statistics.mean(same_tokens):.0%}",
+        flush=True,
+    )
+    return {
+        "window": window,
+        "samples_per_s": results,
+        "ratio": ours / base,
+        "same_tokens_frac": same_tokens,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--episodes", type=int, default=64)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--episodes", type=int, default=128)
+    p.add_argument(
+        "--windows",
+        type=int,
+        nargs="+",
+        default=[0, 16],
+        help="episodes in flight (lock-step: per batch); 0 = all of them at once",
+    )
+    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
@@ -189,46 +251,17 @@ def main(argv: list[str] | None = None) -> dict:
         f", max {max(turns)}, histogram {[turns.count(n) for n in range(1, MAX_TURNS + 1)]}",
         flush=True,
     )
-    timed(agents, "per_episode", reqs[:8])  # warm the engine up (first-request costs)
-    results: dict[str, list[float]] = {"per_episode": [], "lock_step": []}
-    same_tokens = []
-    for rep in range(args.reps):
-        order = ["per_episode", "lock_step"] if rep % 2 == 0 else ["lock_step", "per_episode"]
-        got = {}
-        for mode in order:
-            seconds, samples = timed(agents, mode, reqs)
-            got[mode] = samples
-            results[mode].append(len(reqs) / seconds)
-            done = [s.info["turns"] for s in samples]
-            print(
-                f"rep {rep} {mode:11s} {seconds:6.2f} s  {len(reqs) / seconds:6.2f} samples/s  "
-                f"turns {sum(done)} (env errors {sum(bool(s.info['env_error']) for s in samples)})",
-                flush=True,
-            )
-        same_tokens.append(
-            sum(
-                a.response_ids == b.response_ids
-                for a, b in zip(got["per_episode"], got["lock_step"])
-            )
-            / len(reqs)
-        )
-    ours, base = statistics.median(results["per_episode"]), statistics.median(results["lock_step"])
-    ratio = ours / base
-    print(
-        f"\nsamples/s: per-episode {ours:.2f} (min {min(results['per_episode']):.2f}, "
-        f"max {max(results['per_episode']):.2f}), lock-step {base:.2f} (min "
-        f"{min(results['lock_step']):.2f}, max {max(results['lock_step']):.2f})\n"
-        f"ratio per-episode / lock-step: {ratio:.2f}x (target >= {TARGET}x); episodes with "
-        f"identical tokens in both modes: {statistics.mean(same_tokens):.0%}"
-    )
+    timed(agents, "per_episode", reqs[:16], 16)  # warm the engine up (first-request costs)
+    cases = [measure(agents, reqs, w or len(reqs), args.reps) for w in args.windows]
     out = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "args": vars(args),
         "turns": turns,
-        "samples_per_s": results,
-        "ratio": ratio,
+        "cases": cases,
+        # the headline: the first window (default: all episodes at once, one engine call)
+        "samples_per_s": cases[0]["samples_per_s"],
+        "ratio": cases[0]["ratio"],
         "target": TARGET,
-        "same_tokens_frac": same_tokens,
     }
     path = (
         Path(args.out)
