@@ -23,8 +23,8 @@ Window 0 = all episodes at once: what one engine call of a run does today (one c
 all start together; the actor runs one call at a time), so only the turns' different lengths
 separate the two. Window 16: a stream of episodes through 16 slots, where lock-step also leaves
 the slots of finished episodes idle until its batch's longest episode ends.
-Both run each repetition on the same episodes (prompts, seeds, turn counts; the script checks
-that both sample the same tokens); the order of the two alternates between repetitions.
+Both run each repetition on the same episodes (prompts, seeds, turn counts; the script reports
+whether both sample the same tokens); the order of the two alternates between repetitions.
 samples/s = episodes / wall seconds. Prints the medians, spread and ratio per window
 (target >= 1.3x) and writes JSON (--out, default outputs/bench/bench_agents-<time>.json).
 """
