@@ -485,6 +485,12 @@ class LearnerWorker:
             # LoRA: the adapter and its optimizer state; the frozen base is model.path's
             exclude_frozen_parameters=self._build["model_cfg"].uses_lora,
         )
+        # DeepSpeed writes client_state once, from rank 0, and every rank loads that copy: the
+        # other ranks' streams (their shuffle order above all) would resume as rank 0's, and a
+        # resumed run would differ from the uninterrupted one at float32 rounding from its
+        # first update on. Each rank keeps its own streams in a file of its own.
+        os.makedirs(os.path.join(folder, tag), exist_ok=True)
+        torch.save(self._rng_state(), _rng_file(folder, tag, self.rank))
 
     def _rng_state(self) -> dict:
         return {
@@ -505,7 +511,10 @@ class LearnerWorker:
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} in {folder}")
         self.updates = (client_state or {}).get("updates", 0)
-        rng = (client_state or {}).get("rng")
+        rng = (client_state or {}).get("rng")  # rank 0's (checkpoints before per-rank files)
+        own = _rng_file(folder, tag, self.rank)
+        if os.path.exists(own):
+            rng = torch.load(own, weights_only=True)
         if rng is not None:
             torch.set_rng_state(rng["torch"])
             random.setstate(rng["python"])
@@ -546,6 +555,11 @@ class LearnerWorker:
 ADDITIVE_METRICS = frozenset(
     ("algo/loss", "algo/pg_loss", "algo/entropy", "algo/kl", "algo/value_loss")
 )
+
+
+def _rng_file(folder: str, tag: str, rank: int) -> str:
+    """A learner rank's random streams in a checkpoint (LearnerWorker.save)."""
+    return os.path.join(folder, tag, f"rng_rank_{rank:02d}.pt")
 
 
 def _load_weights_only(path: str, map_location=None):
