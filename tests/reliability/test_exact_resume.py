@@ -5,8 +5,8 @@ One uninterrupted run is the reference. A second run with the same seed is kille
 killed again while it writes a checkpoint, resumed, stopped with SIGTERM, and resumed to the
 end. Its ledger (every trained prompt with its weight version, its rewards and a digest of its
 response tokens) must equal the reference's row for row, and its per-step metrics must too
-within 1e-6 (not bitwise: float32 rounding differences appear after a resume and grow
-over many steps, README "Reliability"). Timing metrics are excluded.
+within 1e-6 (README "Reliability": until each learner rank kept its own random streams,
+float32 rounding differences appeared after a resume). Timing metrics are excluded.
 
 Staleness 1, so that each checkpoint holds groups generated but not yet trained.
 The first five steps before the first kill also show that two runs of one seed agree.
