@@ -7,7 +7,8 @@ One uninterrupted run of the seed is the reference (shared by the module). Again
 1. `kill -9` of the vLLM engine mid-run, while it runs the next step's episodes: Ray restarts it,
    the trainer re-syncs it, its episodes are re-issued with the same seeds; the ledger shows
    every episode group trained exactly once (none lost, none twice) and the re-issued ones.
-2. SIGKILL of the driver between checkpoints, then a resume: the run's ledger (per episode
+2. SIGKILL of the driver between checkpoints (the checkpoint holds the next step's drained
+   episode groups, whole), then a resume: the run's ledger (per episode
    group: the turn counts, per-turn rewards, turn weight versions, a digest of the sampled
    tokens and of the whole response) and its metrics equal the reference's.
 3. The staleness bound on episodes: no trained episode has a turn sampled by weights older than
@@ -17,6 +18,7 @@ One uninterrupted run of the seed is the reference (shared by the module). Again
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 
@@ -105,7 +107,11 @@ def test_driver_sigkill_then_resume_reproduces_the_uninterrupted_episodes(tmp_pa
     proc = launch(run, *ARGS)
     wait_until(proc, lambda: steps_logged(run) >= 3, what="step 3")
     hard_kill(proc)
-    assert (run / "checkpoints" / "step-000002").exists()
+    # The checkpoint drained the episodes in flight: step 3's groups are in it, whole.
+    state = json.loads((run / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    kept = state["pipeline"]["kept"]
+    assert kept, "nothing was in flight at the checkpoint: the resume would prove less"
+    assert all(len(g) == 4 and all(s["turn_rewards"] for s in g) for g in kept.values())
     proc = launch(run, *ARGS)
     ledger = _finish(proc, run)
     assert "resumed from" in log_of(run)
