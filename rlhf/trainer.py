@@ -98,7 +98,7 @@ class Trainer:
             samples, pipeline_metrics = self.next_batch()
         batch = collate(samples)
         with t.phase("logprobs"):
-            batch = LearnerGroup.attach(batch, ray.get(self.learners.compute_logprobs(batch)))
+            batch = LearnerGroup.attach(batch, ray.get(self.learners.scores_for_update(batch)))
         with t.phase("advantage"):
             batch = self.compute_advantages(batch)
         with t.phase("update"):
@@ -213,10 +213,16 @@ class Trainer:
             # left out of the loss (DAPO's overlong filtering).
             mask = mask * (1 - batch.truncated).unsqueeze(-1).to(mask.dtype)
             m["algo/truncated_masked_frac"] = float(batch.truncated.mean())
-        weights, is_metrics = algos.ROLLOUT_CORRECTIONS.get(a.rollout_is)(
-            batch.old_logprobs, batch.rollout_logprobs, mask, a.rollout_is_level, a.rollout_is_cap
-        )
-        m.update(is_metrics)
+        weights = None
+        if batch.old_logprobs is not None:  # else the update measures them (rollout_is none)
+            weights, is_metrics = algos.ROLLOUT_CORRECTIONS.get(a.rollout_is)(
+                batch.old_logprobs,
+                batch.rollout_logprobs,
+                mask,
+                a.rollout_is_level,
+                a.rollout_is_cap,
+            )
+            m.update(is_metrics)
         self.advantage_metrics = m
         return replace(
             batch,
@@ -287,13 +293,16 @@ class Trainer:
             "algo/advantage_std": float(
                 algos.masked_mean((batch.advantages - adv_mean) ** 2, mask).sqrt()
             ),
+        }
+        # Without old logprobs the update took them from its own pass, and measured these two
+        # there (LearnerWorker._old_metrics).
+        if batch.old_logprobs is not None:
             # vLLM's logprobs vs the learner's for the same tokens and weights: should be
             # ~0 in float32; a drift means the engines serve other weights or numerics.
-            "rollout/logprob_diff": float(
+            out["rollout/logprob_diff"] = float(
                 algos.masked_mean((batch.rollout_logprobs - batch.old_logprobs).abs(), mask)
-            ),
-        }
-        if batch.ref_logprobs is not None:
+            )
+        if batch.ref_logprobs is not None and batch.old_logprobs is not None:
             out["algo/kl_ref"] = float(
                 algos.masked_mean(
                     algos.KL_ESTIMATORS.get("k3")(batch.old_logprobs, batch.ref_logprobs), mask

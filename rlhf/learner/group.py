@@ -13,6 +13,7 @@ import torch
 
 from rlhf.batch import Batch
 from rlhf.config import AlgoConfig, LearnerConfig, ModelConfig
+from rlhf.learner.old_logprobs import old_logprobs_from_update
 from rlhf.learner.worker import LearnerWorker
 from rlhf.placement import Slot, spawn
 
@@ -37,6 +38,12 @@ class LearnerGroup:
 
         self.cfg = cfg
         n = cfg.num_ranks
+        # The update takes the old logprobs from its own forward pass when that is exact
+        # (rlhf/learner/old_logprobs.py; the ranks decide the same): scores_for_update then
+        # scores only what else is needed (the reference), or nothing at all.
+        has_critic = algo.advantage == "gae" or env_spec is not None
+        self.old_from_update = old_logprobs_from_update(algo, has_critic)
+        self.scores_needed = not self.old_from_update or algo.kl_coef > 0
         # Rows each rank sees per optimizer step, in micro-batches (validate() checked this).
         grad_accum = rows_per_step // (algo.minibatches * n * cfg.micro_batch_size)
         self.actors = spawn(
@@ -65,7 +72,20 @@ class LearnerGroup:
 
     # Each method returns one ObjectRef per rank.
     def compute_logprobs(self, batch: Batch) -> list[Any]:
+        """Old logprobs, values and reference logprobs as configured."""
         return [a.compute_logprobs.remote(s) for a, s in zip(self.actors, batch.split(len(self)))]
+
+    def scores_for_update(self, batch: Batch) -> list[Any]:
+        """What the advantages and the update need before it (Trainer.step): compute_logprobs
+        without the old logprobs where the update supplies them (old_from_update), only the
+        reference's then, or no call at all ([])."""
+        if not self.scores_needed:
+            return []
+        with_old = not self.old_from_update
+        return [
+            a.compute_logprobs.remote(s, with_old)
+            for a, s in zip(self.actors, batch.split(len(self)))
+        ]
 
     def update(self, batch: Batch) -> list[Any]:
         return [a.update.remote(s) for a, s in zip(self.actors, batch.split(len(self)))]
@@ -96,6 +116,8 @@ class LearnerGroup:
     @staticmethod
     def attach(batch: Batch, per_rank: list[dict[str, torch.Tensor]]) -> Batch:
         """Concatenate the ranks' compute_logprobs results onto the batch."""
+        if not per_rank:
+            return batch
         return replace(batch, **{k: torch.cat([r[k] for r in per_rank]) for k in per_rank[0]})
 
     @staticmethod

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import random
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -20,6 +21,7 @@ from rlhf import algos
 from rlhf.batch import Batch
 from rlhf.config import AlgoConfig, LearnerConfig, ModelConfig
 from rlhf.learner.micro_batches import agree_on_count, pack_by_tokens, split_to_count
+from rlhf.learner.old_logprobs import old_logprobs_from_update
 from rlhf.learner.reduce import all_reduce_sum, group_metrics, group_totals
 from rlhf.resolve import resolve_function
 from rlhf.rollout.weight_sync import ParamMeta, WeightSyncGroup, describe, plan_buckets
@@ -123,6 +125,9 @@ class LearnerWorker:
             model_cfg, model_path, temperature, env_spec, with_critic=algo.advantage == "gae"
         )
         self.has_critic = policy.has_critic
+        # One optimizer step per batch: the update's own logprobs are the old ones
+        # (rlhf/learner/old_logprobs.py); compute_logprobs then skips the policy's pass.
+        self.old_from_update = old_logprobs_from_update(algo, self.has_critic)
         self.ds_config = self._deepspeed_config()
         optimizer_steps = total_steps * algo.epochs * algo.minibatches
         params = (
@@ -247,17 +252,20 @@ class LearnerWorker:
         return [(g, batch.index(g.to(batch.attention_mask.device)).trimmed()) for g in groups]
 
     @torch.no_grad()
-    def compute_logprobs(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Old logprobs (and values, reference logprobs when configured) for this rank's shard."""
+    def compute_logprobs(self, batch: Batch, with_old: bool = True) -> dict[str, torch.Tensor]:
+        """Old logprobs (and values, reference logprobs when configured) for this rank's shard;
+        with_old=False (LearnerGroup when the update supplies them): the reference's only."""
         self.engine.eval()
-        out: dict[str, list[torch.Tensor]] = {"old_logprobs": []}
+        out: dict[str, list[torch.Tensor]] = {"old_logprobs": []} if with_old else {}
         if self.has_critic:
             out["values"] = []
         if self.ref is not None:
             out["ref_logprobs"] = []
         for rows, micro in self._micro_batches(batch.to(self.device)):
-            logprobs, _, values = self.engine(micro, with_entropy=False)
-            scores = {"old_logprobs": logprobs, "values": values}
+            scores = {}
+            if with_old or self.has_critic:
+                logprobs, _, values = self.engine(micro, with_entropy=False)
+                scores = {"old_logprobs": logprobs, "values": values}
             if self.ref is not None:
                 scores["ref_logprobs"] = self.ref(micro, with_entropy=False)[0]
             for k, v in scores.items():
@@ -286,6 +294,12 @@ class LearnerWorker:
                 f"x grad_accum_steps x micro_batch_size = {a.minibatches} x "
                 f"{micro_per_minibatch} x {self.cfg.micro_batch_size}"
             )
+        # No old logprobs in the batch: the update's own, detached (rlhf/learner/old_logprobs.py),
+        # kept in the batch's row order for the diagnostics pass.
+        own_old = batch.old_logprobs is None
+        if own_old and not self.old_from_update:
+            raise ValueError("update() needs old_logprobs unless old_logprobs_from_update holds")
+        old = torch.zeros_like(batch.action_mask, dtype=torch.float32) if own_old else None
         minibatch_metrics: list[list[tuple[dict[str, float], float]]] = []
         grad_norms: list[float] = []
         skipped = 0
@@ -298,15 +312,17 @@ class LearnerWorker:
                 [algos.AggTotals.of(m.action_mask) for m in minibatches], self.device
             )
             for minibatch, mb_totals in zip(minibatches, totals):
-                micros = [m for _, m in self._micro_batches(minibatch)]
+                micros = self._micro_batches(minibatch)
                 step_metrics, dropped = [], False
-                for i, micro in enumerate(micros):
+                for i, (rows, micro) in enumerate(micros):
                     last = i == len(micros) - 1
                     # Under a token budget the count varies per minibatch: say where the
                     # optimizer step is rather than rely on DeepSpeed's fixed
                     # gradient_accumulation_steps counter (ZeRO reads it in backward).
                     self.engine.set_gradient_accumulation_boundary(last)
-                    loss, m = self._loss(micro, mb_totals)
+                    loss, m, logprobs = self._loss(micro, mb_totals)
+                    if own_old:  # one minibatch, one epoch: `order` maps its rows to the batch's
+                        old[order[rows], : logprobs.shape[1]] = logprobs.detach().float()
                     # `loss` is this rank's share of the minibatch loss; DeepSpeed averages
                     # gradients over the ranks, so K x the share gives the minibatch gradient.
                     self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
@@ -331,7 +347,7 @@ class LearnerWorker:
         self.updates += 1
         every = self.cfg.diagnostics_every
         if every and self.updates % every == 0:
-            out.update(self._update_kl(batch))
+            out.update(self._update_kl(replace(batch, old_logprobs=old) if own_old else batch))
         if grad_norms:
             out["learner/grad_norm"] = sum(grad_norms) / len(grad_norms)
         out["learner/skipped_updates"] = float(skipped)
@@ -396,18 +412,25 @@ class LearnerWorker:
             out["algo/value_update_gain"] = v_gain / tokens
         return out
 
-    def _loss(self, micro: Batch, totals: algos.AggTotals) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(
+        self, micro: Batch, totals: algos.AggTotals
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         a, mask = self.algo, micro.action_mask
         logprobs, entropy, values = self.engine(micro)
+        m = {}
+        old = micro.old_logprobs
+        if old is None:  # the update's own, detached (old_logprobs_from_update)
+            old = logprobs.detach()
+            m = self._old_metrics(micro, old)
         per_token, pg_metrics = self.policy_loss(
-            logprobs, micro.old_logprobs, micro.advantages, mask, self.loss_params
+            logprobs, old, micro.advantages, mask, self.loss_params
         )
         if micro.is_weights is not None:  # off-policy correction (algos.ROLLOUT_CORRECTIONS)
             per_token = per_token * micro.is_weights
         pg_loss = self.aggregate(per_token, mask, totals)
         entropy_mean = self.aggregate(entropy, mask, totals)
         loss = pg_loss - a.entropy_coef * entropy_mean
-        m = {"algo/pg_loss": pg_loss.item(), "algo/entropy": entropy_mean.item()}
+        m.update({"algo/pg_loss": pg_loss.item(), "algo/entropy": entropy_mean.item()})
         if micro.ref_logprobs is not None:
             kl = self.aggregate(self.kl_estimator(logprobs, micro.ref_logprobs), mask, totals)
             loss = loss + self.kl_loss_coef * kl
@@ -426,7 +449,28 @@ class LearnerWorker:
         m.update({f"algo/{k}": float(v) for k, v in pg_metrics.items()})
         m["algo/loss"] = loss.item()
         # A share of the minibatch's value: `totals` are the whole minibatch's, all ranks'.
-        return loss, m
+        return loss, m, logprobs
+
+    @torch.no_grad()
+    def _old_metrics(self, micro: Batch, old: Tensor) -> dict[str, float]:
+        """Token means over the micro-batch of what the trainer measures from the old
+        logprobs when a separate pass scored them (Trainer.batch_metrics, the rollout
+        correction's metrics): group_metrics weighs them by tokens into the batch's means."""
+        mask, m = micro.action_mask, {}
+        if micro.rollout_logprobs is not None:
+            m["rollout/logprob_diff"] = float(
+                algos.masked_mean((micro.rollout_logprobs - old).abs(), mask)
+            )
+            a = self.algo
+            _, is_metrics = algos.ROLLOUT_CORRECTIONS.get(a.rollout_is)(
+                old, micro.rollout_logprobs, mask, a.rollout_is_level, a.rollout_is_cap
+            )
+            m.update(is_metrics)
+        if micro.ref_logprobs is not None:
+            m["algo/kl_ref"] = float(
+                algos.masked_mean(self.update_kl_estimator(old, micro.ref_logprobs), mask)
+            )
+        return m
 
     # ---------------------------------------------------------------- weights
     def broadcast_weights(self) -> int:
