@@ -232,20 +232,28 @@ class BareLoop:
         self.llm.reset_prefix_cache()
 
     def step(self) -> dict[str, float]:
+        from dataclasses import replace
+
+        import torch
+
         from rlhf import algos
         from rlhf.batch import collate
+        from rlhf.learner.old_logprobs import old_logprobs_from_update
 
         t0 = time.perf_counter()
         samples, generate_s, reward_s = self.rollout()
         t1 = time.perf_counter()
         batch = collate(samples)  # between phases, as in Trainer.step
         t1b = time.perf_counter()
-        batch = self.old_logprobs(batch)
+        if not old_logprobs_from_update(self.cfg.algo, has_critic=False):  # as the trainer
+            batch = self.old_logprobs(batch)
         t2 = time.perf_counter()
         batch = self.advantages(batch)
         t3 = time.perf_counter()
         self.learner.update(batch.learning_rows())
         t4 = time.perf_counter()
+        if batch.old_logprobs is None:  # one minibatch, in order: the update's own
+            batch = replace(batch, old_logprobs=torch.cat(self.learner.own_old))
         self.sync()
         t5 = time.perf_counter()
         return {

@@ -176,13 +176,18 @@ class BareLearner:
 
         t = time.perf_counter()
         a, micro = self.algo, self.cfg.learner.micro_batch_size
+        self.own_old = []  # without old logprobs in `batch`: the ones it took, in row order
         for _ in range(a.epochs):
             for mb in batch.split(a.minibatches):
                 totals = algos.AggTotals.of(mb.action_mask)  # the minibatch's, for every part
                 for m in mb.split(max(1, len(mb) // micro)):
                     logprobs, entropy, _ = self.policy(m)
+                    old = m.old_logprobs
+                    if old is None:  # the update's own, as LearnerWorker (old_logprobs_from_update)
+                        old = logprobs.detach()
+                        self.own_old.append(old)
                     per_token, _ = self.loss_fn(
-                        logprobs, m.old_logprobs, m.advantages, m.action_mask, self.params
+                        logprobs, old, m.advantages, m.action_mask, self.params
                     )
                     loss = self.agg(per_token, m.action_mask, totals) - a.entropy_coef * self.agg(
                         entropy, m.action_mask, totals
