@@ -2,7 +2,8 @@
 DeepSpeed learner in Ray: with one optimizer step per batch, a group that skips the separate
 pass gives the same loss, gradient, weights, diagnostics and logprob metrics as a group of the
 same configuration that is handed the separate pass's old logprobs. With a KL loss, so the
-reference's pass still runs, alone; two micro-batches in shuffled order."""
+reference's pass still runs, alone; two micro-batches in shuffled order; ZeRO-0, where the
+gradient lies on the parameters when the optimizer steps."""
 
 from dataclasses import replace
 
@@ -70,7 +71,7 @@ def test_update_supplies_the_old_logprobs_exactly(ray_local, learner_group):
 
     cfg = replace(
         RootConfig(),
-        learner=LearnerConfig(num_ranks=1, micro_batch_size=4, diagnostics_every=1),
+        learner=LearnerConfig(num_ranks=1, micro_batch_size=4, diagnostics_every=1, zero_stage=0),
         algo=AlgoConfig(rollout_is="none", kl_coef=0.1, lr=1e-3),
     )
     separate, fused = learner_group(cfg, rows_per_step=8), learner_group(cfg, rows_per_step=8)
