@@ -93,7 +93,8 @@ def test_update_supplies_the_old_logprobs_exactly(ray_local, learner_group):
     assert torch.equal(fused_scores.ref_logprobs, scores.ref_logprobs)
     m_fused = LearnerGroup.reduce(ray_local.get(fused.update(fused_scores)))
 
-    for k in ("algo/loss", "algo/pg_loss", "algo/kl", "learner/grad_norm"):
+    # (ZeRO-0 reports no grad norm: the recorded gradients are compared below.)
+    for k in ("algo/loss", "algo/pg_loss", "algo/kl"):
         assert m_fused[k] == pytest.approx(m_sep[k], rel=1e-6, abs=1e-9), k
     # The diagnostics pass read the update's old logprobs back in the batch's row order.
     for k in ("algo/update_kl", "algo/update_gain"):
