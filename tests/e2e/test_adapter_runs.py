@@ -6,27 +6,11 @@ that the tiny model learns them: it never writes SkyRL's `#### answer` format, s
 episode runs to SkyRL's own turn limit, which the test asserts."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from cli_run import train
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    return subprocess.run(
-        [sys.executable, "-m", "rlhf.train", *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
 
 
 def test_skyrl_gym_multi_turn_env_runs_unchanged(tmp_path):
@@ -36,7 +20,7 @@ def test_skyrl_gym_multi_turn_env_runs_unchanged(tmp_path):
         for a, b in [(47, 85), (12, 30), (66, 19), (23, 71)]:
             f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
     run_dir = tmp_path / "run"
-    proc = _train(
+    proc = train(
         run_dir,
         "+experiment=agent_tool",
         "env.id=skyrl_gym:gsm8k_multi_turn",

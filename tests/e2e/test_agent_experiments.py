@@ -6,13 +6,11 @@ answer), and that samples.jsonl shows whole transcripts with the environment's t
 README's agents table has the three-seed measurements at the experiment's full step count."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_run import train
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,23 +18,9 @@ REQUIRED_RISE = 0.2
 STEPS = 60
 
 
-def _train(run_dir: Path, *overrides: str, pythonpath: str = "") -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
-    return subprocess.run(
-        [sys.executable, "-m", "rlhf.train", *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
-
-
 def test_agent_tool_run_learns(tmp_path):
     run_dir = tmp_path / "run"
-    proc = _train(run_dir, "+experiment=agent_tool", f"trainer.total_steps={STEPS}")
+    proc = train(run_dir, "+experiment=agent_tool", f"trainer.total_steps={STEPS}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     assert len(rows) == STEPS
@@ -65,7 +49,7 @@ def test_the_docs_example_environment_runs(tmp_path):
             f.write(json.dumps({"prompt": f"What is the capital of {country}?", "answer": city}))
             f.write("\n")
     run_dir = tmp_path / "run"
-    proc = _train(
+    proc = train(
         run_dir,
         "+experiment=agent_tool",
         "env.id=my_envs:capitals",
