@@ -70,6 +70,11 @@ class Task:
     env: str = ""
     # A reward that needs the problem's fields too: (completion, answer, fields) -> float.
     reward_fields: Callable[[str, str, dict], float] | None = field(default=None, repr=False)
+    # The reward is pure, fast Python that needs no signals (exact match): a reward actor may
+    # call it in its own process, without a worker-process round trip (rlhf/reward/inprocess.py).
+    # False keeps it in killable workers: math-verify (fractions) times itself out with
+    # signal.alarm, which needs a process's main thread; third-party scorers may hang.
+    reward_in_process: bool = False
 
     def sample(self, rng: random.Random | int, n: int) -> list[Problem]:
         """``n`` problems drawn with ``rng`` (a ``random.Random`` or an int seed)."""
@@ -115,6 +120,7 @@ def _make_addition(max_operand: int, name: str = "addition") -> Task:
         alphabet="0123456789+=",
         make_problem=make,
         reward=exact_match,
+        reward_in_process=True,
         max_answer_chars=len(str(2 * max_operand)),
         enumerate_problems=enumerate_all,
     )
@@ -146,6 +152,7 @@ def _make_reverse() -> Task:
         alphabet=_REVERSE_LETTERS + "=",
         make_problem=make,
         reward=exact_match,
+        reward_in_process=True,
         max_answer_chars=_REVERSE_MAX,
         enumerate_problems=enumerate_all,
     )
@@ -179,6 +186,7 @@ def _make_spell() -> Task:
         alphabet="0123456789=-abcdefghijklmnopqrstuvwxyz",
         make_problem=lambda rng: problem(rng.randint(0, SPELL_MAX)),
         reward=exact_match,
+        reward_in_process=True,
         max_answer_chars=max(len(number_words(n)) for n in range(SPELL_MAX + 1)),
         enumerate_problems=lambda: (problem(n) for n in range(SPELL_MAX + 1)),
     )
@@ -267,6 +275,7 @@ def _make_agent_calculator() -> Task:
         alphabet="0123456789+=" + "ad()," + "[]",  # prompt, the add(a,b) call, tool results
         make_problem=make,
         reward=exact_match,
+        reward_in_process=True,
         max_answer_chars=len(str(2 * hi)),
         env="calculator",
     )
@@ -281,6 +290,7 @@ def _make_agent_guess() -> Task:
         alphabet="0123456789-?" + "higherlowinvalid" + "[]",
         make_problem=lambda rng: problem(rng.randint(GUESS_LOW, GUESS_HIGH)),
         reward=exact_match,
+        reward_in_process=True,
         max_answer_chars=len(str(GUESS_HIGH)),
         enumerate_problems=lambda: (problem(n) for n in range(GUESS_LOW, GUESS_HIGH + 1)),
         env="guess_number",

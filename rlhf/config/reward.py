@@ -173,6 +173,10 @@ class RewardConfig:
     timeout_s: float = 5.0  # per sample for fn/math calls; past it the worker is killed
     fallback: float = 0.0  # reward for a sample whose scorer raised, hung, crashed or gave NaN
     workers: int = 2  # worker processes per actor running fn/math calls
+    # fn/math samples per worker call: one process round trip serves a chunk; a hang or crash
+    # still costs only its own sample (the chunk's unstarted rest goes to a new call). 1 = one
+    # call per sample. Chunks are also capped at ceil(batch / workers) so every worker has work.
+    chunk_size: int = 32
     model: RewardModelConfig = field(default_factory=RewardModelConfig)
     remote: RemoteRewardConfig = field(default_factory=RemoteRewardConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
@@ -194,6 +198,7 @@ class RewardConfig:
         positive("reward.num_actors", self.num_actors)
         positive("reward.timeout_s", self.timeout_s)
         positive("reward.workers", self.workers)
+        positive("reward.chunk_size", self.chunk_size)
         positive("reward.cpus_per_actor", self.cpus_per_actor, allow_zero=True)
         positive("reward.gpus_per_actor", self.gpus_per_actor, allow_zero=True)
         one_of("reward.kind", self.kind, REWARD_KINDS)

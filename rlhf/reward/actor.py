@@ -1,9 +1,10 @@
 """Reward actors: score Samples in batches with the configured scorer, or a weighted sum of them.
 
 `reward.kind` picks one scorer, once, at construction (`SCORERS`): fn and math calls run in
-killable worker processes (pool.py), a reward model scores batches in the actor (model.py), a
-remote endpoint is called over HTTP (remote.py), code runs in a sandbox (sandbox.py), a vLLM
-judge answers a judge prompt (judge.py). With
+killable worker processes, a chunk of samples per call (pool.py), except a built-in task's
+trusted exact-match reward, which the actor calls itself (inprocess.py); a reward model scores
+batches in the actor (model.py), a remote endpoint is called over HTTP (remote.py), code runs in
+a sandbox (sandbox.py), a vLLM judge answers a judge prompt (judge.py). With
 `reward.components` the reward is `sum(weight * value)` over several scorers, each logged as
 `reward/<name>`.
 
@@ -31,9 +32,13 @@ class Scorer(Protocol):
 
 
 def _fn_scorer(cfg: RewardConfig, fn: str, task_name: str) -> Scorer:
+    from rlhf.reward.inprocess import InProcessScorer, runs_in_process
     from rlhf.reward.pool import FunctionScorer
 
-    return FunctionScorer(fn, task_name, cfg.timeout_s, cfg.workers)
+    # A trusted built-in rule reward needs no worker process (and its round trip per sample).
+    if runs_in_process(fn, task_name):
+        return InProcessScorer(task_name)
+    return FunctionScorer(fn, task_name, cfg.timeout_s, cfg.workers, cfg.chunk_size)
 
 
 def _math_scorer(cfg: RewardConfig, fn: str, task_name: str) -> Scorer:

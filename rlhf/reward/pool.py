@@ -1,10 +1,15 @@
 """reward.kind=fn (and math): user reward functions in killable worker processes.
 
-A call runs in a `pebble.ProcessPool` worker, never on a thread of the reward actor, so that:
-- a call past `timeout_s` is ended by killing its worker (pebble starts a fresh one); no thread
-  or CPU is leaked;
+Calls run in `pebble.ProcessPool` workers, never on a thread of the reward actor, a chunk of
+samples per process round trip (`reward.chunk_size`). The worker appends each sample's outcome
+to a small progress file as it finishes, so that:
+- a call past `timeout_s` (per sample, counted from that call's start) is ended by ending its
+  worker (a watchdog thread in it; pebble's chunk timeout as the backstop); pebble starts a
+  fresh one; no thread or CPU is leaked;
 - a call that ends its process (`os._exit`, a segfault, the OOM killer) costs only that sample
   ("crash: ...");
+- in both cases the chunk's finished samples keep their outcomes and its unstarted samples go
+  to a new chunk: each sample is called exactly once;
 - a `BaseException` (`SystemExit`, `KeyboardInterrupt`) is an error at once, not a timeout.
 Workers run calls on their main thread, so libraries that time themselves out with signals
 (math-verify) work. Each worker dies with the actor (PR_SET_PDEATHSIG), so a killed actor leaves
@@ -18,8 +23,17 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import functools
+import itertools
+import math
 import multiprocessing
+import os
+import pickle
+import shutil
 import signal
+import struct
+import tempfile
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -52,24 +66,100 @@ def load_fn(fn: str, task_name: str) -> Callable[..., Any]:
     return resolve_function(fn, key="reward.fn")
 
 
-def _call(fn: str, task_name: str, prompt: str, completion: str, fields: dict[str, Any]) -> Any:
-    return load_fn(fn, task_name)(prompt, completion, **fields)
-
-
 def describe(error: BaseException) -> str:
     return f"exception: {type(error).__name__}: {error}"[:200]
 
 
+_LEN = struct.Struct("<I")
+_TIMEOUT_EXIT = 124  # the code a worker ends with when its watchdog finds a call past timeout_s
+
+
+def _write_record(fd: int, record: tuple[int, Any, str | None]) -> None:
+    """Append one (index, value, error) record: length-prefixed pickle, one write() call."""
+    try:
+        data = pickle.dumps(record)
+    except Exception:  # an unpicklable return value is a bad value, as a str would be
+        data = pickle.dumps((record[0], None, f"bad type {type(record[1]).__name__}"))
+    os.write(fd, _LEN.pack(len(data)) + data)
+
+
+def _read_records(path: str) -> list[tuple[int, Any, str | None]]:
+    """The complete records in `path`, in order (a record cut short by a dying worker is
+    dropped: its sample counts as the one that was running)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    out, pos = [], 0
+    while pos + _LEN.size <= len(data):
+        (n,) = _LEN.unpack_from(data, pos)
+        pos += _LEN.size
+        if pos + n > len(data):
+            break
+        out.append(pickle.loads(data[pos : pos + n]))
+        pos += n
+    return out
+
+
+def _score_chunk(
+    fn: str, task_name: str, items: list[tuple[str, str, dict]], progress: str, timeout_s: float
+) -> None:
+    """Worker side: score `items` in order, appending each outcome to the file `progress` as
+    it finishes, so that when this process dies the parent still knows what was scored and
+    which call was running. An exception costs its own item only. A watchdog thread ends the
+    process when one call runs past `timeout_s` (after recording "timeout" for it): the call
+    is bounded per sample, as before chunking, not per chunk."""
+    score = load_fn(fn, task_name)
+    fd = os.open(progress, os.O_WRONLY | os.O_APPEND)
+    lock = threading.Lock()
+    current = [0, time.monotonic()]  # the running item and when it started
+    finished = threading.Event()
+
+    def watchdog() -> None:
+        while True:
+            with lock:
+                i, started = current
+                left = started + timeout_s - time.monotonic()
+                if left <= 0:
+                    _write_record(fd, (i, None, "timeout"))
+                    os._exit(_TIMEOUT_EXIT)
+            if finished.wait(left):
+                return
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        for i, (prompt, completion, fields) in enumerate(items):
+            try:
+                record = (i, score(prompt, completion, **fields), None)
+            except BaseException as e:  # SystemExit included: an error at once, not a timeout
+                record = (i, None, describe(e))
+            with lock:  # the record and the next deadline together: the watchdog sees both
+                _write_record(fd, record)
+                current[:] = [i + 1, time.monotonic()]
+    finally:
+        finished.set()
+        os.close(fd)
+
+
 class FunctionScorer:
-    """`score(samples)` -> one Outcome per sample, each call in a worker with its own timeout."""
+    """`score(samples)` -> one Outcome per sample. Samples go to the workers in chunks of up to
+    `chunk_size` (and at most ceil(len / workers), so every worker gets some), one process
+    round trip per chunk. Each call still has its own `timeout_s`; when a call hangs or ends its
+    worker, that sample gets "timeout" / "crash: ...", the chunk's finished samples keep their
+    outcomes, and its samples not yet started go to the pool again as a new chunk: every sample
+    is called exactly once and a fault costs only the sample that caused it."""
 
-    def __init__(self, fn: str, task_name: str, timeout_s: float, workers: int):
-
+    def __init__(
+        self, fn: str, task_name: str, timeout_s: float, workers: int, chunk_size: int = 32
+    ):
         self.fn, self.task_name, self.timeout_s = fn, task_name, timeout_s
+        self.chunk_size = chunk_size
         # Import the function's module here, once: forked workers inherit it, so a worker's
         # first call does not spend its timeout importing (math-verify + sympy take ~1 s).
         load_fn(fn, task_name)
         self.workers = workers
+        # Progress files live in memory where possible (/dev/shm): one small file per chunk.
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self._dir = tempfile.mkdtemp(prefix="rlhf-reward-", dir=shm)
+        self._files = itertools.count()
         self.pool = self._new_pool()
 
     def _new_pool(self):
@@ -85,44 +175,89 @@ class FunctionScorer:
         )
 
     def score(self, samples: list) -> list[Outcome]:
-        import pebble
-
-        try:
-            futures = self._schedule(samples)
-        except RuntimeError:
-            # pebble marks the whole pool broken when a worker dies outside a call (killed while
-            # idle, e.g. by the OOM killer): no sample was lost, so start a fresh pool and go on.
-            self.close()
-            self.pool = self._new_pool()
-            futures = self._schedule(samples)
-        out: list[Outcome] = []
-        for f in futures:
-            try:
-                out.append((f.result(), None))
-            except concurrent.futures.TimeoutError:
-                out.append((None, "timeout"))
-            except pebble.ProcessExpired as e:
-                out.append((None, f"crash: worker exited with code {e.exitcode}"))
-            except BaseException as e:  # raised in the user's function, SystemExit included
-                out.append((None, describe(e)))
+        items = [(s.prompt, s.response, {"answer": s.answer, **s.fields}) for s in samples]
+        out: list[Outcome] = [(None, "crash: not scored")] * len(items)
+        size = max(1, min(self.chunk_size, math.ceil(len(items) / self.workers)))
+        queue = [list(range(j, min(j + size, len(items)))) for j in range(0, len(items), size)]
+        inflight: dict[Any, tuple[list[int], str]] = {}
+        while queue or inflight:
+            while queue:
+                try:
+                    future, path = self._submit(items, queue[-1])
+                except RuntimeError:
+                    if inflight:  # the pool broke under running calls: let them end first
+                        break
+                    # pebble marks the whole pool broken when a worker dies outside a call
+                    # (killed while idle, e.g. by the OOM killer): no sample was lost, so
+                    # start a fresh pool and go on.
+                    self.close_pool()
+                    self.pool = self._new_pool()
+                    continue
+                inflight[future] = (queue.pop(), path)
+            if not inflight:
+                continue
+            done, _ = concurrent.futures.wait(
+                inflight, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
+                chunk, path = inflight.pop(future)
+                rest = self._collect(future, chunk, path, out)
+                if rest:
+                    queue.append(rest)
         return out
 
-    def _schedule(self, samples: list) -> list:
-        return [
-            self.pool.schedule(
-                _call,
-                args=(
-                    self.fn,
-                    self.task_name,
-                    s.prompt,
-                    s.response,
-                    {"answer": s.answer, **s.fields},
-                ),
-                timeout=self.timeout_s,
-            )
-            for s in samples
-        ]
+    def _submit(self, items: list, chunk: list[int]) -> tuple[Any, str]:
+        """Schedule one chunk; returns its future and its progress file."""
+        path = os.path.join(self._dir, f"{next(self._files)}.rec")
+        open(path, "wb").close()
+        future = self.pool.schedule(
+            _score_chunk,
+            args=(
+                self.fn,
+                self.task_name,
+                [items[i] for i in chunk],
+                path,
+                self.timeout_s,
+            ),
+            # A backstop only (a call stuck in C code holding the GIL starves the watchdog):
+            # the chunk's calls together never need more than timeout_s each.
+            timeout=self.timeout_s * (len(chunk) + 1),
+        )
+        return future, path
 
-    def close(self) -> None:
+    def _collect(self, future, chunk: list[int], path: str, out: list[Outcome]) -> list[int]:
+        """Fill `out` from a finished chunk; returns the chunk's samples that never started."""
+        import pebble
+
+        error = None
+        try:
+            future.result()
+        except concurrent.futures.TimeoutError:
+            error = "timeout"
+        except pebble.ProcessExpired as e:
+            error = f"crash: worker exited with code {e.exitcode}"
+        except BaseException as e:  # pebble could not run the call at all
+            error = describe(e)
+        records = _read_records(path)
+        os.unlink(path)
+        for i, value, err in records:
+            out[chunk[i]] = (value, err)
+        done = records[-1][0] + 1 if records else 0
+        if done == len(chunk):
+            return []
+        if records and records[-1][2] == "timeout":
+            # Only the watchdog writes "timeout" (a function's errors read "exception: ..."):
+            # it ended the worker on that call, so the rest never started.
+            return chunk[done:]
+        # The worker ended with no record for the running call: that call ended it (or hung
+        # past the backstop, or pebble failed it).
+        out[chunk[done]] = (None, error or "crash: worker ended without a result")
+        return chunk[done + 1 :]
+
+    def close_pool(self) -> None:
         self.pool.stop()
         self.pool.join(timeout=10)
+
+    def close(self) -> None:
+        self.close_pool()
+        shutil.rmtree(self._dir, ignore_errors=True)
