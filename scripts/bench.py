@@ -18,6 +18,7 @@ ratio of the medians. One table is printed; the rows and the machine go to a JSO
 | cartpole        | seconds to return 475 from launch      | Stable-Baselines3 PPO                 |
 | agents          | per-episode agent loop samples/s       | turn lock-step, same engine/episodes  |
 | overhead        | Trainer s/step, default and matched    | bare 1-process loop, vLLM in-process  |
+| reward          | RewardActor.score: in-process, chunked | one worker round trip per sample      |
 | time_to_reward  | s to reward 0.8 from launch; s/step    | TRL GRPOTrainer (scripts/bench_trl.py)|
 
 time_to_reward needs TRL (`make bench` installs the `bench` extra); without it its row says
@@ -928,6 +929,32 @@ def bench_overhead(args) -> list[Row]:
     return rows
 
 
+def bench_reward(args) -> list[Row]:
+    """One RewardActor.score call on 128 / 1024 default-task samples: the built-in reward in
+    the actor's process / in a worker per sample (the old path), and a user function in
+    chunked worker calls / one call per sample. The work is in scripts/bench_reward.py."""
+    import bench_reward as br
+
+    rows = []
+    for r in br.measure([128] if args.quick else [128, 1024], max(3, args.reps)):
+        ours = "in the actor's process" if r["case"] == "task" else "chunked worker calls"
+        rows.append(
+            Row(
+                "reward",
+                f"{r['case']}, {r['n']} samples: {ours}",
+                "s/call",
+                ours=r["ours"],
+                baseline=r["baseline"],
+                target="report",
+                note=""
+                if rows
+                else "RewardActor.score in this process, no Ray; baseline: one pebble worker "
+                "round trip per sample (reward.chunk_size=1), as before issue 23",
+            )
+        )
+    return rows
+
+
 def bench_time_to_reward(args) -> list[Row]:
     """Seconds (and steps) from launch to reward/mean >= 0.8, ours / TRL GRPOTrainer with
     matched settings, both fresh subprocesses; then s/step at 17M / 134M with 64-token
@@ -947,6 +974,7 @@ BENCHES: dict[str, Callable] = {
     "cartpole": bench_cartpole,
     "agents": bench_agents,
     "overhead": bench_overhead,
+    "reward": bench_reward,
     "time_to_reward": bench_time_to_reward,
 }
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -69,7 +70,7 @@ def test_scripts_import_only_the_package_and_common():
     import ast
 
     scripts = {p.stem: p for p in (ROOT / "scripts").glob("*.py")}
-    suite = {"bench_cartpole", "bench_overhead", "bench_trl"}
+    suite = {"bench_cartpole", "bench_overhead", "bench_reward", "bench_trl"}
     for name, path in scripts.items():
         tree = ast.parse(path.read_text())
         imported = {
@@ -90,6 +91,14 @@ def test_scripts_import_only_the_package_and_common():
     assert not {
         n.module for n in ast.walk(common) if isinstance(n, ast.ImportFrom) and n.module in scripts
     }, "scripts/common.py imports another script"
+
+
+def test_reward_bench_rows_compare_the_same_rewards():
+    """bench.py's reward row on a small batch: both sides score (its measure() asserts they
+    give the same rewards), one row per case with one time per rep on each side."""
+    rows = bench.bench_reward(SimpleNamespace(quick=True, reps=1))
+    assert [r.case.split(",")[0] for r in rows] == ["task", "user fn"]
+    assert all(len(r.ours) == len(r.baseline) == 3 and r.ratio > 0 for r in rows)
 
 
 def test_gpu_model_sizes_and_mfu():
