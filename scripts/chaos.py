@@ -80,6 +80,10 @@ def base_args(steps: int) -> list[str]:
         "rollout.filter_groups=true",
         f"rollout.prompts_per_step={PROMPTS_PER_STEP}",
         "algo.policy_loss=nan_loss:nan_on_calls",
+        # The task's exact-match rule by dotted path: a user function, so it runs in the
+        # killable worker processes the reward fault kills (the built-in task reward itself
+        # runs in the reward actor's process); the rewards are the same.
+        "reward.fn=rlhf.reward.rules:exact_match",
         "eval=off",
     ]
 
