@@ -11,8 +11,12 @@ The defaults were picked with ``scripts/learnability.py`` (see its docstring for
 GRPO at lr 2e-4 then lifts the reward from ~0.2 to ~0.93 in 250 steps for every seed tried.
 
 Tokenizer note: transformers 5 maps a ``qwen2`` config to ``Qwen2Tokenizer`` whatever
-``tokenizer_config.json`` says; for our ASCII alphabets without spaces it gives exactly the same
-ids and text as the char-level tokenizer (``check_saved_tokenizer`` verifies this at build time).
+``tokenizer_config.json`` says, and that class byte-encodes text (GPT-2's byte-to-unicode map:
+space is ``Ġ``, newline ``Ċ``) before looking tokens up. So the vocabulary holds each character
+under its byte-level name, and the char-level tokenizer byte-encodes the same way: both give the
+same ids and text for any ASCII alphabet, spaces and newlines included (``check_saved_tokenizer``
+verifies this at build time). Characters other than space and the control characters are their
+own byte-level names, so the ids and vocabulary of alphabets without them are unchanged.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from rlhf.tasks import Problem, Task, get_task
 log = logging.getLogger(__name__)
 
 # Bump whenever a change here changes the bytes that build_tiny_model() writes.
-CODE_VERSION = "tiny-v3"  # v3: the tokenizer has a chat template
+CODE_VERSION = "tiny-v4"  # v4: byte-level vocabulary names (spaces survive the reload)
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -85,14 +89,32 @@ DEFAULT_WARMUP_TARGET = 0.15
 # tokenizer
 
 
+def byte_level_name(char: str) -> str:
+    """The name GPT-2's byte-level pre-tokenizer (which ``Qwen2Tokenizer`` uses) gives a
+    single-byte character: itself for printable ASCII, ``chr(256 + n)`` for the n-th of the
+    other bytes in order (space -> ``Ġ``, newline -> ``Ċ``). ValueError for a character that is
+    not one byte in UTF-8 (it would need merges, which a char-level vocabulary has none of)."""
+    code = ord(char)
+    if code > 127:
+        raise ValueError(
+            f"{char!r}: the tiny tokenizer holds ASCII characters only (Qwen2Tokenizer splits "
+            "any other character into several bytes)"
+        )
+    if 33 <= code <= 126:
+        return char
+    return chr(256 + (code if code < 33 else code - 94))  # 0..32 -> 256..288, 127 -> 289
+
+
 def build_tokenizer(
     alphabet: str, model_max_length: int = MAX_POSITIONS, chat_template: str = CHAT_TEMPLATE
 ):
     """A character-level ``PreTrainedTokenizerFast``: one token per character of ``alphabet``.
 
-    Ids 0..3 are ``<pad> <bos> <eos> <unk>``; then the alphabet's characters in order. Nothing is
-    added on encode (no BOS), and decode joins tokens without spaces, so
-    ``decode(encode(s)) == s`` for any string over the alphabet.
+    Ids 0..3 are ``<pad> <bos> <eos> <unk>``; then the alphabet's characters in order, each under
+    its byte-level name (``byte_level_name``), so that the ``Qwen2Tokenizer`` transformers and
+    vLLM rebuild from the saved folder gives the same ids. Nothing is added on encode (no BOS),
+    and decode joins tokens without spaces, so ``decode(encode(s)) == s`` for any string over
+    the alphabet. The alphabet must be ASCII.
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -101,11 +123,18 @@ def build_tokenizer(
         raise ValueError("empty alphabet")
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for c in chars:
-        vocab[c] = len(vocab)
+        vocab[byte_level_name(c)] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    # Every single character is its own piece (specials are matched before pre-tokenization).
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
+    # Every single character is its own piece (specials are matched before pre-tokenization),
+    # then byte-level named as Qwen2Tokenizer names it (a non-ASCII character stays one piece,
+    # hence one <unk>).
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -502,9 +531,9 @@ def check_saved_tokenizer(folder: str | Path, task: Task) -> None:
 
     transformers 5 maps a ``qwen2`` config to ``Qwen2Tokenizer`` whatever ``tokenizer_config.json``
     says, and that class rebuilds a byte-level BPE from our vocabulary (ignoring our
-    pre-tokenizer and decoder). With no merges and an ASCII alphabet without spaces it gives the
-    same ids and the same text; this check makes sure of it for the task's alphabet (vLLM loads the
-    tokenizer the same way).
+    pre-tokenizer and decoder). With no merges, an ASCII alphabet and the vocabulary's byte-level
+    names it gives the same ids and the same text; this check makes sure of it for the task's
+    alphabet (vLLM loads the tokenizer the same way).
     """
     from transformers import AutoTokenizer
 

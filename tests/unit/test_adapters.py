@@ -126,3 +126,31 @@ def test_reasoning_gym_bad_name_and_missing_package_are_config_errors(monkeypatc
     with pytest.raises(ConfigError) as e:
         DataConfig(task="reasoning_gym:leg_counting").check()
     assert e.value.key == "data.task" and "rlhf[reasoning_gym]" in str(e.value)
+
+
+def test_tiny_tokenizer_reloads_every_reasoning_gym_char_and_prompt(tmp_path):
+    """Saved next to a qwen2 config, the tiny tokenizer reloads (as vLLM and the learner load
+    it) as transformers' Qwen2Tokenizer, which byte-encodes text: spaces and newlines must still
+    round-trip with the char-level ids (they were dropped before the vocabulary used byte-level
+    names), and a real reasoning-gym prompt must come back exactly."""
+    from transformers import AutoTokenizer
+
+    from rlhf.models.tiny import _make_config, build_tokenizer, check_saved_tokenizer
+    from rlhf.tasks import RG_ALPHABET
+
+    ours = build_tokenizer(RG_ALPHABET)
+    ours.save_pretrained(tmp_path)
+    _make_config(ours, 128, 2, 2, 64, 512).save_pretrained(tmp_path)
+    theirs = AutoTokenizer.from_pretrained(tmp_path)
+    assert type(theirs).__name__ == "Qwen2Tokenizer"  # the reload that used to drop spaces
+    for ch in RG_ALPHABET:
+        ids = theirs.encode(ch, add_special_tokens=False)
+        assert ids == ours.encode(ch, add_special_tokens=False) and len(ids) == 1, repr(ch)
+        assert ids[0] != ours.unk_token_id and theirs.decode(ids) == ch, repr(ch)
+    for p in get_task(RG).sample(random.Random(0), 16):
+        for s in (p.prompt, f"{p.prompt}\n{p.answer} ok"):
+            ids = theirs.encode(s, add_special_tokens=False)
+            assert ids == ours.encode(s, add_special_tokens=False) and len(ids) == len(s)
+            assert theirs.decode(ids) == s
+    assert " " in p.prompt
+    check_saved_tokenizer(tmp_path, get_task(RG))  # what build_tiny_model runs before saving

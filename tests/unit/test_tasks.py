@@ -114,3 +114,24 @@ def test_tokenizer_round_trip_every_char(name):
     assert tok.eos_token_id is not None and tok.pad_token_id is not None
     assert tok.eos_token_id != tok.pad_token_id
     assert len({tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id}) == 4
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_tokenizer_ids_of_space_free_alphabets_unchanged(name):
+    """The vocabulary's byte-level names change only space and control characters, none of
+    which the built-in tasks use: their ids (and so the learned results in README) stay as the
+    plain char-level vocabulary gave them: specials 0..3, then the alphabet in order."""
+    from rlhf.models.tiny import build_tokenizer
+
+    alphabet = get_task(name).alphabet
+    chars = list(dict.fromkeys(alphabet))
+    vocab = build_tokenizer(alphabet).get_vocab()
+    assert all(vocab[c] == 4 + i for i, c in enumerate(chars))
+    assert len(vocab) == 4 + len(chars)
+
+
+def test_tokenizer_rejects_non_ascii_alphabet():
+    from rlhf.models.tiny import build_tokenizer
+
+    with pytest.raises(ValueError, match="ASCII"):
+        build_tokenizer("abé")
