@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -103,7 +104,8 @@ def init_ray(cfg: RootConfig) -> dict:
         # process on this machine started (and then rejects num_cpus).
         ray.init(
             address="local",
-            num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, required_cpus(cfg)),
+            # whole CPUs: Ray refuses a fractional count (bundles may ask for 0.25)
+            num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(required_cpus(cfg))),
             dashboard_host=cfg.ray.dashboard_host,
             _node_ip_address="127.0.0.1",
             **kwargs,
