@@ -403,10 +403,14 @@ class VllmRollout:
         return [
             {
                 "prompt": s.prompt,
+                # what the engine's tokenizer made of the prompt (a dropped character shows)
+                "prompt_tokens": len(s.prompt_ids),
                 "response": s.response,
                 "answer": s.answer,
                 "reward": s.reward,
                 "finish": s.finish_reason,
+                # the row's extra reward columns (e.g. a reasoning-gym entry's index)
+                **({"fields": s.fields} if s.fields else {}),
                 # agent episodes: the whole transcript, each segment marked model / env
                 **(
                     {
