@@ -1,10 +1,12 @@
-"""Faults: SIGKILL of the driver between checkpoints, SIGKILL during a checkpoint write, and
-SIGTERM (a scheduler's preemption notice) — each followed by a resume in the same run folder.
+"""Faults: SIGKILL of the driver between checkpoints, SIGKILL during a checkpoint write,
+SIGTERM (a scheduler's preemption notice) and SIGINT (Ctrl-C) — each followed by a resume in the
+same run folder.
 
 One uninterrupted run is the reference. A second run with the same seed is killed, resumed,
-killed again while it writes a checkpoint, resumed, stopped with SIGTERM, and resumed to the
-end. Its ledger (every trained prompt with its weight version, its rewards and a digest of its
-response tokens) must equal the reference's row for row, and its per-step metrics must too
+killed again while it writes a checkpoint, resumed, stopped with SIGTERM, resumed, stopped with
+Ctrl-C (beside a half-written checkpoint folder left by a crash), and resumed to the end. Its
+ledger (every trained prompt with its weight version, its rewards and a digest of its response
+tokens) must equal the reference's row for row, and its per-step metrics must too
 within 1e-6 (README "Reliability": until each learner rank kept its own random streams,
 float32 rounding differences appeared after a resume). Timing metrics are excluded.
 
@@ -14,6 +16,7 @@ The first five steps before the first kill also show that two runs of one seed a
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -31,7 +34,7 @@ from helpers import (
 )
 
 pytestmark = pytest.mark.integration
-STEPS = 12
+STEPS = 14
 ARGS = (
     "+experiment=grpo",
     f"trainer.total_steps={STEPS}",
@@ -107,10 +110,32 @@ def test_kills_and_sigterm_then_resume_reproduce_the_uninterrupted_run(tmp_path,
     assert not alive(tree[1:]), f"left behind after SIGTERM: {alive(tree[1:])}"
     print(f"SIGTERM to exit: {time.monotonic() - start:.1f}s")
 
-    # 4. Resume to the end.
+    # 4. Resume; Ctrl-C after its first step: the run finishes the step, saves, exits 130.
+    proc = launch(run, *ARGS)
+    wait_until(
+        proc,
+        lambda: steps_logged(run) > stopped_at and log_of(run).count("resumed from") == 2,
+        what="a step of the run resumed after SIGTERM",
+    )
+    assert f"resumed from {run / 'checkpoints' / f'step-{stopped_at:06d}'}" in log_of(run)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=SIGTERM_GRACE_S) == 130, log_of(run)[-3000:]
+    interrupted_at = steps_logged(run)
+    assert stopped_at < interrupted_at < STEPS
+    assert f"step-{interrupted_at:06d}" in _checkpoints(run)
+    # A crash in the middle of a save leaves only a temporary folder: resume must ignore it.
+    (run / "checkpoints" / f".tmp-step-{interrupted_at + 1:06d}").mkdir()
+
+    # 5. Resume to the end.
     proc = launch(run, *ARGS)
     assert proc.wait(timeout=600) == 0, log_of(run)[-3000:]
-    assert f"resumed from {run / 'checkpoints' / f'step-{stopped_at:06d}'}" in log_of(run)
+    assert f"resumed from {run / 'checkpoints' / f'step-{interrupted_at:06d}'}" in log_of(run)
+    state = json.loads(
+        (run / "checkpoints" / f"step-{STEPS:06d}" / "trainer_state.json").read_text()
+    )
+    assert state["step"] == STEPS and state["version"] == STEPS
+    # trainer.keep_last=2 (the default): older checkpoints are removed as new ones land.
+    assert len([c for c in _checkpoints(run) if c.startswith("step-")]) <= 2, _checkpoints(run)
 
     _assert_same(rows(run, "ledger.jsonl"), rows(reference, "ledger.jsonl"))
     _assert_same(learned(rows(run)), learned(rows(reference)))
