@@ -37,8 +37,9 @@ def preflight(cfg: RootConfig) -> RootConfig:
 
 def check_lora_targets(cfg: RootConfig) -> None:
     """model.lora.target_modules name linear layers of the model (its config.json, or the
-    built-in tiny model's architecture), checked on a weightless meta-device copy."""
-    from rlhf.models.lora import check_target_modules, tiny_hf_config  # transformers
+    built-in tiny model's architecture), and with model.lora.train_lm_head its output layer is
+    an untied lm_head; checked on a weightless meta-device copy."""
+    from rlhf.models.lora import check_lm_head, check_target_modules, tiny_hf_config
 
     if cfg.model.path:
         from transformers import AutoConfig
@@ -47,6 +48,8 @@ def check_lora_targets(cfg: RootConfig) -> None:
     else:
         hf_config = tiny_hf_config(cfg.model)
     check_target_modules(cfg.model.lora, hf_config)
+    if cfg.model.lora.train_lm_head:
+        check_lm_head(cfg.model.lora, hf_config)
 
 
 def advisories(cfg: RootConfig) -> list[str]:

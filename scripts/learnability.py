@@ -156,6 +156,7 @@ def run_seed(args, seed: int) -> dict:
         lora = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha or 2.0 * args.lora_rank)
         if args.lora_targets:
             lora.target_modules = args.lora_targets.split(",")
+        lora.train_lm_head = args.lora_lm_head
         model = get_peft_model(model, peft_config(lora))
     trainable = [p for p in model.parameters() if p.requires_grad]
     eval_set = tiny._eval_problems(task)
@@ -241,6 +242,9 @@ def main() -> None:
     ap.add_argument("--lora-alpha", type=float, default=0.0, help="LoRA alpha (0: 2 x rank)")
     ap.add_argument(
         "--lora-targets", default="", help="comma-separated target modules (default: all 7)"
+    )
+    ap.add_argument(
+        "--lora-lm-head", action="store_true", help="also train lm_head in full (train_lm_head)"
     )
     _, rows = run_probe(ap, run_seed, "reward", "rlhf-learnability-")
     print(

@@ -63,6 +63,11 @@ class LoraConfig:
     # Module names (the last part of the name, as PEFT matches them) that get an adapter;
     # preflight checks each exists as a linear layer of the model.
     target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    # Also train the output layer (lm_head) in full beside the adapter (PEFT's
+    # modules_to_save=["lm_head"]): vLLM serves no adapter on it, so each sync sends the trained
+    # lm_head weight into the engines' base model (vocab x hidden more bytes). Needs an untied
+    # output layer (tie_word_embeddings=false); preflight checks the model.
+    train_lm_head: bool = False
 
     @property
     def enabled(self) -> bool:

@@ -130,9 +130,12 @@ class CausalLMPolicy(nn.Module):
 
     def rollout_state(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Parameters under the names the rollout engine loads: the HF names, or with a LoRA
-        adapter only the adapter's (the engines keep the base)."""
+        adapter only the adapter's (the engines keep the base), then a fully trained lm_head
+        under its HF name (model.lora.train_lm_head: it goes into the engines' base)."""
         if self.lora is not None:
-            from rlhf.models.lora import adapter_state
+            from itertools import chain
 
-            return adapter_state(self.lm)
+            from rlhf.models.lora import adapter_state, head_state
+
+            return chain(adapter_state(self.lm), head_state(self.lm))
         return self.lm.named_parameters()

@@ -5,11 +5,15 @@ What this module owns:
   is frozen, only the adapter's A/B matrices are trainable, so only they reach the optimizer;
 - which tensors are the adapter and the names vLLM loads them under (`adapter_state`: PEFT's
   saved names, `base_model.model.<module>.lora_A.weight`, the `.default` adapter name dropped);
+- with model.lora.train_lm_head, the output layer trained in full beside it (PEFT's
+  modules_to_save): it travels under its plain HF name (`lm_head.weight`, `head_state`) into the
+  engines' base model, since vLLM serves no adapter on it; `split_state` tells the two apart;
 - the adapter as a PEFT folder (`write_adapter_folder`: adapter_config.json +
   adapter_model.safetensors, what `PeftModel.from_pretrained` and vLLM's `LoRARequest` read);
 - the base model as the reference policy (`BaseReference`: the same module, adapter disabled);
 - the merged export (`merged_state`: W + (alpha / r) B A, the plain HF parameter names);
-- the pre-Ray check that every target module exists as a linear layer of the model.
+- the pre-Ray checks: every target module exists as a linear layer of the model; a trained
+  lm_head is the model's own, untied output layer.
 
 The rollout side (the engines keep the base, receive only the adapter) is
 rlhf/rollout/lora_sync.py.
@@ -18,7 +22,7 @@ rlhf/rollout/lora_sync.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -30,12 +34,16 @@ ADAPTER_NAME = "default"  # PEFT's name for the one adapter; dropped from the sa
 ADAPTER_DIR = "adapter"  # a checkpoint's PEFT adapter folder, beside its merged hf/ export
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+LM_HEAD = "lm_head"  # model.lora.train_lm_head: the output layer's module name (HF and vLLM)
+PEFT_PREFIX = "base_model.model."  # every name in a saved PEFT adapter starts with it
 # vLLM's LoRAConfig.max_lora_rank accepts only these (vllm/config/lora.py MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-def peft_config(cfg: LoraConfig):
-    """The PEFT LoraConfig for `cfg` (learner and engines build the same one)."""
+def peft_config(cfg: LoraConfig, for_vllm: bool = False):
+    """The PEFT LoraConfig for `cfg` (learner, exports and engines build the same one).
+    for_vllm: without modules_to_save (vLLM refuses an lm_head there; the engines get the
+    trained lm_head in their base model instead)."""
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(
@@ -43,6 +51,7 @@ def peft_config(cfg: LoraConfig):
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules),
+        modules_to_save=[LM_HEAD] if cfg.train_lm_head and not for_vllm else None,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -51,7 +60,9 @@ def peft_config(cfg: LoraConfig):
 def add_adapter(policy, cfg: LoraConfig):
     """Wrap a CausalLMPolicy's `lm` with a fresh adapter (B = 0: the wrapped model computes
     exactly the base model's outputs until the first update); every base parameter is
-    frozen. Returns the same policy."""
+    frozen. With cfg.train_lm_head PEFT also wraps lm_head in a ModulesToSaveWrapper: a
+    trainable copy, and the original kept frozen for the adapter-off reference. Returns the
+    same policy."""
     from peft import get_peft_model
 
     policy.lm = get_peft_model(policy.lm, peft_config(cfg))
@@ -72,6 +83,7 @@ def tiny_hf_config(model_cfg):
         num_attention_heads=t.num_heads,
         num_key_value_heads=t.num_heads,
         intermediate_size=t.intermediate_size,
+        tie_word_embeddings=False,  # as rlhf/models/tiny.py builds it
     )
 
 
@@ -84,13 +96,43 @@ def adapter_state(peft_model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
             yield name.replace(marker, "."), p
 
 
-def write_adapter_folder(folder: str | Path, tensors: dict[str, torch.Tensor], cfg: LoraConfig):
+def head_state(peft_model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """The fully trained modules (PEFT's modules_to_save copies: lm_head under
+    model.lora.train_lm_head) under their plain HF names (`lm_head.weight`), which is what the
+    engines' base model loads; nothing without train_lm_head."""
+    marker = f".modules_to_save.{ADAPTER_NAME}."
+    for name, p in peft_model.named_parameters():
+        if marker in name:
+            yield name.removeprefix(PEFT_PREFIX).replace(marker, "."), p
+
+
+def split_state(
+    named: Iterable[tuple[str, torch.Tensor]],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A LoRA policy's rollout state -> (adapter tensors under PEFT's names, base-model
+    tensors under plain HF names: the trained lm_head, if any)."""
+    adapter, base = {}, {}
+    for name, t in named:
+        (adapter if name.startswith(PEFT_PREFIX) else base)[name] = t
+    return adapter, base
+
+
+def peft_folder_state(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A rollout state under the names a saved PEFT adapter uses: a modules_to_save weight
+    is `base_model.model.lm_head.weight` there (what PeftModel.from_pretrained loads)."""
+    adapter, base = split_state(named)
+    return {**adapter, **{PEFT_PREFIX + n: t for n, t in base.items()}}
+
+
+def write_adapter_folder(
+    folder: str | Path, tensors: dict[str, torch.Tensor], cfg: LoraConfig, for_vllm: bool = False
+):
     """A PEFT adapter folder: adapter_config.json and adapter_model.safetensors."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_adapter_config(folder, cfg)
+    write_adapter_config(folder, cfg, for_vllm)
     save_file(
         {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
         str(folder / ADAPTER_WEIGHTS),
@@ -98,9 +140,11 @@ def write_adapter_folder(folder: str | Path, tensors: dict[str, torch.Tensor], c
     )
 
 
-def write_adapter_config(folder: str | Path, cfg: LoraConfig) -> None:
-    config = peft_config(cfg).to_dict()
-    config["target_modules"] = sorted(config["target_modules"])  # a set in PEFT
+def write_adapter_config(folder: str | Path, cfg: LoraConfig, for_vllm: bool = False) -> None:
+    config = peft_config(cfg, for_vllm).to_dict()
+    for key in ("target_modules", "modules_to_save"):  # sets in PEFT
+        if config[key] is not None:
+            config[key] = sorted(config[key])
     (Path(folder) / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, default=str))
 
 
@@ -121,7 +165,9 @@ def merged_state(
     base_path: str, adapter: dict[str, torch.Tensor], cfg: LoraConfig, dtype: str
 ) -> dict[str, torch.Tensor]:
     """The base model's parameters with the adapter merged in (plain HF names): what a
-    merged Hugging Face export holds. Builds the base on the CPU from `base_path`."""
+    merged Hugging Face export holds; `adapter` under a PEFT folder's names (a trained lm_head
+    as `base_model.model.lm_head.weight` replaces the base's). Builds the base on the CPU from
+    `base_path`."""
     from peft import get_peft_model, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
@@ -159,6 +205,32 @@ def linear_module_names(hf_config) -> set[str]:
     }
 
 
+def check_lm_head(cfg: LoraConfig, hf_config) -> None:
+    """ConfigError naming model.lora.train_lm_head when the model's output layer is not an
+    untied module named lm_head: a tied one shares its weight with the input embeddings, and
+    vLLM then never loads an `lm_head.weight` (its Qwen2/Llama skip it), so the engines would
+    silently serve the base's head."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    head = model.get_output_embeddings()
+    name = next((n for n, m in model.named_modules() if m is head), None)
+    if name != LM_HEAD:
+        raise ConfigError(
+            "model.lora.train_lm_head",
+            f"the model's output layer is {name!r}, not {LM_HEAD!r}: only lm_head is supported",
+        )
+    tied = getattr(hf_config.get_text_config(), "tie_word_embeddings", False)
+    if tied or head.weight is model.get_input_embeddings().weight:
+        raise ConfigError(
+            "model.lora.train_lm_head",
+            "the model ties lm_head to its input embeddings (tie_word_embeddings=true); "
+            "training it alone would untie them, and vLLM serves a tied model's lm_head from "
+            "embed_tokens. Use an untied model or train_lm_head=false",
+        )
+
+
 def check_target_modules(cfg: LoraConfig, hf_config) -> None:
     """ConfigError naming model.lora.target_modules when one of them is not a linear layer
     of the model that vLLM can serve an adapter on (PEFT would raise only inside the learner,
@@ -173,13 +245,16 @@ def check_target_modules(cfg: LoraConfig, hf_config) -> None:
         )
 
 
-def export_adapter(folder: str | Path, adapter: dict[str, torch.Tensor], base_path: str, model_cfg):
-    """A LoRA policy's export: the merged model as a Hugging Face folder at `folder` (what
-    transformers and vLLM load as a plain model) and the PEFT adapter folder beside it
-    (`<folder>/../adapter`, for PeftModel.from_pretrained or vLLM's LoRARequest on the base)."""
+def export_adapter(folder: str | Path, state: dict[str, torch.Tensor], base_path: str, model_cfg):
+    """A LoRA policy's export from its rollout state: the merged model as a Hugging Face folder
+    at `folder` (what transformers and vLLM load as a plain model) and the PEFT adapter folder
+    beside it (`<folder>/../adapter`, for PeftModel.from_pretrained, or vLLM's LoRARequest on
+    the base; with train_lm_head the folder holds lm_head as modules_to_save, which PEFT loads
+    and vLLM 0.32 refuses: serve the merged folder there)."""
     from rlhf.checkpoint import write_hf_folder
 
     folder = Path(folder)
+    adapter = peft_folder_state(state.items())
     write_adapter_folder(folder.parent / ADAPTER_DIR, adapter, model_cfg.lora)
     merged = merged_state(base_path, adapter, model_cfg.lora, model_cfg.dtype)
     write_hf_folder(folder, merged, base_path, model_cfg.dtype)

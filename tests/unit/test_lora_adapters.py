@@ -73,6 +73,32 @@ def test_lm_head_target_is_named_before_ray():
     assert e.value.key == "model.lora.target_modules"
 
 
+def test_train_lm_head_checked_before_ray(tmp_path):
+    """model.lora.train_lm_head: the tiny model's untied lm_head passes; a model that ties it
+    to the input embeddings (vLLM would never load the trained head) is a config error."""
+    from transformers import Qwen2Config
+
+    assert not validate(_cfg(rank=8)).model.lora.train_lm_head  # off by default
+    check_lora_targets(validate(_cfg(rank=8, train_lm_head=True)))  # the tiny model: untied
+    Qwen2Config(
+        vocab_size=40,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    ).save_pretrained(tmp_path)
+    tied = _cfg(rank=8, train_lm_head=True)
+    tied.model.path = str(tmp_path)
+    with pytest.raises(ConfigError, match="tie_word_embeddings") as e:
+        check_lora_targets(validate(tied))
+    assert e.value.key == "model.lora.train_lm_head"
+    untrained = _cfg(rank=8)  # the tied model is fine without a trained head
+    untrained.model.path = str(tmp_path)
+    check_lora_targets(validate(untrained))
+
+
 def test_target_modules_checked_against_a_model_folder(tmp_path):
     from transformers import GPT2Config
 
@@ -199,6 +225,106 @@ def test_base_reference_is_the_model_without_its_adapter():
         ref = lora.BaseReference(_Engine())(batch)[0]
         assert torch.equal(ref, CausalLMPolicy(_lm())(batch)[0])
         assert (policy(batch)[0] - ref).abs().max() > 1e-3  # the adapter is back on after
+
+
+LORA_HEAD = LoraConfig(rank=4, alpha=8.0, train_lm_head=True)
+
+
+def _train_head(policy):
+    """A trained-looking lm_head copy (PEFT's modules_to_save starts as the original)."""
+    with torch.no_grad():
+        for name, p in policy.lm.named_parameters():
+            if ".modules_to_save." in name:
+                p.add_(torch.randn_like(p) * 0.5)
+
+
+def test_train_lm_head_trains_a_copy_and_the_state_splits():
+    """train_lm_head: lm_head trains in full (a copy), the original stays frozen; the rollout
+    state is the adapter under PEFT's names, then lm_head.weight under its HF name, and
+    split_state hands the engine the two parts (the adapter folder, the base model)."""
+    policy = lora.add_adapter(CausalLMPolicy(_lm()), LORA_HEAD)
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    heads = {n for n in trainable if "lora_" not in n}
+    assert heads == {"lm.base_model.model.lm_head.modules_to_save.default.weight"}
+    assert len(trainable) == 7 * 2 * 2 + 1
+    grouped = [p for g in policy.param_groups(1e-3, 1e-3) for p in g["params"]]
+    assert len(grouped) == len(trainable)
+
+    named = list(policy.rollout_state())
+    assert named[-1][0] == "lm_head.weight"
+    head = policy.lm.base_model.model.lm_head.modules_to_save["default"].weight
+    assert named[-1][1] is head  # the trained copy, not the frozen original
+    adapter, base = lora.split_state(named)
+    assert list(base) == ["lm_head.weight"]
+    assert set(adapter) == {n for n, _ in lora.adapter_state(policy.lm)}
+    # a PEFT folder's names: what get_peft_model_state_dict saves (lm_head as modules_to_save)
+    from peft import get_peft_model_state_dict
+
+    assert set(lora.peft_folder_state(named)) == set(get_peft_model_state_dict(policy.lm))
+    # the default (7 projections) state is the adapter alone: nothing for the base
+    plain = lora.add_adapter(CausalLMPolicy(_lm()), LORA)
+    assert lora.split_state(plain.rollout_state())[1] == {}
+
+
+def test_reference_keeps_the_original_lm_head():
+    """With the adapter disabled the policy is the base, original lm_head included, however
+    far the trained copy moved."""
+    batch = _batch()
+    policy = lora.add_adapter(CausalLMPolicy(_lm()), LORA_HEAD)
+    _randomise_b(policy)
+    _train_head(policy)
+
+    class _Engine:
+        module = policy
+
+        def __call__(self, b, with_entropy=False):
+            return policy(b, with_entropy=with_entropy)
+
+    with torch.no_grad():
+        ref = lora.BaseReference(_Engine())(batch)[0]
+        assert torch.equal(ref, CausalLMPolicy(_lm())(batch)[0])
+        assert (policy(batch)[0] - ref).abs().max() > 1e-3
+
+
+def test_lm_head_exports_load_back(tmp_path):
+    """The export's PEFT folder (lm_head as modules_to_save) and merged state reproduce the
+    policy; the engines' folder config leaves modules_to_save out (vLLM refuses lm_head there)
+    and the lm_head goes into a base model: base + that folder = the policy too."""
+    from peft import PeftModel
+    from vllm.lora.peft_helper import PEFTHelper
+
+    batch = _batch()
+    _lm().save_pretrained(tmp_path / "base")
+    policy = lora.add_adapter(CausalLMPolicy(_lm()), LORA_HEAD)
+    _randomise_b(policy)
+    _train_head(policy)
+    state = {n: p.detach() for n, p in policy.rollout_state()}
+    folder_state = lora.peft_folder_state(state.items())
+    lora.write_adapter_folder(tmp_path / "peft", folder_state, LORA_HEAD)
+    merged = _lm(seed=5)
+    merged.load_state_dict(
+        lora.merged_state(str(tmp_path / "base"), folder_state, LORA_HEAD, "float32")
+    )
+
+    adapter, base = lora.split_state(state.items())
+    lora.write_adapter_folder(tmp_path / "engine", adapter, LORA_HEAD, for_vllm=True)
+    assert PEFTHelper.from_local_dir(str(tmp_path / "engine"), None).modules_to_save is None
+    with pytest.raises(ValueError, match="modules_to_save"):
+        PEFTHelper.from_local_dir(str(tmp_path / "peft"), None).validate_legal(
+            SimpleNamespace(max_lora_rank=8)
+        )
+    engine_base = _lm()
+    engine_base.load_state_dict(base, strict=False)  # what the engine's base load does
+    served = PeftModel.from_pretrained(engine_base, tmp_path / "engine").eval()
+    with torch.no_grad():
+        want = policy(batch)[0]
+        assert (want - CausalLMPolicy(_lm())(batch)[0]).abs().max() > 1e-3
+        for name, model in (
+            ("peft folder", PeftModel.from_pretrained(_lm(), tmp_path / "peft").eval()),
+            ("merged", merged),
+            ("engine: base with lm_head + adapter", served),
+        ):
+            assert torch.allclose(want, CausalLMPolicy(model)(batch)[0], atol=1e-5), name
 
 
 def test_vllm_rank_choice():
