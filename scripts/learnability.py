@@ -46,7 +46,8 @@ With ``--lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm
 +0.643 (0.21 -> 0.98, 48k trainable parameters), lr 3e-3 +0.292 (faster, then noisy): the
 output layer needs to move on this task. vLLM 0.32 does not serve an lm_head adapter for Qwen2
 ("expected target modules in {q_proj, ...} but received ['lm_head', ...]" when the engine loads
-it), so the framework cannot use that recipe as it stands.
+it), so the framework trains lm_head in full instead (``--lora-lm-head`` here,
+model.lora.train_lm_head there: +0.575 to +0.597 over 3 seeds of 300 steps, README "LoRA").
 """
 
 from __future__ import annotations
