@@ -34,11 +34,13 @@ def test_demonstration_layout_and_labels():
 
 
 @pytest.mark.parametrize("task_name", ["agent_calculator", "agent_guess"])
-def test_agent_warmup_starts_low_but_not_at_zero(task_name, tmp_path):
+def test_agent_warmup_starts_low_but_not_at_zero(task_name):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(1)
-    path = tiny.build_tiny_model(tmp_path, task=task_name)
+    # Into the shared cache, with the agent experiments' parameters: on a fresh machine this
+    # is the build that the agent e2e and fault runs then find there (one build, not two).
+    path = tiny.build_tiny_model(task=task_name)
     meta = json.loads((path / "rlhf_tiny.json").read_text())
     assert meta["agent_format"] == tiny.AGENT_FORMAT_VERSION
     assert 0.1 <= meta["warmup_sampled_success"] <= 0.35, meta
