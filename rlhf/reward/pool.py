@@ -139,6 +139,33 @@ def _score_chunk(
         os.close(fd)
 
 
+PROGRESS_PREFIX = "rlhf-reward-"
+
+
+def progress_dir(root: str | None = None) -> str:
+    """A fresh folder for the progress files, in memory where possible (/dev/shm), named after
+    this process (`rlhf-reward-<pid>-...`). Ray ends a reward actor without running its
+    `close()` (at ray.shutdown, or a SIGKILL), so the folder outlives it: each new one first
+    removes the folders of owners no longer alive (a run leaves at most its own last ones)."""
+    if root is None:
+        root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    for name in os.listdir(root):
+        owner = name.removeprefix(PROGRESS_PREFIX).split("-", 1)[0]
+        if name.startswith(PROGRESS_PREFIX) and owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{PROGRESS_PREFIX}{os.getpid()}-", dir=root)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 class FunctionScorer:
     """`score(samples)` -> one Outcome per sample. Samples go to the workers in chunks of up to
     `chunk_size` (and at most ceil(len / workers), so every worker gets some), one process
@@ -156,9 +183,7 @@ class FunctionScorer:
         # first call does not spend its timeout importing (math-verify + sympy take ~1 s).
         load_fn(fn, task_name)
         self.workers = workers
-        # Progress files live in memory where possible (/dev/shm): one small file per chunk.
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self._dir = tempfile.mkdtemp(prefix="rlhf-reward-", dir=shm)
+        self._dir = progress_dir()
         self._files = itertools.count()
         self.pool = self._new_pool()
 

@@ -3,6 +3,7 @@ actor's own process; user functions go to worker processes a chunk per call, and
 chunk still costs only the sample that caused it, each sample called exactly once."""
 
 import dataclasses
+import os
 import random
 import time
 
@@ -144,3 +145,23 @@ def test_chunk_size_is_checked():
         validate(cfg)
     assert e.value.key == "reward.chunk_size"
     assert validate(compose("+experiment=grpo", check=False)[0]).reward.chunk_size == 32
+
+
+def test_a_new_scorer_removes_the_progress_folders_of_dead_owners(tmp_path):
+    """A SIGKILLed reward actor leaves its progress folder behind; the next one (Ray's restart,
+    or the next run) removes it, and leaves a live process's folder alone."""
+    import subprocess
+
+    from rlhf.reward.pool import PROGRESS_PREFIX, progress_dir
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = tmp_path / f"{PROGRESS_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{PROGRESS_PREFIX}{os.getppid()}-def"
+    other = tmp_path / f"{PROGRESS_PREFIX}notapid"
+    for d in (left, live, other):
+        (d / "sub").mkdir(parents=True)
+    mine = progress_dir(str(tmp_path))
+    assert not left.exists()
+    assert live.exists() and other.exists()
+    assert os.path.basename(mine).startswith(f"{PROGRESS_PREFIX}{os.getpid()}-")
