@@ -210,19 +210,23 @@ def test_merged_state_equals_the_adapted_model(tmp_path):
         assert torch.allclose(policy(batch)[0], CausalLMPolicy(plain)(batch)[0], atol=1e-5)
 
 
+class _EngineOf:
+    """What BaseReference needs of a DeepSpeed engine: `module` and `__call__`."""
+
+    def __init__(self, policy):
+        self.module = policy
+
+    def __call__(self, b, with_entropy=False):
+        return self.module(b, with_entropy=with_entropy)
+
+
 def test_base_reference_is_the_model_without_its_adapter():
     batch = _batch()
     policy = lora.add_adapter(CausalLMPolicy(_lm()), LORA)
     _randomise_b(policy)
 
-    class _Engine:  # what BaseReference needs of a DeepSpeed engine: module and __call__
-        module = policy
-
-        def __call__(self, b, with_entropy=False):
-            return policy(b, with_entropy=with_entropy)
-
     with torch.no_grad():
-        ref = lora.BaseReference(_Engine())(batch)[0]
+        ref = lora.BaseReference(_EngineOf(policy))(batch)[0]
         assert torch.equal(ref, CausalLMPolicy(_lm())(batch)[0])
         assert (policy(batch)[0] - ref).abs().max() > 1e-3  # the adapter is back on after
 
@@ -274,14 +278,8 @@ def test_reference_keeps_the_original_lm_head():
     _randomise_b(policy)
     _train_head(policy)
 
-    class _Engine:
-        module = policy
-
-        def __call__(self, b, with_entropy=False):
-            return policy(b, with_entropy=with_entropy)
-
     with torch.no_grad():
-        ref = lora.BaseReference(_Engine())(batch)[0]
+        ref = lora.BaseReference(_EngineOf(policy))(batch)[0]
         assert torch.equal(ref, CausalLMPolicy(_lm())(batch)[0])
         assert (policy(batch)[0] - ref).abs().max() > 1e-3
 
