@@ -11,6 +11,8 @@ to a small progress file as it finishes, so that:
 - in both cases the chunk's finished samples keep their outcomes and its unstarted samples go
   to a new chunk: each sample is called exactly once;
 - a `BaseException` (`SystemExit`, `KeyboardInterrupt`) is an error at once, not a timeout.
+- a worker killed while idle (pebble then breaks the pool and fails the chunks queued on it)
+  costs no sample: they are scored again on a fresh pool.
 Workers run calls on their main thread, so libraries that time themselves out with signals
 (math-verify) work. Each worker dies with the actor (PR_SET_PDEATHSIG), so a killed actor leaves
 no worker behind.
@@ -35,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 Outcome = tuple[Any, "str | None"]  # (value, None) or (None, error)
@@ -140,6 +143,7 @@ def _score_chunk(
 
 
 PROGRESS_PREFIX = "rlhf-reward-"
+MAX_POOL_BREAKS = 3  # per score() call: broken pools re-queued before samples are charged
 
 
 def progress_dir(root: str | None = None) -> str:
@@ -201,6 +205,7 @@ class FunctionScorer:
 
     def score(self, samples: list) -> list[Outcome]:
         items = [(s.prompt, s.response, {"answer": s.answer, **s.fields}) for s in samples]
+        self._broken_pools: list = []  # pools that broke during this call; see _collect
         out: list[Outcome] = [(None, "crash: not scored")] * len(items)
         size = max(1, min(self.chunk_size, math.ceil(len(items) / self.workers)))
         queue = [list(range(j, min(j + size, len(items)))) for j in range(0, len(items), size)]
@@ -254,13 +259,22 @@ class FunctionScorer:
         """Fill `out` from a finished chunk; returns the chunk's samples that never started."""
         import pebble
 
-        error = None
+        error, pool_broke = None, False
         try:
             future.result()
         except concurrent.futures.TimeoutError:
             error = "timeout"
         except pebble.ProcessExpired as e:
             error = f"crash: worker exited with code {e.exitcode}"
+        except BrokenProcessPool as e:
+            # A worker died outside any call (killed while idle) and pebble failed every
+            # queued chunk with the pool: no sample caused it, so nothing is charged and the
+            # unfinished samples go to a fresh pool -- unless pools keep breaking (a worker
+            # that cannot even start), when the samples are charged as below so the call ends.
+            if not any(p is self.pool for p in self._broken_pools):
+                self._broken_pools.append(self.pool)  # one break fails all its chunks
+            pool_broke = len(self._broken_pools) <= MAX_POOL_BREAKS
+            error = None if pool_broke else describe(e)
         except BaseException as e:  # pebble could not run the call at all
             error = describe(e)
         records = _read_records(path)
@@ -270,6 +284,8 @@ class FunctionScorer:
         done = records[-1][0] + 1 if records else 0
         if done == len(chunk):
             return []
+        if pool_broke:
+            return chunk[done:]
         if records and records[-1][2] == "timeout":
             # Only the watchdog writes "timeout" (a function's errors read "exception: ..."):
             # it ended the worker on that call, so the rest never started.

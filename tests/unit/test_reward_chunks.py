@@ -165,3 +165,38 @@ def test_a_new_scorer_removes_the_progress_folders_of_dead_owners(tmp_path):
     assert not left.exists()
     assert live.exists() and other.exists()
     assert os.path.basename(mine).startswith(f"{PROGRESS_PREFIX}{os.getpid()}-")
+
+
+def test_a_broken_pool_charges_no_sample_and_rescores_the_chunk():
+    """A worker killed while idle makes pebble fail every queued chunk with BrokenProcessPool
+    when the death is noticed before the chunks reach a worker (a race seen in the suite): the
+    chunk's samples are re-queued, none charged; only pools that keep breaking charge them."""
+    import concurrent.futures
+    from concurrent.futures.process import BrokenProcessPool
+
+    from rlhf.reward.pool import MAX_POOL_BREAKS
+
+    scorer = FunctionScorer("task", "addition", timeout_s=5.0, workers=2)
+    try:
+        out = [(None, "crash: not scored")] * 3
+        scorer._broken_pools = []
+
+        def broken_chunk():
+            future = concurrent.futures.Future()
+            future.set_exception(BrokenProcessPool("All workers expired"))
+            path = os.path.join(scorer._dir, "broken.rec")
+            open(path, "wb").close()
+            return future, [0, 1, 2], path
+
+        for _ in range(2):  # one pool breaking fails each of its chunks: counted once
+            assert scorer._collect(*broken_chunk(), out) == [0, 1, 2]
+        assert out == [(None, "crash: not scored")] * 3
+        for _ in range(MAX_POOL_BREAKS - 1):
+            scorer.pool = object()  # stands for the fresh pool that broke again
+            assert scorer._collect(*broken_chunk(), out) == [0, 1, 2]
+        scorer.pool = object()
+        assert scorer._collect(*broken_chunk(), out) == [1, 2]
+        assert out[0] == (None, "exception: BrokenProcessPool: All workers expired")
+    finally:
+        scorer.pool = scorer._new_pool()
+        scorer.close()
