@@ -196,6 +196,7 @@ class RunLogger:
         self.clock = StepClock(total_steps)
         self._start = time.perf_counter()
         self._finished = False
+        self._update_kl: tuple[int, float] | None = None  # (step, value) last measured
         self.wandb = (
             None
             if cfg.wandb.mode == "disabled"
@@ -211,6 +212,10 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log(step, metrics)
         self.clock.tick(metrics.get("timing/step_s"))
+        # learner.diagnostics_every measures the update's KL on every N-th step only; between
+        # measurements the progress line repeats the last one, with the step it was taken at.
+        if "algo/update_kl" in metrics:
+            self._update_kl = (step, metrics["algo/update_kl"])
         every = self.cfg.console_every
         if every > 0 and (step % every == 0 or step == self.total_steps):
             console(self._progress_line(step, metrics))
@@ -224,8 +229,9 @@ class RunLogger:
         # update (old policy -> new), which is what keeps a run without a reference honest.
         if "algo/kl" in metrics:
             parts.append(f"kl {_fmt(metrics['algo/kl'])}")
-        elif "algo/update_kl" in metrics:
-            parts.append(f"kl(update) {_fmt(metrics['algo/update_kl'])}")
+        elif self._update_kl is not None:
+            at, kl = self._update_kl
+            parts.append(f"kl(update) {_fmt(kl)}" + ("" if at == step else f" @{at}"))
         parts += self.clock.describe(step)
         return " | ".join(parts)
 

@@ -24,9 +24,11 @@ class LearnerConfig:
     # rollout.max_new_tokens.
     max_tokens_per_micro_batch: int = 0
     # Updates between post-update diagnostics (algo/update_kl, algo/update_gain,
-    # algo/value_update_gain): one more forward pass over the batch, about a quarter of an
-    # update's cost. 1 = every update (the console's KL without a reference); 0 = never.
-    diagnostics_every: int = 1
+    # algo/value_update_gain): one more forward pass over the batch. Every update it cost 15%
+    # of the default task's step (0.204 -> 0.168 s/step at 10, docs/performance.md), for a
+    # metric that moves slowly: the first and every 10th update keep the curve, and the console
+    # repeats the last value with its step. 1 = every update; 0 = never.
+    diagnostics_every: int = 10
     offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU (GPU runs)
     sync_bucket_mb: int = 64  # weight broadcast bucket size
     # Seconds any one weight-sync collective may wait: when an engine dies mid-broadcast, the

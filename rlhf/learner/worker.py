@@ -346,7 +346,8 @@ class LearnerWorker:
         out = group_metrics(minibatch_metrics, ADDITIVE_METRICS, self.device)
         self.updates += 1
         every = self.cfg.diagnostics_every
-        if every and self.updates % every == 0:
+        # The first update too: a run's first progress lines show its KL (a bad lr shows at once).
+        if every and (self.updates % every == 0 or self.updates == 1):
             out.update(self._update_kl(replace(batch, old_logprobs=old) if own_old else batch))
         if grad_norms:
             out["learner/grad_norm"] = sum(grad_norms) / len(grad_norms)

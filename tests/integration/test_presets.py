@@ -49,6 +49,7 @@ def _overrides(preset: str) -> list[str]:
         f"trainer.total_steps={STEPS}",
         "logger.wandb.mode=disabled",
         "trainer.report=false",
+        "learner.diagnostics_every=1",  # update_gain on every step, read below
     ]
 
 

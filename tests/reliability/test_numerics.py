@@ -23,7 +23,11 @@ def test_nan_loss_skips_the_update_and_three_in_a_row_stop_the_run(tmp_path, mon
     monkeypatch.setenv("RLHF_TEST_NAN_CALLS", "2,5,6,7")  # one loss call per step and rank
     run = tmp_path / "nan"
     proc = launch(
-        run, "+experiment=grpo", "trainer.total_steps=10", "algo.policy_loss=nan_loss:nan_on_calls"
+        run,
+        "+experiment=grpo",
+        "trainer.total_steps=10",
+        "algo.policy_loss=nan_loss:nan_on_calls",
+        "learner.diagnostics_every=1",  # update_kl on every step, the skipped ones included
     )
     assert proc.wait(timeout=600) == 1, log_of(run)[-3000:]
     assert "3 steps in a row ended in a non-finite loss" in log_of(run)

@@ -295,6 +295,18 @@ def test_console_line_every_n_steps_with_eta(tmp_path, capsys, monkeypatch):
     logger.finish(make_report=False)
 
 
+def test_console_repeats_the_last_update_kl_with_its_step_between_measurements(tmp_path, capsys):
+    # learner.diagnostics_every=10 measures algo/update_kl on steps 1, 10, 20, ... only.
+    logger = make_logger(tmp_path, mode="disabled", total_steps=12, console_every=1)
+    for step in range(1, 13):
+        kl = {"algo/update_kl": 0.01 * step} if step in (1, 10) else {}
+        logger.log(step, {"reward/mean": 0.5, "timing/step_s": 0.5, **kl})
+    kls = [line.split(" | ")[2] for line in capsys.readouterr().out.splitlines()]
+    assert kls[0] == "kl(update) 0.01" and kls[1] == kls[8] == "kl(update) 0.01 @1"
+    assert kls[9] == "kl(update) 0.1" and kls[11] == "kl(update) 0.1 @10"
+    logger.finish(make_report=False)
+
+
 def test_step_clock_first_step_is_warm_up_and_median_resists_a_slow_step():
     clock = StepClock(total_steps=100)
     assert clock.describe(0) == [] and clock.eta(0) is None
