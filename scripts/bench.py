@@ -390,9 +390,10 @@ def bench_weight_sync(args) -> list[Row]:
 def bench_lora_sync(args) -> list[Row]:
     """model.lora.rank=8: the adapter-only sync, and the adapter with a fully trained lm_head
     (model.lora.train_lm_head: it goes into the engine's base), against the full-weights sync
-    of the same model, alternately, each timed up to the engine's next generate (vLLM loads an
-    adapter lazily there, so the load is inside the measurement; the full side runs the same
-    generate)."""
+    of the same model, alternately, each timed up to the end of the engine's next generate
+    (a folder-loaded adapter is loaded lazily there, so any load is inside the measurement;
+    the full side runs the same generate). Beside it: the sync alone, and the split of the
+    next generate into what a repeat of it costs (serving) and the rest (loading)."""
     import ray
 
     from rlhf.batch import GenerationRequest
@@ -432,37 +433,72 @@ def bench_lora_sync(args) -> list[Row]:
                 )
                 sides[side] = (learners, engine, sum(4 * _numel(m[1]) for m in meta))
             full_b = sides["full"][2]
+            labels = (("lora", ""), ("lora_head", " +lm_head"))
             size_rows = {
                 side: Row(
                     "lora_sync",
                     f"{size}{label} ({sides[side][2] / 1e6:.2f} of {full_b / 1e6:.0f} MB)",
                     "s",
                     target="<= 0.2x",
-                    note=f"ours: rank-8 adapter{label} sync + the next generate (vLLM's adapter "
+                    note=f"ours: rank-8 adapter{label} sync + the next generate (any adapter "
                     "load); baseline: full-weights sync + the same generate",
                 )
-                for side, label in (("lora", ""), ("lora_head", " +lm_head"))
+                for side, label in labels
             }
+            sync_rows = {
+                side: Row(
+                    "lora_sync",
+                    f"{size}{label} sync alone",
+                    "s",
+                    note=f"ours: rank-8 adapter{label} sync until the engine returns (the "
+                    "adapter built and active in vLLM's worker); baseline: full-weights sync",
+                )
+                for side, label in labels
+            }
+            parts = {side: {"sync": [], "next_generate": [], "again": []} for side in sides}
             for rep in range(args.reps + 1):  # the first of each is a warm-up, not counted
                 took = {}
                 for side, (learners, engine, _) in sides.items():
                     t = time.perf_counter()
                     ray.get(learners.broadcast_weights() + [engine.receive_weights.remote(rep)])
+                    synced = time.perf_counter()
                     ray.get(engine.generate.remote(probe))
-                    took[side] = time.perf_counter() - t
+                    served = time.perf_counter()
+                    ray.get(engine.generate.remote(probe))  # nothing left to load: serving
+                    took[side] = served - t
+                    if rep:
+                        parts[side]["sync"].append(synced - t)
+                        parts[side]["next_generate"].append(served - synced)
+                        parts[side]["again"].append(time.perf_counter() - served)
                 if rep:
                     for side, row in size_rows.items():
                         row.ours.append(took[side])
                         row.baseline.append(took["full"])
+                        sync_rows[side].ours.append(parts[side]["sync"][-1])
+                        sync_rows[side].baseline.append(parts["full"]["sync"][-1])
             for side, row in size_rows.items():
                 ours_b = sides[side][2]
-                row.extra.update(bytes_lora=ours_b, bytes_full=full_b, bytes_ratio=ours_b / full_b)
+                loaded = ray.get(sides[side][1].adapter_loaded.remote())
+                row.extra.update(
+                    bytes_lora=ours_b,
+                    bytes_full=full_b,
+                    bytes_ratio=ours_b / full_b,
+                    adapter_source=loaded["source"],
+                    parts={k: parts[k] for k in ("full", side)},
+                )
                 print(
-                    f"  lora_sync {row.case}: {side} {spread(row.ours)} s ({ours_b} B), full "
-                    f"{spread(row.baseline)} s ({full_b} B)",
+                    f"  lora_sync {row.case}: {side} {spread(row.ours)} s ({ours_b} B, adapter "
+                    f"from {loaded['source']}), full {spread(row.baseline)} s ({full_b} B)",
                     flush=True,
                 )
-                rows.append(row)
+                rows += [row, sync_rows[side]]
+            for side, p in parts.items():
+                print(
+                    f"  lora_sync {size} {side}: sync {spread(p['sync'])} s, next generate "
+                    f"{spread(p['next_generate'])} s, the same generate again "
+                    f"{spread(p['again'])} s",
+                    flush=True,
+                )
             for learners, engine, _ in sides.values():
                 for a in [*learners.actors, engine]:
                     ray.kill(a)

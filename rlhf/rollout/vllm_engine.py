@@ -195,9 +195,11 @@ class VllmEngine:
         if not self.sync_ready:
             raise NotSynced(self.index)  # restarted: not in the group the learner sends to
         if self.adapter is not None:  # LoRA: only the adapter travels, the base stays
-            folder = self.adapter.next_folder()
-            self._rpc("receive_adapter", (folder,))
-            self.adapter.installed(folder, version)
+            folder, lora_id = self.adapter.next_load()
+            sources = set(self._rpc("receive_adapter", (folder, lora_id)))
+            if len(sources) != 1:  # tensor-parallel workers run the same code and vLLM
+                raise RuntimeError(f"workers installed the adapter differently: {sources}")
+            self.adapter.installed(folder, version, sources.pop())
         else:
             self._rpc("receive_weights")
         self.synced = True
@@ -211,6 +213,21 @@ class VllmEngine:
 
     def weight_version(self) -> int:
         return self.version
+
+    def adapter_loaded(self) -> dict | None:
+        """model.lora: the adapter the next call names (its folder), how the last sync installed it
+        ("tensors" or "folder", rlhf/rollout/lora_sync.py) and the adapter ids vLLM's workers
+        hold now; None without LoRA. Tests and the benchmark read it."""
+        if self.adapter is None:
+            return None
+        request = self.adapter.request
+        return dict(
+            name=request.lora_name if request else None,
+            id=request.lora_int_id if request else None,
+            folder=request.lora_path if request else None,
+            source=self.adapter.source,
+            worker_ids=[sorted(ids) for ids in self._rpc("list_loras")],
+        )
 
 
 class _AgentEngine:

@@ -143,6 +143,24 @@ def test_engine_serves_every_new_adapter_and_a_skipped_sync_shows(setup):
     assert _diff(_generate(rollout), learners) < SYNCED_TOL
 
 
+def test_sync_installs_the_adapter_in_the_worker(setup):
+    """The sync itself builds the new adapter from the received tensors and activates it in
+    vLLM's worker (rlhf/rollout/lora_sync.py): before any generate the worker holds exactly
+    the id the next call names, its folder has no weights file to read, and that call serves
+    it without loading anything else."""
+    _, learners, rollout, trainer, _ = setup
+    engine = rollout.workers[0]
+    before = ray.get(engine.adapter_loaded.remote())
+    trainer.sync_weights()
+    after = ray.get(engine.adapter_loaded.remote())
+    assert after["source"] == "tensors"
+    assert after["id"] == before["id"] + 1 and after["worker_ids"] == [[after["id"]]]
+    assert after["name"] == f"policy-v{trainer.version}"
+    assert not (Path(after["folder"]) / lora.ADAPTER_WEIGHTS).exists()
+    assert _diff(_generate(rollout), learners) < SYNCED_TOL
+    assert ray.get(engine.adapter_loaded.remote())["worker_ids"] == [[after["id"]]]
+
+
 def test_reference_is_the_base_model(setup, tiny_model_path):
     """The learners' ref_logprobs (their own model, adapter off) equal a separately loaded base
     model's logprobs, while their policy logprobs have moved away from it."""
@@ -182,6 +200,8 @@ def test_restarted_engine_gets_the_base_and_the_current_adapter(setup):
         _generate(rollout)
     trainer._init_weight_sync()  # what Trainer.recover does
     trainer._broadcast(trainer.version)
+    loaded = ray.get(engine.adapter_loaded.remote())
+    assert loaded["source"] == "tensors" and loaded["worker_ids"] == [[loaded["id"]]]
     batch = ray.get(engine.generate.remote(PROMPTS))
     assert {s.weight_version for s in batch} == {trainer.version}
     assert _diff(collate(batch), learners) < SYNCED_TOL

@@ -338,8 +338,8 @@ def test_vllm_rank_choice():
 
 def test_adapter_slot_versions_each_load_and_keeps_one_folder():
     """The engine side's bookkeeping (rlhf/rollout/lora_sync.py): a new adapter id per load (so
-    vLLM loads each once), the weight version in the name, one folder on disk, a config
-    vLLM's PEFT reader accepts."""
+    vLLM takes each as a new adapter), the weight version in the name, one folder on disk, a
+    config vLLM's PEFT reader accepts."""
     from vllm.lora.peft_helper import PEFTHelper
 
     from rlhf.rollout.lora_sync import EXTENSION, AdapterSlot
@@ -349,18 +349,51 @@ def test_adapter_slot_versions_each_load_and_keeps_one_folder():
     assert args["enable_lora"] and args["max_lora_rank"] == 8
     assert args["worker_extension_cls"] == EXTENSION and args["max_loras"] == 1
     assert slot.request is None  # before the first sync: the base alone
-    first = slot.next_folder()
+    first, first_id = slot.next_load()
     helper = PEFTHelper.from_local_dir(first, None)
     assert (helper.r, helper.lora_alpha) == (4, 8.0)
-    slot.installed(first, 0)
+    assert slot.next_load() == (first, first_id) == (first, 1)  # a failed receive: the same
+    slot.installed(first, 0, "tensors")
     assert (slot.request.lora_name, slot.request.lora_int_id) == ("policy-v0", 1)
-    second = slot.next_folder()
-    slot.installed(second, 0)  # the same version again (a resume): still a new id
-    assert slot.request.lora_int_id == 2 and slot.request.lora_path == second
-    third = slot.next_folder()
-    slot.installed(third, 1)
+    assert slot.source == "tensors"
+    second, second_id = slot.next_load()
+    slot.installed(second, 0, "folder")  # the same version again (a resume): still a new id
+    assert slot.request.lora_int_id == second_id == 2 and slot.request.lora_path == second
+    third, _ = slot.next_load()
+    slot.installed(third, 1, "tensors")
     assert slot.request.lora_name == "policy-v1"
     assert [str(p) for p in slot.root.iterdir()] == [third]
+
+
+class _Received:
+    """A stand-in for the weight-sync group on the engine side: yields a rollout state."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def receive(self):
+        yield from self.state.items()
+
+
+def test_receiver_without_a_lora_manager_writes_the_folder(tmp_path):
+    """The fallback of receive_adapter: a worker with no LRU LoRA manager to register with
+    (another vLLM runner) gets the PEFT folder that vLLM reads at the next generate, with
+    exactly the received tensors; the in-worker path itself runs in
+    tests/integration/test_lora.py on a real engine."""
+    from safetensors.torch import load_file
+
+    from rlhf.rollout.lora_sync import VllmAdapterReceiver
+
+    policy = lora.add_adapter(CausalLMPolicy(_lm()), LORA)
+    state = {n: torch.randn(p.shape) for n, p in lora.adapter_state(policy.lm)}
+    receiver = VllmAdapterReceiver()
+    receiver._rlhf_sync = _Received(state)
+    receiver.model_runner = SimpleNamespace()  # no lora_manager
+    lora.write_adapter_config(tmp_path, LORA, for_vllm=True)
+    assert receiver.receive_adapter(str(tmp_path), 1) == "folder"
+    saved = load_file(str(tmp_path / lora.ADAPTER_WEIGHTS))
+    assert saved.keys() == state.keys()
+    assert all(torch.equal(saved[n], t) for n, t in state.items())
 
 
 def test_adapter_gets_gradients_under_gradient_checkpointing():
