@@ -120,6 +120,10 @@ class VllmAdapterReceiver(VllmWeightReceiver):
         manager.activate_adapter(lora_id)  # into the stacked LoRA buffers the kernels read
         return True
 
+    def adapter_ids(self) -> list[int]:
+        """The adapter ids this worker holds, sorted (vLLM's list_loras gives a set)."""
+        return sorted(self.list_loras())
+
     def _load_base(self, tensors: dict) -> None:
         """Load full tensors (HF names) into the base model: the full-weights path's
         load_weights, with the layerwise reload on the layers that own them only (the rest of

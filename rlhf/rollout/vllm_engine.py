@@ -226,7 +226,7 @@ class VllmEngine:
             id=request.lora_int_id if request else None,
             folder=request.lora_path if request else None,
             source=self.adapter.source,
-            worker_ids=[sorted(ids) for ids in self._rpc("list_loras")],
+            worker_ids=self._rpc("adapter_ids"),
         )
 
 
