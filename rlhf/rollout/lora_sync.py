@@ -83,11 +83,13 @@ class VllmAdapterReceiver(VllmWeightReceiver):
 
         vLLM APIs used (0.32): `model_runner.lora_manager` (LoRAModelRunnerMixin), its
         `_adapter_manager` (the LRUCacheLoRAModelManager it built around the model),
-        `LoRAModel.from_lora_tensors`, `PEFTHelper.from_local_dir` / `validate_legal`, and the
-        adapter manager's `add_adapter`, `activate_adapter`, `remove_oldest_adapter`."""
+        `LoRAModel.from_lora_tensors`, `PEFTHelper.from_local_dir` / `validate_legal`, the
+        adapter manager's `add_adapter`, `activate_adapter`, `remove_adapter`,
+        `remove_oldest_adapter`, and `vllm.utils.gpu_sync_debug.gpu_sync_allowed`."""
         from vllm.lora.lora_model import LoRAModel
         from vllm.lora.peft_helper import PEFTHelper
         from vllm.lora.worker_manager import LRUCacheWorkerLoRAManager
+        from vllm.utils.gpu_sync_debug import gpu_sync_allowed
 
         workers = getattr(self.model_runner, "lora_manager", None)
         manager = getattr(workers, "_adapter_manager", None)
@@ -113,11 +115,14 @@ class VllmAdapterReceiver(VllmWeightReceiver):
         unserved = sorted(set(lora.loras) - served)
         if unserved:
             raise ValueError(f"adapter tensors for modules vLLM serves no LoRA on: {unserved}")
-        manager.remove_adapter(lora_id)  # a failed earlier try at this id, as vLLM does
-        if len(manager) + 1 > manager.capacity:  # max_loras=1: the previous load goes
-            manager.remove_oldest_adapter()
-        manager.add_adapter(lora)  # packs q/k/v and gate/up into vLLM's merged layers
-        manager.activate_adapter(lora_id)  # into the stacked LoRA buffers the kernels read
+        # vLLM's add_adapter runs its copies to the device under gpu_sync_allowed (its GPU
+        # sync checker, off unless asked for); so does this
+        with gpu_sync_allowed():
+            manager.remove_adapter(lora_id)  # a failed earlier try at this id, as vLLM does
+            if len(manager) + 1 > manager.capacity:  # max_loras=1: the previous load goes
+                manager.remove_oldest_adapter()
+            manager.add_adapter(lora)  # packs q/k/v and gate/up into vLLM's merged layers
+            manager.activate_adapter(lora_id)  # into the stacked LoRA buffers the kernels read
         return True
 
     def adapter_ids(self) -> list[int]:
