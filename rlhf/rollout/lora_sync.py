@@ -17,8 +17,8 @@ holds its adapter_config.json either way: the one config both paths read.
 With model.lora.train_lm_head the state also carries the fully trained `lm_head.weight` (plain
 HF name; vLLM 0.32 serves no adapter or modules_to_save on a causal LM's output layer): the
 receiver loads it into the engine's base model in place, through the model's own weight loader
-with vLLM's layerwise reload scoped to that one layer (the CPU backend repacks it after
-loading), as the full-weights path loads every layer. The base then holds the trained head, so
+and the same load path as full weights (rlhf/rollout/engine_load.py) scoped to that one layer
+(the CPU backend re-packs it after loading). The base then holds the trained head, so
 the adapter on top of it gives the learner's policy. Every load gets a new adapter id, which
 vLLM's LRU (max_loras=1) takes in place of the previous one; a folder load happens once, at the
 next generate (`load_inplace=True` would instead re-read the folder on every scheduler step).
@@ -130,21 +130,14 @@ class VllmAdapterReceiver(VllmWeightReceiver):
         return sorted(self.list_loras())
 
     def _load_base(self, tensors: dict) -> None:
-        """Load full tensors (HF names) into the base model: the full-weights path's
-        load_weights, with the layerwise reload on the layers that own them only (the rest of
-        the model, LoRA wrappers included, is not touched)."""
-        from vllm.model_executor.model_loader.reload import (
-            finalize_layerwise_reload,
-            initialize_layerwise_reload,
-        )
+        """Load full tensors (HF names) into the base model, as the full-weights path loads
+        every layer (rlhf/rollout/engine_load.py), touching only the layers that own them (the
+        rest of the model, LoRA wrappers included, is not touched)."""
+        from rlhf.rollout.engine_load import load_into_engine
 
         model = self.model_runner.get_model()
         layers = [model.get_submodule(name.rpartition(".")[0]) for name in tensors]
-        for layer in layers:
-            initialize_layerwise_reload(layer)
-        model.load_weights(weights=tensors.items())
-        for layer in layers:
-            finalize_layerwise_reload(layer, self.model_runner.model_config)
+        load_into_engine(model, self.model_runner.model_config, tensors.items(), layers=layers)
 
 
 class AdapterSlot:

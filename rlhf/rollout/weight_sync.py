@@ -10,8 +10,9 @@ set-up), so a sync is just a sequence of bucket broadcasts: the sender flattens 
 parameters into buckets of at most `bucket_bytes`, the receivers unflatten the same plan.
 
 Receivers: `VllmWeightReceiver` is a vLLM worker extension (it runs inside vLLM's worker and
-loads the tensors with vLLM's layerwise reload, which the CPU backend needs because it repacks
-linear layers after loading); gym runners use `WeightSyncGroup.receive` and load_state_dict.
+loads the tensors through rlhf/rollout/engine_load.py: in place on the CPU backend, which
+re-packs only the linear layers' GEMM handles, vLLM's layerwise reload elsewhere); gym runners
+use `WeightSyncGroup.receive` and load_state_dict.
 """
 
 from __future__ import annotations
@@ -222,17 +223,19 @@ class VllmWeightReceiver:
         )
 
     def receive_weights(self) -> None:
-        from vllm.model_executor.model_loader.reload import (
-            finalize_layerwise_reload,
-            initialize_layerwise_reload,
+        from rlhf.rollout.engine_load import load_into_engine
+
+        # In place on CPU (the loads overlap the transfer of the next bucket), vLLM's
+        # layerwise reload elsewhere (rlhf/rollout/engine_load.py).
+        self._rlhf_load_path = load_into_engine(
+            self.model_runner.get_model(),
+            self.model_runner.model_config,
+            self._rlhf_sync.receive(),
         )
 
-        model = self.model_runner.get_model()
-        # The CPU backend repacks linear weights after loading; the layerwise reload restores
-        # the loadable layout first and re-applies the processing after.
-        initialize_layerwise_reload(model)
-        model.load_weights(weights=self._rlhf_sync.receive())
-        finalize_layerwise_reload(model, self.model_runner.model_config)
+    def weight_load_path(self) -> str | None:
+        """How the last sync was loaded: "inplace" or "layerwise" (None before the first)."""
+        return getattr(self, "_rlhf_load_path", None)
 
 
 def _tp_rank() -> int:

@@ -99,6 +99,11 @@ def test_engine_serves_learner_weights_after_sync(learner_group, engine, zero_st
 
     trainer.sync_weights()
     assert ray.get(engine.weight_version.remote()) == 1
+
+    def load_path(actor) -> list:  # in the engine actor (pickled by value): per worker
+        return actor._rpc("weight_load_path")
+
+    assert ray.get(engine.__ray_call__.remote(load_path)) == ["inplace"]  # the CPU path
     fresh = collate(ray.get(engine.generate.remote(prompts)))
     assert all(
         v == 1 for v in [s.weight_version for s in ray.get(engine.generate.remote(prompts[:2]))]
