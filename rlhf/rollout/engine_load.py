@@ -20,7 +20,7 @@ plain `load_weights` then has nowhere to write. Two ways to load:
   layouts), LoRA-wrapped layers, a layer whose loadable shape vLLM did not record.
 
 Both give the same handles from the same weights, so the engine's logprobs are bitwise the
-same either way (tests/integration/test_engine_load.py).
+same either way (tests/integration/test_weight_sync.py, its last test).
 """
 
 from __future__ import annotations

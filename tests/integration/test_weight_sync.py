@@ -1,4 +1,5 @@
-"""After a weight sync, the vLLM engine serves the learner's weights.
+"""After a weight sync, the vLLM engine serves the learner's weights; and the in-place load it
+takes on CPU is exact against vLLM's layerwise reload (the last test).
 
 Tolerance: the learner (transformers, float32) and vLLM CPU (float32) agree on the logprobs of
 the same tokens to ~1e-6 with identical weights (9.5e-7 max measured on this stack). We require a
@@ -109,3 +110,85 @@ def test_engine_serves_learner_weights_after_sync(learner_group, engine, zero_st
         v == 1 for v in [s.weight_version for s in ray.get(engine.generate.remote(prompts[:2]))]
     )
     assert _diff(fresh, learners) < SYNCED_TOL
+
+
+# --- the in-place load itself (rlhf/rollout/engine_load.py), on the same engine
+#
+# The in-place load (rlhf/rollout/engine_load.py) is the one a CPU engine takes, and it is
+# exact: after loading the same weights, the engine generates the same tokens with bitwise the
+# same logprobs as after vLLM's layerwise reload, from either path to the other and back.
+#
+# The weights are the engine's own checkpoint and a scaled copy (x1.1 on every tensor, so the
+# linear layers' packed handles change, not only the norms): the scaled load must change the
+# output, or the test would pass with a load that does nothing.
+
+LOAD_PROMPTS = ["1+2=", "3+4=", "10+20=", "7+8="]
+
+
+def test_in_place_load_is_taken_on_cpu_and_exact(engine):
+    # Last in the module: it leaves scaled weights at version 0, which the sync tests above
+    # would take for the checkpoint's.
+    # Run in the engine actor (__ray_call__), defined here so Ray pickles it by value.
+    def _in_engine(engine: VllmEngine):
+        """In the engine actor: every load of the sequence, and what the engine generates after."""
+        from vllm import SamplingParams
+
+        def load(worker, how: str, scale: float):
+            import glob
+
+            from safetensors.torch import load_file
+
+            from rlhf.rollout.engine_load import load_into_engine, load_layerwise
+
+            model, config = worker.model_runner.get_model(), worker.model_runner.model_config
+            state = {}
+            for f in sorted(glob.glob(f"{config.model}/*.safetensors")):
+                state.update(load_file(f))
+            named = [(n, t * scale) for n, t in state.items()]
+            if how == "layerwise":
+                load_layerwise(model, config, iter(named), [model])
+                return how
+            return load_into_engine(model, config, iter(named))
+
+        def generate():
+            engine.llm.reset_prefix_cache()  # the cached KV was computed by the old weights
+            params = SamplingParams(temperature=0, max_tokens=8, logprobs=1)
+            return [
+                (
+                    list(o.outputs[0].token_ids),
+                    [next(iter(d.values())).logprob for d in o.outputs[0].logprobs],
+                )
+                for o in engine.llm.generate(LOAD_PROMPTS, params, use_tqdm=False)
+            ]
+
+        # The checkpoint's weights first: the module's sync tests left the learner's in it.
+        engine._rpc(load, ("layerwise", 1.0))
+        out = {"initial": generate()}
+        for step, (how, scale) in enumerate(
+            [
+                ("layerwise", 1.1),
+                ("inplace", 1.0),
+                ("inplace", 1.1),
+                ("layerwise", 1.0),
+                ("inplace", 1.1),
+            ]
+        ):
+            (path,) = engine._rpc(load, (how, scale))
+            out[step] = (path, scale, generate())
+        return out
+
+    out = ray.get(engine.__ray_call__.remote(_in_engine))
+    initial = out.pop("initial")
+    steps = [out[i] for i in range(len(out))]
+    assert [path for path, _, _ in steps] == [
+        "layerwise",
+        "inplace",
+        "inplace",
+        "layerwise",
+        "inplace",
+    ]
+    layerwise_scaled = steps[0][2]
+    assert layerwise_scaled != initial, "the scaled weights must change the output"
+    for path, scale, result in steps:
+        expected = initial if scale == 1.0 else layerwise_scaled
+        assert result == expected, f"{path} x{scale} differs from the layerwise reload"
