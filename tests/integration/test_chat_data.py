@@ -13,15 +13,12 @@ mangled the prompts or a broken answer column would leave the reward flat near i
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_run import train
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 STEPS = 120
 REQUIRED_RISE = 0.15
 
@@ -56,26 +53,16 @@ def _chat_parquet(path: Path) -> Path:
 def test_chat_parquet_trains_end_to_end(tmp_path):
     data = _chat_parquet(tmp_path / "train.parquet")
     run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rlhf.train",
-            "+experiment=grpo",
-            "data=chat",
-            f"data.path={data}",
-            "data.on_bad_row=skip",
-            "data.max_bad_frac=0.05",
-            "reward.fn=rlhf.reward.rules:exact_match",
-            f"trainer.total_steps={STEPS}",
-            "eval=off",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"},
+    proc = train(
+        run_dir,
+        "+experiment=grpo",
+        "data=chat",
+        f"data.path={data}",
+        "data.on_bad_row=skip",
+        "data.max_bad_frac=0.05",
+        "reward.fn=rlhf.reward.rules:exact_match",
+        f"trainer.total_steps={STEPS}",
+        "eval=off",
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]

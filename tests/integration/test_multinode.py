@@ -2,15 +2,11 @@
 reward actor land on the other; the loop still runs and the weight sync crosses nodes."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from cli_run import train
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_rollout_and_learner_on_different_nodes(tmp_path, tiny_model_path):
@@ -25,24 +21,14 @@ def test_rollout_and_learner_on_different_nodes(tmp_path, tiny_model_path):
     cluster.wait_for_nodes()
     try:
         run_dir = tmp_path / "run"
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "rlhf.train",
-                "+experiment=grpo",
-                "trainer.total_steps=3",
-                f"ray.address={cluster.address}",
-                "ray.num_cpus=null",
-                "placement.strategy=STRICT_PACK",
-                "logger.wandb.mode=disabled",
-                f"hydra.run.dir={run_dir}",
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        proc = train(
+            run_dir,
+            "+experiment=grpo",
+            "trainer.total_steps=3",
+            f"ray.address={cluster.address}",
+            "ray.num_cpus=null",
+            "placement.strategy=STRICT_PACK",
+            "logger.wandb.mode=disabled",
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         nodes = json.loads((run_dir / "placement.json").read_text())

@@ -2,15 +2,11 @@
 frozen reference model (Dr.GRPO), and REINFORCE++ with KL as a reward penalty."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from cli_run import train
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -25,22 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 )
 def test_variant_runs(tmp_path, tiny_model_path, overrides, expect):
     run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rlhf.train",
-            "+experiment=grpo",
-            "trainer.total_steps=3",
-            "logger.wandb.mode=disabled",
-            f"hydra.run.dir={run_dir}",
-            *overrides,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    proc = train(
+        run_dir,
+        "+experiment=grpo",
+        "trainer.total_steps=3",
+        "logger.wandb.mode=disabled",
+        *overrides,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]

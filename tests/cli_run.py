@@ -1,4 +1,5 @@
-"""`python -m rlhf.train` as a user runs it, for the e2e tests: offline, output captured."""
+"""`python -m rlhf.train` as a user runs it, for the tests that launch it: offline, output
+captured."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def train(run_dir: Path, *overrides: str, pythonpath: str = "") -> subprocess.CompletedProcess:
