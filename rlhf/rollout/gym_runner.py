@@ -27,8 +27,9 @@ import torch
 
 from rlhf.batch import Sample
 from rlhf.config import GymConfig, MlpConfig, RolloutConfig
-from rlhf.faults import NotSynced, restarted_actor, worker_index
+from rlhf.faults import NotSynced, restarted_actor
 from rlhf.models.mlp import EnvSpec
+from rlhf.rollout.workers import RolloutWorkers
 
 RETURN_WINDOW = 20  # env/episode_return_mean is the mean over this many last episodes
 
@@ -252,7 +253,7 @@ class GymRunner:
         self.env.close()
 
 
-class GymRollout:
+class GymRollout(RolloutWorkers):
     """The rollout role for gymnasium: `workers`, one GymRunner actor per rollout worker.
     Methods that touch the actors return ObjectRefs; the driver calls ray.get."""
 
@@ -273,14 +274,15 @@ class GymRollout:
         from rlhf.placement import spawn
 
         self.cfg = cfg
-        self.workers = spawn(
-            GymRunner,
-            slots,
-            lambda i: ((cfg.gym, mlp_cfg, env_spec, seed, i, gamma), {}),
-            runtime_env,
-            max_restarts=max_restarts,
+        super().__init__(
+            spawn(
+                GymRunner,
+                slots,
+                lambda i: ((cfg.gym, mlp_cfg, env_spec, seed, i, gamma), {}),
+                runtime_env,
+                max_restarts=max_restarts,
+            )
         )
-        self.sync_ranks = len(self.workers)
         self.env_steps = 0
         self.episodes = 0
         self.recent_returns: collections.deque[float] = collections.deque(maxlen=RETURN_WINDOW)
@@ -291,20 +293,6 @@ class GymRollout:
         if self._last_metrics_at is None:
             self._last_metrics_at = time.perf_counter()
         return [r.collect.remote() for r in self.workers]
-
-    def init_weight_sync(
-        self, host: str, port: int, world_size: int, meta, bucket_bytes: int
-    ) -> list[Any]:
-        return [
-            r.init_weight_sync.remote(host, port, 1 + i, world_size, meta, bucket_bytes)
-            for i, r in enumerate(self.workers)
-        ]
-
-    def receive_weights(self, version: int) -> list[Any]:
-        return [r.receive_weights.remote(version) for r in self.workers]
-
-    def index_of(self, error: Exception) -> int:
-        return worker_index(self.workers, error)
 
     def metrics(self, samples: list[Sample]) -> dict[str, float]:
         """env/episode_return_mean: mean return of the last RETURN_WINDOW finished episodes

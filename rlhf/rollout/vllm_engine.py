@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from rlhf.batch import GenerationRequest, Sample
 from rlhf.config import LoraConfig, RolloutConfig
-from rlhf.faults import NotSynced, restarted_actor, worker_index
+from rlhf.faults import NotSynced, restarted_actor
+from rlhf.rollout.workers import RolloutWorkers
 
 if TYPE_CHECKING:
     from rlhf.config import EnvConfig
@@ -347,7 +348,7 @@ class _AgentEngine:
         return samples
 
 
-class VllmRollout:
+class VllmRollout(RolloutWorkers):
     """The rollout role for LLMs: the vLLM engines and their side of the weight sync. Which
     prompts they generate, and when, is the rollout pipeline's business (rlhf/pipeline.py).
     Methods return ObjectRefs; the driver calls ray.get."""
@@ -371,7 +372,7 @@ class VllmRollout:
         from rlhf.placement import spawn
 
         self.cfg = cfg
-        self.workers = spawn(
+        workers = spawn(
             VllmEngine,
             slots,
             lambda i: ((cfg, model_path, dtype, seed, i), {"env": env, "lora": lora}),
@@ -379,22 +380,7 @@ class VllmRollout:
             max_restarts=max_restarts,
         )
         # Every tensor-parallel worker of every engine is a receiver in the weight-sync group.
-        self.sync_ranks = len(self.workers) * cfg.vllm.tensor_parallel_size
-
-    def init_weight_sync(
-        self, host: str, port: int, world_size: int, meta, bucket_bytes: int
-    ) -> list[Any]:
-        tp = self.cfg.vllm.tensor_parallel_size
-        return [
-            e.init_weight_sync.remote(host, port, 1 + i * tp, world_size, meta, bucket_bytes)
-            for i, e in enumerate(self.workers)
-        ]
-
-    def receive_weights(self, version: int) -> list[Any]:
-        return [e.receive_weights.remote(version) for e in self.workers]
-
-    def index_of(self, error: Exception) -> int:
-        return worker_index(self.workers, error)
+        super().__init__(workers, ranks_per_worker=cfg.vllm.tensor_parallel_size)
 
     def metrics(self, samples: list[Sample]) -> dict[str, float]:
         from rlhf.rollout.agent_loop import env_metrics
